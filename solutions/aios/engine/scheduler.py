@@ -1,0 +1,95 @@
+"""Continuous batching: decide, every step, which sequences run and whether the step is prefill or decode.
+
+Prefill first: while waiting requests fit (sequence count, token budget, free KV
+blocks) admit them and run a prefill step. Otherwise run one decode step over
+every running sequence; when the cache is full, preempt the newest running
+sequence (free its blocks, send it back to the front of the queue, recompute later).
+"""
+
+from collections import deque
+
+from aios.config import Config
+from aios.engine.block_manager import BlockManager
+from aios.engine.sequence import Sequence, SequenceStatus
+
+
+class Scheduler:
+    def __init__(self, config: Config, block_manager: BlockManager, eos_token_ids: set[int]):
+        self.max_num_seqs = config.max_num_seqs
+        self.max_num_batched_tokens = config.max_num_batched_tokens
+        self.max_model_len = config.max_model_len
+        self.block_manager = block_manager
+        self.eos_token_ids = set(eos_token_ids)
+        self.waiting: deque[Sequence] = deque()
+        self.running: deque[Sequence] = deque()
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def is_finished(self) -> bool:
+        return not self.waiting and not self.running
+
+    def schedule(self) -> tuple[list[Sequence], bool]:
+        """Pick the next batch. Returns (sequences, is_prefill)."""
+        # BEGIN SOLUTION lesson8
+        # Hint: admit from the front of `waiting` until a limit is hit; stop at the first one that does not fit.
+        scheduled, num_tokens = [], 0
+        while self.waiting and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            if num_tokens + len(seq) > self.max_num_batched_tokens or not self.block_manager.can_allocate(seq):
+                break
+            self.block_manager.allocate(seq)
+            num_tokens += len(seq) - seq.num_cached_tokens
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(self.waiting.popleft())
+            scheduled.append(seq)
+        if scheduled:
+            return scheduled, True
+        # Hint: decode: every running sequence needs room for one more token; make room by preempting the newest.
+        while self.running:
+            seq = self.running.popleft()
+            while not self.block_manager.can_append(seq):
+                if self.running:
+                    self.preempt(self.running.pop())
+                else:
+                    self.preempt(seq)
+                    break
+            else:
+                self.block_manager.may_append(seq)
+                scheduled.append(seq)
+        self.running.extendleft(reversed(scheduled))
+        return scheduled, False
+        # END SOLUTION
+
+    def preempt(self, seq: Sequence) -> None:
+        """Free ``seq``'s blocks and put it back at the front of the waiting queue."""
+        # BEGIN SOLUTION lesson8
+        seq.status = SequenceStatus.WAITING
+        self.block_manager.deallocate(seq)
+        self.waiting.appendleft(seq)
+        self.num_preemptions += 1
+        # END SOLUTION
+
+    def postprocess(self, seqs: list[Sequence], token_ids: list[int]) -> list[Sequence]:
+        """Append each new token; finish sequences that hit EOS, max_tokens or max_model_len.
+
+        Returns the sequences that finished this step (their blocks are already freed).
+        """
+        # BEGIN SOLUTION lesson8
+        finished = []
+        for seq, token_id in zip(seqs, token_ids):
+            seq.append_token(token_id)
+            params = seq.sampling_params
+            if not params.ignore_eos and token_id in self.eos_token_ids:
+                seq.finish_reason = "stop"
+            elif seq.num_completion_tokens >= params.max_tokens or len(seq) >= self.max_model_len:
+                seq.finish_reason = "length"
+            else:
+                continue
+            seq.status = SequenceStatus.FINISHED
+            self.block_manager.deallocate(seq)
+            self.running.remove(seq)
+            finished.append(seq)
+        return finished
+        # END SOLUTION
