@@ -43,6 +43,9 @@ class Config:
     enable_prefix_caching:  reuse KV blocks of identical prompt prefixes (lesson 13).
     attention_backend:      "auto", "torch" (lessons 6-7) or "triton" (lesson 9).
     fused_layers:           fused QKV and gate/up projections (lesson 10).
+    load_format:            "safetensors" (read the checkpoint) or "dummy" (random weights, for
+                            benchmarks: throughput does not depend on weight values; needs only config.json
+                            and the tokenizer files).
     """
 
     model: str
@@ -59,6 +62,7 @@ class Config:
     enable_prefix_caching: bool = True
     attention_backend: str = "auto"
     fused_layers: bool = False
+    load_format: str = "safetensors"
     hf_config: object = field(default=None, repr=False)
 
     def __post_init__(self):
@@ -88,6 +92,8 @@ class Config:
             (self.kvcache_block_size >= 1, f"kvcache_block_size must be >= 1, got {self.kvcache_block_size}"),
             (0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization must be in (0, 1]"),
             (self.tensor_parallel_size >= 1, "tensor_parallel_size must be >= 1"),
+            (self.load_format in ("safetensors", "dummy"),
+             f"load_format must be 'safetensors' or 'dummy', got {self.load_format!r}"),
             (self.attention_backend in ("torch", "triton"),
              f"attention_backend must be 'auto', 'torch' or 'triton', got {self.attention_backend!r}"),
         ]

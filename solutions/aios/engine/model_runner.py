@@ -53,7 +53,9 @@ class ModelRunner:
         self.config = config
         self.block_size = config.kvcache_block_size
         self.device = torch.device(config.device)
-        self.model = load_qwen3(config.model, config.dtype, config.device, fuse_residual_norm=True)
+        self.model = load_qwen3(
+            config.model, config.dtype, config.device, config.load_format, fuse_residual_norm=True
+        )
         hf = config.hf_config
         if config.num_kvcache_blocks <= 0:
             config.num_kvcache_blocks = default_num_kvcache_blocks(config)

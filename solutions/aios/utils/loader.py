@@ -88,11 +88,26 @@ def default_dtype_and_device(dtype: torch.dtype, device: str | torch.device):
         torch.set_default_dtype(previous)
 
 
-def load_qwen3(model_dir: str | Path, dtype: torch.dtype | None = None, device: str = "cpu", **model_options):
+def fill_random_weights(model: nn.Module, seed: int = 0, std: float = 0.02) -> None:
+    """Benchmark weights: normal(0, std) everywhere except norm scales (ones), generated on the model's device."""
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.fill_(1.0)
+            else:
+                param.normal_(0.0, std, generator=generator)
+
+
+def load_qwen3(
+    model_dir: str | Path, dtype: torch.dtype | None = None, device: str = "cpu", load_format: str = "safetensors",
+    **model_options,
+):
     """Build our Qwen3ForCausalLM for the checkpoint in ``model_dir`` and load its weights.
 
     dtype defaults to the checkpoint's; ``model_options`` go to the model's constructor
-    (for example ``fuse_residual_norm=True``). Returns the model in eval mode.
+    (for example ``fuse_residual_norm=True``). ``load_format="dummy"`` skips the
+    safetensors files and fills random weights instead. Returns the model in eval mode.
     """
     from aios.models.qwen3 import Qwen3ForCausalLM
 
@@ -100,5 +115,8 @@ def load_qwen3(model_dir: str | Path, dtype: torch.dtype | None = None, device: 
     dtype = dtype or config.torch_dtype
     with default_dtype_and_device(dtype, device):
         model = Qwen3ForCausalLM(config, **model_options)
-    load_weights(model, model_dir)
+    if load_format == "dummy":
+        fill_random_weights(model)
+    else:
+        load_weights(model, model_dir)
     return model.eval()
