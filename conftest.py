@@ -1,0 +1,126 @@
+"""Root pytest configuration: which ``aios`` the tests import, shared fixtures, markers.
+
+``AIOS_IMPL`` picks the tree (docs/conventions.md):
+
+* ``learner`` (default): the repository's generated ``aios/``;
+* ``reference``: ``solutions/aios/``;
+* any other value: a directory that contains an ``aios/`` package (or the package itself),
+  relative paths taken from the current directory, then from the repository root.
+
+That directory goes first on ``sys.path`` (ahead of the repository root, which pytest
+inserts for this file), any ``aios`` modules already imported are dropped, and the
+directory is prepended to ``PYTHONPATH`` with ``PYTHONSAFEPATH=1`` so that subprocesses
+(``python -m aios ...``, ``python -c ...``) import the same tree even when started
+from the repository root.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent
+
+
+def resolve_impl(value: str | None) -> tuple[str, Path]:
+    """Map an ``AIOS_IMPL`` value to ``(label, directory holding aios/)``."""
+    value = (value or "learner").strip() or "learner"
+    if value == "learner":
+        return "learner", ROOT
+    if value == "reference":
+        return "reference", ROOT / "solutions"
+    for base in (Path.cwd(), ROOT):
+        path = (base / value).resolve()
+        if path.name == "aios" and (path / "__init__.py").is_file():
+            return "path", path.parent
+        if (path / "aios").is_dir():
+            return "path", path
+    raise pytest.UsageError(f"AIOS_IMPL={value!r}: no directory containing an aios/ package there")
+
+
+def _purge_aios_modules() -> None:
+    """Forget every imported ``aios`` module so the next import reads the chosen tree."""
+    for name in list(sys.modules):
+        if name == "aios" or name.startswith("aios."):
+            del sys.modules[name]
+
+
+def _activate(impl_dir: Path) -> None:
+    """Put ``impl_dir`` first for this process and for its subprocesses."""
+    target = str(impl_dir)
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != target]
+    sys.path.insert(0, target)
+    if str(ROOT) not in [os.path.abspath(p or os.curdir) for p in sys.path]:
+        # Keep the root present (after the impl) so pytest never re-inserts it in front.
+        sys.path.insert(1, str(ROOT))
+    _purge_aios_modules()
+    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != target]
+    os.environ["PYTHONPATH"] = os.pathsep.join([target, *rest])
+    os.environ["PYTHONSAFEPATH"] = "1"
+
+
+IMPL_LABEL, IMPL_DIR = resolve_impl(os.environ.get("AIOS_IMPL"))
+_activate(IMPL_DIR)
+os.environ["AIOS_IMPL"] = IMPL_LABEL if IMPL_LABEL != "path" else str(IMPL_DIR)
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
+def pytest_report_header(config):
+    """Show which tree ``import aios`` resolves to."""
+    package = IMPL_DIR / "aios"
+    missing = "" if (package / "__init__.py").is_file() else "  (missing!)"
+    return f"aios implementation: {IMPL_LABEL} ({package}){missing}"
+
+
+def pytest_configure(config):
+    """Register the project's markers."""
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped with a reason without one")
+    config.addinivalue_line("markers", "benchmark_gpu: a GPU benchmark (pytest-benchmark); skipped without CUDA")
+
+
+def _cuda_available() -> bool:
+    """Whether torch sees a CUDA device (False when torch is missing)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip GPU tests without CUDA, and refuse to run if ``aios`` came from the wrong tree."""
+    module = sys.modules.get("aios")
+    if module is not None and getattr(module, "__file__", None):
+        origin = Path(module.__file__).resolve()
+        if not origin.is_relative_to(IMPL_DIR / "aios"):
+            raise pytest.UsageError(f"aios was imported from {origin}, not from {IMPL_DIR / 'aios'} (AIOS_IMPL)")
+    gpu_items = [i for i in items if i.get_closest_marker("gpu") or i.get_closest_marker("benchmark_gpu")]
+    if gpu_items and not _cuda_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in gpu_items:
+            item.add_marker(skip)
+
+
+def _cached_model(preset: str) -> Path:
+    """``aios.fixtures.cached_model(preset)``, skipping while the fixtures do not exist yet."""
+    try:
+        from aios.fixtures import cached_model
+    except ImportError as exc:
+        pytest.skip(f"aios.fixtures.cached_model is not available: {exc}")
+    return Path(cached_model(preset))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """A tiny random Qwen3 checkpoint in Hugging Face format (made once, then cached)."""
+    return _cached_model("tiny")
+
+
+@pytest.fixture(scope="session")
+def small_model_dir() -> Path:
+    """A small random Qwen3 checkpoint in Hugging Face format (made once, then cached)."""
+    return _cached_model("small")

@@ -1,0 +1,169 @@
+"""What the learner sees: the progress board and the result of a grade."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from grader import progress as prog
+from grader.curriculum import Curriculum, Lesson
+
+STATE_STYLE = {"passed": "green", "unlocked": "yellow", "locked": "dim", "coming": "dim italic"}
+OUTCOME_STYLE = {"passed": "green", "xpassed": "green", "xfailed": "green", "skipped": "cyan"}
+MAX_MESSAGE_LINES = 3
+MAX_MESSAGE_CHARS = 300
+
+
+def console() -> Console:
+    """A console on the current stdout (no syntax highlighting; 100 columns when not a terminal)."""
+    out = Console(highlight=False)
+    return out if out.is_terminal else Console(highlight=False, width=max(out.width, 100))
+
+
+def _parametrize_factor(decorators: list[ast.expr]) -> int:
+    """How many cases literal ``@pytest.mark.parametrize`` lists multiply a test into."""
+    factor = 1
+    for dec in decorators:
+        if isinstance(dec, ast.Call) and getattr(dec.func, "attr", "") == "parametrize" and len(dec.args) >= 2:
+            values = dec.args[1]
+            if isinstance(values, (ast.List, ast.Tuple)):
+                factor *= max(len(values.elts), 1)
+    return factor
+
+
+def estimate_tests(path: Path) -> int:
+    """Count the tests under ``path`` without running pytest (used before a first grade)."""
+    files = [path] if path.is_file() else sorted(path.rglob("test_*.py")) if path.is_dir() else []
+    total = 0
+    for file in files:
+        try:
+            tree = ast.parse(file.read_text(encoding="utf-8"))
+        except (OSError, SyntaxError, UnicodeDecodeError):
+            continue
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test"):
+                total += _parametrize_factor(node.decorator_list)
+            elif isinstance(node, ast.ClassDef) and node.name.startswith("Test"):
+                for sub in node.body:
+                    if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef)) and sub.name.startswith("test"):
+                        total += _parametrize_factor(sub.decorator_list) * _parametrize_factor(node.decorator_list)
+    return total
+
+
+def _counts(curriculum: Curriculum, grade: dict | None, suite: str, lesson: Lesson) -> dict:
+    """``{"passed", "total"}`` for one suite, from the last grade or a static count."""
+    if grade and suite in grade:
+        return {"passed": grade[suite]["passed"], "total": grade[suite]["total"]}
+    path = curriculum.root / (lesson.visible if suite == "visible" else lesson.hidden)
+    return {"passed": 0, "total": estimate_tests(path)}
+
+
+def status_data(curriculum: Curriculum, progress: prog.Progress) -> dict:
+    """The board as JSON-ready data (schema in the README of the grader)."""
+    current = prog.current_lesson(curriculum, progress)
+    rows = []
+    for lesson in curriculum.lessons:
+        grade = progress.grade(lesson.id)
+        rows.append(
+            {
+                "lesson": lesson.id,
+                "title": lesson.title,
+                "state": prog.state(curriculum, progress, lesson),
+                "visible": _counts(curriculum, grade, "visible", lesson),
+                "hidden": _counts(curriculum, grade, "hidden", lesson),
+                "points": lesson.points,
+                "graded": grade is not None,
+            }
+        )
+    return {"lessons": rows, "current": current.id if current else None}
+
+
+def print_board(curriculum: Curriculum, progress: prog.Progress) -> None:
+    """Print the progress board as a table."""
+    data = status_data(curriculum, progress)
+    table = Table(title="AIOS progress", title_justify="left")
+    for name, justify in (("#", "right"), ("Lesson", "left"), ("State", "left"), ("Visible", "right"),
+                          ("Hidden", "right")):
+        table.add_column(name, justify=justify)
+    for row in data["lessons"]:
+        state = row["state"]
+        shown = "coming soon" if state == "coming" else state
+        marker = " <" if row["lesson"] == data["current"] else ""
+        table.add_row(
+            str(row["lesson"]),
+            row["title"],
+            f"[{STATE_STYLE[state]}]{shown}[/]{marker}",
+            "-" if state == "coming" else f"{row['visible']['passed']}/{row['visible']['total']}",
+            "-" if state == "coming" else f"{row['hidden']['passed']}/{row['hidden']['total']}",
+        )
+    out = console()
+    out.print(table)
+    earned = sum(r["points"] for r in data["lessons"] if r["state"] == "passed")
+    possible = sum(r["points"] for r in data["lessons"])
+    tail = f"current lesson: {data['current']}" if data["current"] is not None else "no open lesson left"
+    out.print(f"points: {earned}/{possible}   {tail}   (next: python -m grader grade)")
+
+
+def shorten(message: str) -> str:
+    """The first few non-empty lines of a failure message, capped in length."""
+    lines = [line.rstrip() for line in message.strip().splitlines() if line.strip()]
+    text = "\n".join(lines[:MAX_MESSAGE_LINES])
+    if len(lines) > MAX_MESSAGE_LINES:
+        text += "\n..."
+    if len(text) > MAX_MESSAGE_CHARS:
+        text = text[: MAX_MESSAGE_CHARS - 3] + "..."
+    return text
+
+
+def _indent(text: str, prefix: str = "      ") -> str:
+    """Indent every line of ``text``."""
+    return "\n".join(prefix + line for line in text.splitlines())
+
+
+def print_grade(result: dict) -> None:
+    """Print a grade: visible tests with short messages, hidden ones with name and hint only."""
+    out = console()
+    out.print(f"[bold]Lesson {result['lesson']}: {result['title']}[/]  ({result['impl']})", highlight=False)
+    for suite in ("visible", "hidden"):
+        counts = result[suite]
+        out.print(f"\n[bold]{suite} tests[/]: {counts['passed']}/{counts['total']} passed"
+                  + (f", {counts['skipped']} skipped" if counts["skipped"] else ""))
+        for test in result["tests"][suite]:
+            _print_test(out, suite, test)
+    if any(not t["ok"] for t in result["tests"]["visible"]) and result.get("log"):
+        out.print(f"\nfull output of the visible tests: {result['log']}", markup=False, soft_wrap=True)
+    for note in result["notes"]:
+        out.print(f"[yellow]note:[/] {note}", markup=True, highlight=False)
+    verdict = "[green]PASSED[/]" if result["passed"] else "[red]NOT PASSED[/]"
+    out.print(f"\nLesson {result['lesson']}: {verdict}")
+    if result.get("unlocked"):
+        out.print("Unlocked: " + ", ".join(f"lesson {i}" for i in result["unlocked"]))
+    if result.get("hint"):
+        out.print(f"\n[bold]Hint 1[/] (more: python -m grader hint {result['lesson']})")
+        out.print(result["hint"], markup=False)
+    if not result.get("recorded", True):
+        out.print(f"(progress not recorded: graded against {result['impl']})")
+
+
+def _print_test(out: Console, suite: str, test: dict) -> None:
+    """One line (plus a short message for visible failures) for a test."""
+    outcome = test["outcome"]
+    style = OUTCOME_STYLE.get(outcome, "red")
+    out.print(f"  [{style}]{outcome.upper():8}[/] ", end="")
+    out.print(test["name"], markup=False)
+    if test.get("ok"):
+        if outcome == "skipped" and suite == "visible" and test.get("message"):
+            out.print(_indent("skipped: " + shorten(test["message"])), markup=False, soft_wrap=True)
+        return
+    lines = []
+    if suite == "hidden":
+        lines += ["hint: " + test["hint"]] if test.get("hint") else []
+        lines += [test["stub"]] if test.get("stub") else []
+    else:
+        lines += [shorten(test["message"])] if test.get("message") else []
+        lines += ["at " + test["location"]] if test.get("location") else []
+    for line in lines:
+        out.print(_indent(line), markup=False, soft_wrap=True)

@@ -1,0 +1,126 @@
+"""Nox sessions for AIOS: grading, the honesty checks, the test suite and the stub generator.
+
+    nox -s grade               # grade the current lesson, then show the board
+    nox -s grade-lesson3       # grade lesson 3 (grade-lesson0 ... grade-lesson15)
+    nox -s selfcheck           # reference passes, stubs fail, aios/ up to date
+    nox -s tests               # every visible suite + tests/infra against the reference
+    nox -s stubgen             # regenerate aios/ from solutions/aios/ (-- --check to only compare)
+
+Environment choice: every session shares ONE virtual environment, ``.nox/aios``, made once
+with ``--system-site-packages`` (nox's own per-session environments would each download
+torch, several GB). Because it sees the system's site-packages, a torch already installed
+there (a CUDA build on a GPU machine, the pinned CPU build on CI) is reused as it is.
+Packages are installed into it only when missing: torch from ``$AIOS_TORCH_SPEC``
+(default ``torch==2.13.0`` when no NVIDIA driver is visible, plain ``torch`` otherwise),
+everything else from ``requirements-dev.txt``. ``$AIOS_PYTHON`` picks the interpreter
+the environment is made from (default: ``python3`` on PATH). Delete ``.nox/aios`` to
+start over.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".nox" / "aios"
+REQUIREMENTS = ROOT / "requirements-dev.txt"
+LESSONS = range(16)
+
+nox.options.default_venv_backend = "none"
+nox.options.sessions = ["grade"]
+
+MISSING_SCRIPT = """
+import importlib.metadata, re, sys
+missing = []
+for line in open(sys.argv[1]):
+    line = line.split("#")[0].strip()
+    if not line:
+        continue
+    name = re.split(r"[<>=!~\\[; ]", line)[0]
+    try:
+        importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        missing.append(line)
+print("\\n".join(missing))
+"""
+
+
+def _venv_python() -> Path:
+    """The shared environment's interpreter."""
+    return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def _torch_spec() -> str:
+    """What to install when torch is missing."""
+    if os.environ.get("AIOS_TORCH_SPEC"):
+        return os.environ["AIOS_TORCH_SPEC"]
+    cuda_visible = shutil.which("nvidia-smi") or Path("/proc/driver/nvidia/version").exists()
+    return "torch" if cuda_visible else "torch==2.13.0"
+
+
+def shared_env(session: nox.Session) -> str:
+    """Create ``.nox/aios`` if needed, install what is missing, return its python."""
+    python = _venv_python()
+    if not python.exists():
+        base = os.environ.get("AIOS_PYTHON") or shutil.which("python3") or sys.executable
+        session.log(f"creating the shared environment {VENV} (system site-packages visible)")
+        session.run(base, "-m", "venv", "--system-site-packages", str(VENV), external=True)
+    missing = session.run(str(python), "-c", MISSING_SCRIPT, str(REQUIREMENTS), external=True, silent=True,
+                          log=False)
+    missing = [line for line in (missing or "").splitlines() if line.strip()]
+    torch = [m for m in missing if m.startswith("torch") and m.split("=")[0].strip() == "torch"]
+    others = [m for m in missing if m not in torch]
+    if torch:
+        session.run(str(python), "-m", "pip", "install", "-q", _torch_spec(), external=True)
+    if others:
+        session.run(str(python), "-m", "pip", "install", "-q", *others, external=True)
+    return str(python)
+
+
+def _grade_session(lesson: int):
+    """Make the session that grades one lesson."""
+
+    def grade_lesson(session: nox.Session) -> None:
+        python = shared_env(session)
+        session.run(python, "-m", "grader", "grade", str(lesson), *session.posargs, external=True)
+
+    grade_lesson.__doc__ = f"Grade lesson {lesson} (visible then hidden tests)."
+    return nox.session(name=f"grade-lesson{lesson}", venv_backend="none")(grade_lesson)
+
+
+for _lesson in LESSONS:
+    globals()[f"grade_lesson{_lesson}"] = _grade_session(_lesson)
+
+
+@nox.session(venv_backend="none")
+def grade(session: nox.Session) -> None:
+    """Grade the current lesson (the lowest unlocked one not passed yet), then print the board."""
+    python = shared_env(session)
+    session.run(python, "-m", "grader", "grade", *session.posargs, external=True)
+
+
+@nox.session(venv_backend="none")
+def selfcheck(session: nox.Session) -> None:
+    """The honesty checks: python -m grader selfcheck [--lessons 1,2]."""
+    python = shared_env(session)
+    session.run(python, "-m", "grader", "selfcheck", *session.posargs, external=True)
+
+
+@nox.session(venv_backend="none")
+def tests(session: nox.Session) -> None:
+    """Every visible lesson suite and tests/infra against the reference engine."""
+    python = shared_env(session)
+    session.run(python, "-m", "pytest", "tests", "-q", *session.posargs, external=True,
+                env={"AIOS_IMPL": "reference"}, success_codes=[0, 5])
+
+
+@nox.session(venv_backend="none")
+def stubgen(session: nox.Session) -> None:
+    """Regenerate aios/ from solutions/aios/ (pass -- --check to compare only)."""
+    python = shared_env(session)
+    session.run(python, "-m", "grader.stubgen", *session.posargs, external=True)
