@@ -21,7 +21,7 @@ from pathlib import Path
 from rich.table import Table
 
 from grader import board, stubgen
-from grader.curriculum import Curriculum, Lesson, derived_symbols
+from grader.curriculum import DEFAULT_TEST_TIMEOUT, Curriculum, Lesson, derived_symbols
 from grader.runner import RunResult, TestResult, run_pytest
 
 INFRA = "tests/infra"
@@ -53,12 +53,12 @@ def batches(root: Path, paths: list[str]) -> list[list[str]]:
     return [group for group, _ in groups]
 
 
-def run_many(root: Path, paths: list[str], impl: str, timeout: int) -> list[TestResult]:
+def run_many(root: Path, paths: list[str], impl: str, timeout: int, test_timeout: int) -> list[TestResult]:
     """Run every existing path (batched) and return all tests and collection errors."""
     existing = [p for p in paths if (root / p).exists()]
     results: list[TestResult] = []
     for group in batches(root, existing):
-        run: RunResult = run_pytest(root, group, impl=impl, test_timeout=None, run_timeout=timeout)
+        run: RunResult = run_pytest(root, group, impl=impl, test_timeout=test_timeout, run_timeout=timeout)
         results.extend(run.tests)
         results.extend(run.collect_errors)
         for note in run.notes:
@@ -72,26 +72,26 @@ def under(results: list[TestResult], prefix: str) -> list[TestResult]:
     return [r for r in results if r.nodeid.startswith((prefix + "/", prefix + " ")) or r.nodeid == prefix]
 
 
-def static_checks(curriculum: Curriculum, lessons: list[Lesson]) -> list[str]:
-    """Marker, drift and curriculum checks; returns the defects found."""
+def static_checks(curriculum: Curriculum, lessons: list[Lesson]) -> tuple[list[str], dict[int, list[str]]]:
+    """Marker, drift and curriculum checks: ``(defects, symbols per lesson from the markers)``."""
     root = curriculum.root
     defects = []
     try:
         expected = stubgen.generate(root / "solutions" / "aios")
-        drift = stubgen.diff_trees(expected, stubgen.read_tree(root / "aios"))
-        if drift:
-            defects.append("aios/ differs from `python -m grader.stubgen` output:\n  " + "\n  ".join(drift[:20]))
         marked = derived_symbols(root)
     except stubgen.MarkerError as exc:
-        return [f"solution markers: {exc}"]
+        return [f"solution markers: {exc}"], {}
+    drift = stubgen.diff_trees(expected, stubgen.read_tree(root / "aios"))
+    if drift:
+        defects.append("aios/ differs from `python -m grader.stubgen` output:\n  " + "\n  ".join(drift[:20]))
     known = {lesson.id for lesson in curriculum.lessons}
     for lesson_id in sorted(set(marked) - known):
         defects.append(f"solution regions name lesson {lesson_id}, which the curriculum does not have")
     for lesson in lessons:
         if lesson.symbols is not None and sorted(lesson.symbols) != sorted(marked.get(lesson.id, [])):
-            defects.append(f"lesson {lesson.id}: curriculum symbols {sorted(lesson.symbols)} "
+            defects.append(f"curriculum symbols of lesson {lesson.id} {sorted(lesson.symbols)} "
                            f"!= markers {sorted(marked.get(lesson.id, []))}")
-    return defects
+    return defects, marked
 
 
 def stubbed_results(curriculum: Curriculum, lesson: Lesson, tmp: Path) -> list[TestResult]:
@@ -99,7 +99,48 @@ def stubbed_results(curriculum: Curriculum, lesson: Lesson, tmp: Path) -> list[T
     files = stubgen.generate(curriculum.root / "solutions" / "aios", only=lesson.id)
     parent = tmp / f"lesson{lesson.id:02d}"
     stubgen.write_tree(files, parent)
-    return run_many(curriculum.root, [lesson.visible, lesson.hidden], str(parent), lesson.timeout * 2)
+    return run_many(curriculum.root, [lesson.visible, lesson.hidden], str(parent), lesson.timeout * 2,
+                    lesson.test_timeout)
+
+
+def reference_problems(results: list[TestResult]) -> list[str]:
+    """Tests that did not pass (or skip) against the reference."""
+    return [f"reference: {r.nodeid}: {r.outcome}: {board.shorten(r.message)}" for r in results if not r.ok]
+
+
+class Report:
+    """The table rows, the defects and the pass/fail tally of a selfcheck."""
+
+    def __init__(self) -> None:
+        self.table = Table(title="selfcheck", title_justify="left")
+        for name in ("Lesson", "Reference pass/total", "Stubbed fail/total", "Verdict"):
+            self.table.add_column(name)
+        self.defects: list[str] = []
+        self.good = 0
+
+    def row(self, label: str, ref: list[TestResult], stub_cell: str, problems: list[str], prefix: str) -> None:
+        """Add one row and its defects."""
+        passed = sum(1 for r in ref if r.outcome == "passed")
+        verdict = "[green]ok[/]" if not problems else f"[red]{len(problems)} defect(s)[/]"
+        self.table.add_row(label, f"{passed}/{len(ref)}", stub_cell, verdict)
+        self.good += sum(1 for r in ref if r.ok)
+        self.defects += [f"{prefix}: {p}" for p in problems]
+
+
+def check_lesson(curriculum: Curriculum, lesson: Lesson, reference: list[TestResult], marked: dict,
+                 tmp: Path, report: Report) -> None:
+    """Reference results of one lesson, then its tests against the lesson-stubbed tree."""
+    ref = under(reference, lesson.visible) + under(reference, lesson.hidden)
+    problems = reference_problems(ref) + ([] if ref else ["no tests"])
+    stub_cell = "n/a (no regions)"
+    if marked.get(lesson.id) and ref:
+        board.console().print(f"selfcheck: lesson {lesson.id} with only its regions stubbed ...")
+        ran = [r for r in stubbed_results(curriculum, lesson, tmp) if r.outcome != "skipped"]
+        failing = [r for r in ran if not r.ok]
+        stub_cell = f"{len(failing)}/{len(ran)}"
+        problems += [f"stubbed: {r.nodeid} passed without lesson {lesson.id}'s code" for r in ran if r.ok]
+        report.good += len(failing)
+    report.row(f"{lesson.id} {lesson.title}", ref, stub_cell, problems, f"lesson {lesson.id}")
 
 
 def run(curriculum: Curriculum, only: list[int] | None = None, skip_infra: bool = False) -> int:
@@ -107,53 +148,23 @@ def run(curriculum: Curriculum, only: list[int] | None = None, skip_infra: bool 
     started = time.monotonic()
     lessons = [l for l in curriculum.ready() if only is None or l.id in only]
     out = board.console()
-    defects = static_checks(curriculum, lessons)
-    marked = derived_symbols(curriculum.root) if not any(d.startswith("solution markers") for d in defects) else {}
+    static, marked = static_checks(curriculum, lessons)
     paths = [p for l in lessons for p in (l.visible, l.hidden)] + ([] if skip_infra else [INFRA])
     out.print(f"selfcheck: reference run over {len(paths)} suites ...")
-    reference = run_many(curriculum.root, paths, "reference", RUN_TIMEOUT)
-    table = Table(title="selfcheck", title_justify="left")
-    for name in ("Lesson", "Reference pass/total", "Stubbed fail/total", "Verdict"):
-        table.add_column(name)
-    good = bad = 0
+    test_timeout = max([l.test_timeout for l in lessons] + [DEFAULT_TEST_TIMEOUT])
+    reference = run_many(curriculum.root, paths, "reference", RUN_TIMEOUT, test_timeout)
+    report = Report()
     with tempfile.TemporaryDirectory(prefix="aios-selfcheck-") as tmp:
         for lesson in lessons:
-            ref = under(reference, lesson.visible) + under(reference, lesson.hidden)
-            problems = [f"reference: {r.nodeid}: {r.outcome}: {board.shorten(r.message)}" for r in ref if not r.ok]
-            stub_cell = "n/a (no regions)"
-            if not ref:
-                problems.append("no tests")
-            if marked.get(lesson.id) and ref:
-                out.print(f"selfcheck: lesson {lesson.id} with only its regions stubbed ...")
-                stubbed = stubbed_results(curriculum, lesson, Path(tmp))
-                ran = [r for r in stubbed if r.outcome != "skipped"]
-                failing = [r for r in ran if not r.ok]
-                stub_cell = f"{len(failing)}/{len(ran)}"
-                problems += [f"stubbed: {r.nodeid} passed without lesson {lesson.id}'s code" for r in ran if r.ok]
-                good += len(failing)
-            good += sum(1 for r in ref if r.ok)
-            bad += len(problems)
-            passed = sum(1 for r in ref if r.outcome == "passed")
-            verdict = "[green]ok[/]" if not problems else f"[red]{len(problems)} defect(s)[/]"
-            table.add_row(f"{lesson.id} {lesson.title}", f"{passed}/{len(ref)}", stub_cell, verdict)
-            defects += [f"lesson {lesson.id}: {p}" for p in problems]
+            check_lesson(curriculum, lesson, reference, marked, Path(tmp), report)
     if not skip_infra:
         infra = under(reference, INFRA)
-        problems = [f"infra: {r.nodeid}: {r.outcome}: {board.shorten(r.message)}" for r in infra if not r.ok]
-        if not infra:
-            problems.append("infra: no tests")
-        good += sum(1 for r in infra if r.ok)
-        bad += len(problems)
-        passed = sum(1 for r in infra if r.outcome == "passed")
-        table.add_row("infra", f"{passed}/{len(infra)}", "-",
-                      "[green]ok[/]" if not problems else f"[red]{len(problems)} defect(s)[/]")
-        defects += problems
-    out.print(table)
-    static = [d for d in defects if not d.startswith(("lesson ", "infra: "))]
-    bad += len(static)
+        report.row("infra", infra, "-", reference_problems(infra) + ([] if infra else ["no tests"]), "infra")
+    out.print(report.table)
+    defects = static + report.defects
     for defect in defects:
-        out.print(f"[red]DEFECT[/] ", end="")
-        out.print(defect, markup=False)
+        out.print("[red]DEFECT[/] ", end="")
+        out.print(defect, markup=False, soft_wrap=True)
     out.print(f"selfcheck took {time.monotonic() - started:.0f} s")
-    print(f"selfcheck: {good} passed, {bad} failed")
+    print(f"selfcheck: {report.good} passed, {len(defects)} failed")
     return 1 if defects else 0

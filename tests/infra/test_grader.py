@@ -262,3 +262,101 @@ def test_module_entry_point_and_aios_root(repo):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "Misbehaving tests" in result.stdout and "coming soon" in result.stdout
+
+
+SELFCHECK_FILES = {
+    "solutions/aios/__init__.py": "",
+    "solutions/aios/mathops.py": '''
+        def double(x):
+            """Twice x."""
+            # BEGIN SOLUTION lesson1
+            return 2 * x
+            # END SOLUTION
+
+
+        def square(x):
+            """x squared."""
+            # BEGIN SOLUTION lesson2
+            return x * x
+            # END SOLUTION
+        ''',
+    "tests/lesson01/test_double.py": '''
+        from aios.mathops import double
+
+        def test_double():
+            assert double(3) == 6
+
+        def test_dishonest():
+            """Passes whatever the learner writes."""
+            assert callable(double)
+        ''',
+    "grader/hidden/lesson01/test_double.py": '''
+        import pytest
+        from aios.mathops import double
+
+        def test_double_negative():
+            """Negative numbers double too."""
+            assert double(-2) == -4
+
+        @pytest.mark.gpu
+        def test_on_gpu():
+            """Skipped without CUDA."""
+            assert double(1) == 2
+        ''',
+    "tests/lesson02/test_square.py": '''
+        from aios.mathops import square
+
+        def test_square():
+            assert square(3) == 9
+        ''',
+}
+
+SELFCHECK_CURRICULUM = """
+[[lesson]]
+id = 1
+title = "Double"
+status = "ready"
+prerequisites = []
+
+[[lesson]]
+id = 2
+title = "Square"
+status = "ready"
+
+[[lesson]]
+id = 3
+title = "Later"
+status = "coming"
+"""
+
+
+def test_selfcheck_flags_a_test_that_passes_against_the_stub(tmp_path, capsys, monkeypatch):
+    root = tmp_path / "repo"
+    (root / "grader").mkdir(parents=True)
+    (root / "grader" / "curriculum.toml").write_text(SELFCHECK_CURRICULUM)
+    (root / "conftest.py").write_text((REPO / "conftest.py").read_text())  # the real AIOS_IMPL switch
+    for rel, text in SELFCHECK_FILES.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip())
+    from grader import stubgen
+
+    assert stubgen.main(["--root", str(root)]) == 0
+    monkeypatch.delenv("AIOS_IMPL", raising=False)
+    capsys.readouterr()
+    code = cli.main(["--root", str(root), "selfcheck", "--skip-infra"])
+    out = capsys.readouterr().out
+    assert code == 1, out
+    assert "DEFECT lesson 1: stubbed: tests/lesson01/test_double.py::test_dishonest passed" in out
+    assert "test_double_negative" not in out.split("DEFECT", 1)[1]
+    assert "lesson 2" not in out.split("DEFECT", 1)[1]  # lesson 2 is honest
+    assert "selfcheck: " in out and ", 1 failed" in out
+
+    row = next(line for line in out.splitlines() if "Double" in line)
+    assert "3/4" in row and "2/3" in row  # reference: 3 of 4 pass (GPU skipped); stubbed: 2 of 3 fail
+
+    code = cli.main(["--root", str(root), "selfcheck", "--skip-infra", "--lessons", "2"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    row = next(line for line in out.splitlines() if "Square" in line)
+    assert row.count("1/1") == 2 and "ok" in row

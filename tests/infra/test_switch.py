@@ -88,3 +88,21 @@ def test_bad_path_is_a_usage_error(tmp_path):
     result = run_probe(plain_env(AIOS_IMPL=str(tmp_path / "nowhere"), EXPECT_AIOS="unused"))
     assert result.returncode == 4
     assert "no directory containing an aios/ package" in result.stdout + result.stderr
+
+
+def test_gpu_markers_skip_without_cuda():
+    torch = pytest.importorskip("torch")
+    result = subprocess.run([sys.executable, "-m", "pytest", "tests/infra/gpu_probe.py", "-p", "no:cacheprovider",
+                             "-rs", "--strict-markers"], cwd=REPO, env=plain_env(), capture_output=True, text=True,
+                            timeout=120)
+    if torch.cuda.is_available():
+        assert result.returncode == 0 and "3 passed" in result.stdout, result.stdout[-2000:]
+    else:
+        assert result.returncode == 0, result.stdout[-2000:]
+        assert "1 passed, 2 skipped" in result.stdout and "needs a CUDA GPU" in result.stdout
+
+
+def test_tiny_model_dir_fixture(tiny_model_dir):
+    """The shared session fixture hands out a Hugging Face-format checkpoint folder."""
+    assert (tiny_model_dir / "config.json").is_file()
+    assert any(tiny_model_dir.glob("*.safetensors"))
