@@ -83,7 +83,9 @@ def static_checks(curriculum: Curriculum, lessons: list[Lesson]) -> tuple[list[s
         return [f"solution markers: {exc}"], {}
     drift = stubgen.diff_trees(expected, stubgen.read_tree(root / "aios"))
     if drift:
-        defects.append("aios/ differs from `python -m grader.stubgen` output:\n  " + "\n  ".join(drift[:20]))
+        more = [f"... and {len(drift) - 20} more lines"] if len(drift) > 20 else []
+        defects.append("aios/ differs from `python -m grader.stubgen` output (run it to regenerate):\n  "
+                       + "\n  ".join(drift[:20] + more))
     known = {lesson.id for lesson in curriculum.lessons}
     for lesson_id in sorted(set(marked) - known):
         defects.append(f"solution regions name lesson {lesson_id}, which the curriculum does not have")

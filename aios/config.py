@@ -1,0 +1,129 @@
+"""Engine configuration: one dataclass with every option ``LLM(model, **options)`` accepts."""
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import torch
+
+from aios.utils.hf_config import load_model_config
+
+_DTYPE_NAMES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+                "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def features_up_to(lesson: int) -> dict:
+    """Engine options that switch on exactly the mechanisms of lessons <= ``lesson``.
+
+    Every later mechanism replaces an earlier one behind an option; tests of lesson N
+    pass ``**features_up_to(N)`` so they never reach a later lesson's stubs.
+    """
+    return {
+        "attention_backend": "triton" if lesson >= 9 else "torch",
+        "fused_layers": lesson >= 10,
+        "enforce_eager": lesson < 11,
+        "enable_prefix_caching": lesson >= 13,
+    }
+
+
+@dataclass
+class Config:
+    """Everything the engine needs to know, with defaults for a single GPU (or the CPU).
+
+    model:                  path of a Hugging Face-format Qwen3 checkpoint directory.
+    max_num_seqs:           most sequences in one batch.
+    max_num_batched_tokens: most tokens in one prefill batch.
+    max_model_len:          longest sequence (prompt + completion); capped by the checkpoint's.
+    dtype:                  "auto" (the checkpoint's), "float32", "float16", "bfloat16" or a torch.dtype.
+    device:                 "auto" (CUDA when available, else CPU), "cuda", "cpu".
+    enforce_eager:          never use CUDA graphs (lesson 11); always true on the CPU.
+    num_kvcache_blocks:     KV-cache size in blocks; -1 sizes it from free memory.
+    kvcache_block_size:     token slots per KV-cache block.
+    gpu_memory_utilization: share of GPU memory the engine may fill (weights + KV cache + activations).
+    tensor_parallel_size:   GPUs to shard the model over (lesson 14).
+    enable_prefix_caching:  reuse KV blocks of identical prompt prefixes (lesson 13).
+    attention_backend:      "auto", "torch" (lessons 6-7) or "triton" (lesson 9).
+    fused_layers:           fused QKV and gate/up projections (lesson 10).
+    load_format:            "safetensors" (read the checkpoint) or "dummy" (random weights, for
+                            benchmarks: throughput does not depend on weight values; needs only config.json
+                            and the tokenizer files).
+    """
+
+    model: str
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 16384
+    max_model_len: int = 4096
+    dtype: str | torch.dtype = "auto"
+    device: str = "auto"
+    enforce_eager: bool = False
+    num_kvcache_blocks: int = -1
+    kvcache_block_size: int = 16
+    gpu_memory_utilization: float = 0.9
+    tensor_parallel_size: int = 1
+    enable_prefix_caching: bool = True
+    attention_backend: str = "auto"
+    fused_layers: bool = False
+    load_format: str = "safetensors"
+    hf_config: object = field(default=None, repr=False)
+
+    def __post_init__(self):
+        self.model = str(self.model)
+        if not Path(self.model).is_dir():
+            raise FileNotFoundError(
+                f"Model directory {self.model!r} does not exist. "
+                "Make a test checkpoint with `python -m aios make-model tiny ./models/tiny`."
+            )
+        self.hf_config = load_model_config(self.model)
+        self.device = resolve_device(self.device)
+        self.dtype = resolve_dtype(self.dtype, self.hf_config.torch_dtype)
+        self.max_model_len = min(self.max_model_len, self.hf_config.max_position_embeddings)
+        if self.device == "cpu":
+            self.enforce_eager = True
+        if self.attention_backend == "auto":
+            self.attention_backend = "torch"
+        self._validate()
+
+    def _validate(self):
+        checks = [
+            (self.max_num_seqs >= 1, f"max_num_seqs must be >= 1, got {self.max_num_seqs}"),
+            (self.max_model_len >= 2, f"max_model_len must be >= 2, got {self.max_model_len}"),
+            (self.max_num_batched_tokens >= self.max_model_len,
+             f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_model_len "
+             f"({self.max_model_len}) so that any prompt fits in one prefill"),
+            (self.kvcache_block_size >= 1, f"kvcache_block_size must be >= 1, got {self.kvcache_block_size}"),
+            (0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization must be in (0, 1]"),
+            (self.tensor_parallel_size >= 1, "tensor_parallel_size must be >= 1"),
+            (self.load_format in ("safetensors", "dummy"),
+             f"load_format must be 'safetensors' or 'dummy', got {self.load_format!r}"),
+            (self.attention_backend in ("torch", "triton"),
+             f"attention_backend must be 'auto', 'torch' or 'triton', got {self.attention_backend!r}"),
+        ]
+        problems = [message for ok, message in checks if not ok]
+        if problems:
+            raise ValueError("Invalid engine options: " + "; ".join(problems))
+
+    @classmethod
+    def from_options(cls, model, **options) -> "Config":
+        """Like ``Config(model, **options)`` but an unknown option is an error that lists the valid ones."""
+        valid = {f.name for f in fields(cls)} - {"model", "hf_config"}
+        unknown = sorted(set(options) - valid)
+        if unknown:
+            raise TypeError(f"Unknown engine option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(valid))}")
+        return cls(model, **options)
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' was asked for but torch sees no CUDA GPU")
+    return device
+
+
+def resolve_dtype(dtype, checkpoint_dtype: torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return checkpoint_dtype
+    if dtype not in _DTYPE_NAMES:
+        raise ValueError(f"dtype must be 'auto' or one of {sorted(_DTYPE_NAMES)}, got {dtype!r}")
+    return _DTYPE_NAMES[dtype]

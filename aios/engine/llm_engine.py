@@ -1,0 +1,130 @@
+"""The engine loop: tokenizer in, scheduler and model runner in the middle, text out."""
+
+import json
+import math
+from pathlib import Path
+
+from aios.config import Config
+from aios.engine.block_manager import BlockManager
+from aios.engine.model_runner import ModelRunner
+from aios.engine.scheduler import Scheduler
+from aios.engine.sequence import Sequence
+from aios.sampling_params import SamplingParams
+
+
+class RequestError(ValueError):
+    """A request the engine cannot serve (too long, empty, never fits in the KV cache)."""
+
+
+def load_tokenizer(model_dir: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+def eos_token_ids(model_dir: str, tokenizer) -> set[int]:
+    """Every id that ends a generation: the tokenizer's EOS and generation_config.json's eos_token_id(s)."""
+    ids = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    path = Path(model_dir) / "generation_config.json"
+    if path.is_file():
+        value = json.loads(path.read_text()).get("eos_token_id")
+        ids.update(value if isinstance(value, list) else [value] if value is not None else [])
+    return ids
+
+
+class LLMEngine:
+    """Owns the tokenizer, the scheduler and the model runner; ``step`` advances every request by one step."""
+
+    def __init__(self, model: str, **options):
+        self.config = Config.from_options(model, **options)
+        self.tokenizer = load_tokenizer(self.config.model)
+        self.eos_token_ids = eos_token_ids(self.config.model, self.tokenizer)
+        self.model_runner = ModelRunner(self.config)
+        self.block_manager = BlockManager(
+            self.config.num_kvcache_blocks, self.config.kvcache_block_size, self.config.enable_prefix_caching
+        )
+        self.scheduler = Scheduler(self.config, self.block_manager, self.eos_token_ids)
+
+    def tokenize(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt)
+        return list(prompt)
+
+    def check_request(self, token_ids: list[int], params: SamplingParams) -> None:
+        """Raise RequestError if the request could never be served."""
+        limit = self.config.max_model_len
+        if not token_ids:
+            raise RequestError("the prompt is empty: give at least one token")
+        if len(token_ids) >= limit:
+            raise RequestError(
+                f"the prompt has {len(token_ids)} tokens; max_model_len is {limit}, "
+                f"so prompts may have at most {limit - 1}"
+            )
+        vocab = self.config.hf_config.vocab_size
+        bad = [t for t in token_ids if not 0 <= t < vocab]
+        if bad:
+            raise RequestError(f"token id(s) {bad[:5]} are outside the vocabulary [0, {vocab})")
+        longest = min(len(token_ids) + params.max_tokens, limit)
+        blocks = math.ceil(longest / self.config.kvcache_block_size)
+        if blocks > self.block_manager.num_blocks:
+            raise RequestError(
+                f"the request can grow to {longest} tokens = {blocks} KV blocks, but the whole cache has "
+                f"{self.block_manager.num_blocks}: lower max_tokens or give the engine more KV-cache blocks"
+            )
+
+    def add_request(self, prompt: str | list[int], sampling_params: SamplingParams | None = None) -> Sequence:
+        """Validate and queue one request; returns its Sequence."""
+        params = sampling_params or SamplingParams()
+        token_ids = self.tokenize(prompt)
+        self.check_request(token_ids, params)
+        seq = Sequence(token_ids, params, self.config.kvcache_block_size)
+        self.scheduler.add(seq)
+        return seq
+
+    def step(self) -> tuple[list[Sequence], int]:
+        """Run one scheduled batch. Returns (sequences that finished, tokens processed: positive for prefill, negative for decode)."""
+        raise NotImplementedError("Lesson 8: implement LLMEngine.step in aios/engine/llm_engine.py — see exercises/lesson08/README.md, 'What to implement'")
+
+    def is_finished(self) -> bool:
+        return self.scheduler.is_finished()
+
+    def output(self, seq: Sequence) -> dict:
+        """The user-facing result of a finished sequence."""
+        ids = seq.completion_token_ids
+        return {
+            "text": self.tokenizer.decode(ids, skip_special_tokens=True),
+            "token_ids": ids,
+            "finish_reason": seq.finish_reason,
+        }
+
+    def generate(self, prompts, sampling_params=None, use_tqdm: bool = True) -> list[dict]:
+        """Generate for every prompt; returns one dict per prompt, in prompt order.
+
+        prompts: a list of strings or of token-id lists. sampling_params: one SamplingParams
+        for all, or a list with one per prompt. Each result has "text", "token_ids" (the
+        generated part) and "finish_reason".
+        """
+        if isinstance(prompts, (str, tuple)) or (prompts and isinstance(prompts[0], int)):
+            raise TypeError("prompts must be a list of strings or a list of token-id lists")
+        if not prompts:
+            raise RequestError("generate() got an empty list of prompts")
+        if not isinstance(sampling_params, list):
+            sampling_params = [sampling_params] * len(prompts)
+        if len(sampling_params) != len(prompts):
+            raise ValueError(f"{len(sampling_params)} SamplingParams for {len(prompts)} prompts")
+        requests = [(self.tokenize(p), sp or SamplingParams()) for p, sp in zip(prompts, sampling_params)]
+        for i, (ids, sp) in enumerate(requests):
+            try:
+                self.check_request(ids, sp)
+            except RequestError as error:
+                raise RequestError(f"prompt {i}: {error}") from None
+        # Hint: step until the scheduler is empty; remember each finished sequence's result by its seq_id.
+        raise NotImplementedError("Lesson 8: implement LLMEngine.generate in aios/engine/llm_engine.py — see exercises/lesson08/README.md, 'What to implement'")
+
+
+def progress_bar(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="Generating", unit="req", disable=not enabled, dynamic_ncols=True)

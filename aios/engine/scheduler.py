@@ -1,0 +1,48 @@
+"""Continuous batching: decide, every step, which sequences run and whether the step is prefill or decode.
+
+Prefill first: while waiting requests fit (sequence count, token budget, free KV
+blocks) admit them and run a prefill step. Otherwise run one decode step over
+every running sequence; when the cache is full, preempt the newest running
+sequence (free its blocks, send it back to the front of the queue, recompute later).
+"""
+
+from collections import deque
+
+from aios.config import Config
+from aios.engine.block_manager import BlockManager
+from aios.engine.sequence import Sequence, SequenceStatus
+
+
+class Scheduler:
+    def __init__(self, config: Config, block_manager: BlockManager, eos_token_ids: set[int]):
+        self.max_num_seqs = config.max_num_seqs
+        self.max_num_batched_tokens = config.max_num_batched_tokens
+        self.max_model_len = config.max_model_len
+        self.block_manager = block_manager
+        self.eos_token_ids = set(eos_token_ids)
+        self.waiting: deque[Sequence] = deque()
+        self.running: deque[Sequence] = deque()
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def is_finished(self) -> bool:
+        return not self.waiting and not self.running
+
+    def schedule(self) -> tuple[list[Sequence], bool]:
+        """Pick the next batch. Returns (sequences, is_prefill)."""
+        # Hint: admit from the front of `waiting` until a limit is hit; stop at the first one that does not fit.
+        # Hint: decode: every running sequence needs room for one more token; make room by preempting the newest.
+        raise NotImplementedError("Lesson 8: implement Scheduler.schedule in aios/engine/scheduler.py — see exercises/lesson08/README.md, 'What to implement'")
+
+    def preempt(self, seq: Sequence) -> None:
+        """Free ``seq``'s blocks and put it back at the front of the waiting queue."""
+        raise NotImplementedError("Lesson 8: implement Scheduler.preempt in aios/engine/scheduler.py — see exercises/lesson08/README.md, 'What to implement'")
+
+    def postprocess(self, seqs: list[Sequence], token_ids: list[int]) -> list[Sequence]:
+        """Append each new token; finish sequences that hit EOS, max_tokens or max_model_len.
+
+        Returns the sequences that finished this step (their blocks are already freed).
+        """
+        raise NotImplementedError("Lesson 8: implement Scheduler.postprocess in aios/engine/scheduler.py — see exercises/lesson08/README.md, 'What to implement'")

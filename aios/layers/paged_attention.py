@@ -1,0 +1,69 @@
+"""Attention over a paged KV cache, written in plain PyTorch (lessons 6 and 7).
+
+Cache layout, one tensor for K and one for V per layer:
+    [num_blocks, block_size, kv_heads, head_dim]
+Viewed flat, [num_blocks * block_size, kv_heads, head_dim], a token's "slot" is its row.
+"""
+
+import torch
+
+from aios.layers.attention import causal_attention
+
+
+def store_kvcache(
+    key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
+) -> None:
+    """Write each token's K and V into its cache slot, in place.
+
+    key, value: [tokens, kv_heads, head_dim]; slot_mapping: [tokens] (slot -1: padding, not written).
+    """
+    # Hint: view the cache flat, [num_blocks * block_size, kv_heads, head_dim], then index rows by slot.
+    raise NotImplementedError("Lesson 6: implement store_kvcache in aios/layers/paged_attention.py — see exercises/lesson06/README.md, 'What to implement'")
+
+
+def gather_kv(
+    k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor, context_len: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read one sequence's first ``context_len`` keys and values back out of its blocks.
+
+    block_table: [blocks] block ids (trailing -1 padding allowed). Returns k, v: [context_len, kv_heads, head_dim].
+    """
+    raise NotImplementedError("Lesson 6: implement gather_kv in aios/layers/paged_attention.py — see exercises/lesson06/README.md, 'What to implement'")
+
+
+def paged_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, context, scale: float
+) -> torch.Tensor:
+    """Attention for a packed batch of sequences whose K/V live in the paged cache.
+
+    q: [tokens, q_heads, head_dim], sequence i's queries are rows
+    cu_seqlens_q[i]:cu_seqlens_q[i+1] and are the last positions of its
+    context_lens[i] cached tokens. Works for prefill (many queries per sequence)
+    and decode (one each). Returns [tokens, q_heads, head_dim].
+    """
+    # Hint: loop over sequences: slice its queries with cu_seqlens_q, gather its K/V, reuse causal_attention.
+    raise NotImplementedError("Lesson 7: implement paged_attention in aios/layers/paged_attention.py — see exercises/lesson07/README.md, 'What to implement'")
+
+
+class PagedKVCache:
+    """The engine's KV cache: per-layer paged K and V tensors, shared by every sequence.
+
+    ``attend`` stores this step's K/V at ``context.slot_mapping`` and attends with the
+    configured backend: "torch" (this file) or "triton" (lesson 9's kernels).
+    """
+
+    def __init__(self, num_layers, num_blocks, block_size, num_kv_heads, head_dim, dtype, device, backend="torch"):
+        shape = (num_layers, num_blocks, block_size, num_kv_heads, head_dim)
+        self.k_cache = torch.zeros(shape, dtype=dtype, device=device)
+        self.v_cache = torch.zeros(shape, dtype=dtype, device=device)
+        self.block_size = block_size
+        self.backend = backend
+
+    @property
+    def num_blocks(self) -> int:
+        return self.k_cache.shape[1]
+
+    def attend(self, layer_idx: int, q, k, v, context, scale: float) -> torch.Tensor:
+        k_cache, v_cache = self.k_cache[layer_idx], self.v_cache[layer_idx]
+        store_kvcache(k, v, k_cache, v_cache, context.slot_mapping)
+        return paged_attention(q, k_cache, v_cache, context, scale)

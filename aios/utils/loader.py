@@ -1,0 +1,106 @@
+"""Load a Hugging Face Qwen3 checkpoint straight from safetensors into our module.
+
+Our parameter names match the checkpoint's, so loading is: open every
+``*.safetensors`` file, find the parameter each tensor belongs to, copy it in.
+Every checkpoint tensor must land somewhere and every parameter must be filled:
+a missing or unexpected tensor is an error that names it.
+"""
+
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from aios.utils.hf_config import load_model_config
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint's tensors and the model's parameters do not line up."""
+
+
+def checkpoint_files(model_dir: str | Path) -> list[Path]:
+    """The checkpoint's safetensors files, sorted; a clear error when there are none."""
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"No *.safetensors files in {model_dir!s}: is this a Hugging Face checkpoint directory?")
+    return files
+
+
+def load_weights(model: nn.Module, model_dir: str | Path) -> None:
+    """Copy every tensor of the checkpoint into ``model``'s parameter of the same name.
+
+    Tied weights (``lm_head`` sharing ``embed_tokens``) are filled once, from the embedding.
+    Raises CheckpointMismatchError naming any parameter left unfilled or tensor left unused.
+    """
+    # Hint: model.named_parameters() lists a tied weight once, under its first name.
+    # Hint: safe_open(path, framework="pt", device="cpu") gives keys() and get_tensor(name).
+    raise NotImplementedError("Lesson 3: implement load_weights in aios/utils/loader.py — see exercises/lesson03/README.md, 'What to implement'")
+
+
+def load_tensor(param: nn.Parameter, tensor: torch.Tensor, name: str) -> None:
+    """Copy ``tensor`` into ``param`` (converting dtype and device), checking the shape."""
+    if param.shape != tensor.shape:
+        raise CheckpointMismatchError(
+            f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, the model expects {tuple(param.shape)}"
+        )
+    with torch.no_grad():
+        param.copy_(tensor)
+
+
+def report_mismatch(missing: list[str], unused: list[str]) -> None:
+    """Raise a CheckpointMismatchError naming what is missing or extra (nothing happens when both are empty)."""
+    problems = []
+    if missing:
+        problems.append(f"parameters with no tensor in the checkpoint: {', '.join(missing)}")
+    if unused:
+        problems.append(f"checkpoint tensors the model has no place for: {', '.join(unused)}")
+    if problems:
+        raise CheckpointMismatchError("; ".join(problems))
+
+
+@contextmanager
+def default_dtype_and_device(dtype: torch.dtype, device: str | torch.device):
+    """Build modules directly in ``dtype`` on ``device`` (no float32 CPU copy first)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def fill_random_weights(model: nn.Module, seed: int = 0, std: float = 0.02) -> None:
+    """Benchmark weights: normal(0, std) everywhere except norm scales (ones), generated on the model's device."""
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.fill_(1.0)
+            else:
+                param.normal_(0.0, std, generator=generator)
+
+
+def load_qwen3(
+    model_dir: str | Path, dtype: torch.dtype | None = None, device: str = "cpu", load_format: str = "safetensors",
+    **model_options,
+):
+    """Build our Qwen3ForCausalLM for the checkpoint in ``model_dir`` and load its weights.
+
+    dtype defaults to the checkpoint's; ``model_options`` go to the model's constructor
+    (for example ``fuse_residual_norm=True``). ``load_format="dummy"`` skips the
+    safetensors files and fills random weights instead. Returns the model in eval mode.
+    """
+    from aios.models.qwen3 import Qwen3ForCausalLM
+
+    config = load_model_config(model_dir)
+    dtype = dtype or config.torch_dtype
+    with default_dtype_and_device(dtype, device):
+        model = Qwen3ForCausalLM(config, **model_options)
+    if load_format == "dummy":
+        fill_random_weights(model)
+    else:
+        load_weights(model, model_dir)
+    return model.eval()
