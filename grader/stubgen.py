@@ -27,6 +27,8 @@ import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 
+from grader.curriculum import repo_root
+
 BEGIN_RE = re.compile(r"#\s*BEGIN SOLUTION\b(.*)$")
 END_RE = re.compile(r"#\s*END SOLUTION\b(.*)$")
 LESSON_RE = re.compile(r"\s+lesson([1-9][0-9]*|0)\s*$")
@@ -360,15 +362,6 @@ def diff_trees(expected: dict[str, bytes], actual: dict[str, bytes], max_lines: 
         if len(diff) > max_lines:
             report.append(f"    ... {len(diff) - max_lines} more diff lines")
     return report
-
-
-def repo_root(arg: str | None = None) -> Path:
-    """The repository root: ``--root``, else ``$AIOS_ROOT``, else this checkout."""
-    if arg:
-        return Path(arg).resolve()
-    if os.environ.get("AIOS_ROOT"):
-        return Path(os.environ["AIOS_ROOT"]).resolve()
-    return Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -360,3 +360,9 @@ def test_selfcheck_flags_a_test_that_passes_against_the_stub(tmp_path, capsys, m
     assert code == 0, out
     row = next(line for line in out.splitlines() if "Square" in line)
     assert row.count("1/1") == 2 and "ok" in row
+
+
+def test_grading_another_tree_does_not_touch_progress(repo, capsys):
+    code, out = grade(repo, capsys, "grade", "0", "--impl", "reference")
+    assert code == 0 and "(reference)" in out and "progress not recorded" in out
+    assert not (repo / ".aios" / "progress.json").exists()
