@@ -6,6 +6,7 @@ import ast
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from grader import progress as prog
@@ -94,7 +95,7 @@ def print_board(curriculum: Curriculum, progress: prog.Progress) -> None:
         marker = " <" if row["lesson"] == data["current"] else ""
         table.add_row(
             str(row["lesson"]),
-            row["title"],
+            escape(row["title"]),
             f"[{STATE_STYLE[state]}]{shown}[/]{marker}",
             "-" if state == "coming" else f"{row['visible']['passed']}/{row['visible']['total']}",
             "-" if state == "coming" else f"{row['hidden']['passed']}/{row['hidden']['total']}",
@@ -126,7 +127,7 @@ def _indent(text: str, prefix: str = "      ") -> str:
 def print_grade(result: dict) -> None:
     """Print a grade: visible tests with short messages, hidden ones with name and hint only."""
     out = console()
-    out.print(f"[bold]Lesson {result['lesson']}: {result['title']}[/]  ({result['impl']})", highlight=False)
+    out.print(f"[bold]Lesson {result['lesson']}: {escape(result['title'])}[/]  ({escape(result['impl'])})")
     for suite in ("visible", "hidden"):
         counts = result[suite]
         out.print(f"\n[bold]{suite} tests[/]: {counts['passed']}/{counts['total']} passed"
@@ -136,7 +137,7 @@ def print_grade(result: dict) -> None:
     if any(not t["ok"] for t in result["tests"]["visible"]) and result.get("log"):
         out.print(f"\nfull output of the visible tests: {result['log']}", markup=False, soft_wrap=True)
     for note in result["notes"]:
-        out.print(f"[yellow]note:[/] {note}", markup=True, highlight=False)
+        out.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
     verdict = "[green]PASSED[/]" if result["passed"] else "[red]NOT PASSED[/]"
     out.print(f"\nLesson {result['lesson']}: {verdict}")
     if result.get("unlocked"):
@@ -145,7 +146,7 @@ def print_grade(result: dict) -> None:
         out.print(f"\n[bold]Hint 1[/] (more: python -m grader hint {result['lesson']})")
         out.print(result["hint"], markup=False)
     if not result.get("recorded", True):
-        out.print(f"(progress not recorded: graded against {result['impl']})")
+        out.print(f"(progress not recorded: graded against {result['impl']})", markup=False)
 
 
 def _print_test(out: Console, suite: str, test: dict) -> None:

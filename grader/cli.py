@@ -90,6 +90,8 @@ def grade_lesson(curriculum: cur.Curriculum, lesson: Lesson, impl: str) -> dict:
     visible = _run_suite(curriculum, lesson, "visible", impl, logs / f"lesson{lesson.id:02d}-visible.log")
     hidden = _run_suite(curriculum, lesson, "hidden", impl, None)
     notes = list(visible.notes) + [f"hidden suite: {n}" for n in hidden.notes]
+    if visible.log_tail:
+        notes.append("last lines of the visible run's output:\n" + visible.log_tail)
     total = visible.total + hidden.total
     if total == 0:
         notes.append(f"no tests found in {lesson.visible} or {lesson.hidden}")

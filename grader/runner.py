@@ -56,6 +56,7 @@ class RunResult:
     tests: list[TestResult] = field(default_factory=list)
     collect_errors: list[TestResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    log_tail: str = ""
     exit_codes: list[int | None] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -125,6 +126,15 @@ def _read_events(path: Path) -> list[dict]:
     return events
 
 
+def _tail(path: Path, lines: int = 8) -> str:
+    """The last lines of a log file (for a run that died before any test)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
 def _describe_exit(code: int | None) -> str:
     """Words for a child's exit status."""
     if code is None:
@@ -179,8 +189,8 @@ def run_pytest(
     tests: dict[str, TestResult] = {}
     finished_ids: list[str] = []
     with tempfile.TemporaryDirectory(prefix="aios-grade-") as tmp:
-        log = open(log_path, "w") if log_path else open(Path(tmp) / "log.txt", "w")
-        with log:
+        log_file = Path(log_path) if log_path else Path(tmp) / "log.txt"
+        with open(log_file, "w") as log:
             for attempt in range(MAX_RESTARTS + 1):
                 report = Path(tmp) / f"report-{attempt}.jsonl"
                 cmd = [sys.executable, "-m", "pytest", *paths, "-p", PLUGIN, f"--aios-report={report}",
@@ -202,6 +212,8 @@ def run_pytest(
                     tests[nodeid].message = f"the test process was {what}" if code is None else f"the test process died ({what})"
                 if not order and not running:
                     result.notes.append(f"pytest stopped before any test ran ({what})")
+                    log.flush()
+                    result.log_tail = _tail(log_file)
                     break
                 if code is None:
                     result.notes.append(f"the whole run went past its {run_timeout:.0f} s limit")

@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from grader import board, stubgen
@@ -124,7 +125,7 @@ class Report:
         """Add one row and its defects."""
         passed = sum(1 for r in ref if r.outcome == "passed")
         verdict = "[green]ok[/]" if not problems else f"[red]{len(problems)} defect(s)[/]"
-        self.table.add_row(label, f"{passed}/{len(ref)}", stub_cell, verdict)
+        self.table.add_row(escape(label), f"{passed}/{len(ref)}", stub_cell, verdict)
         self.good += sum(1 for r in ref if r.ok)
         self.defects += [f"{prefix}: {p}" for p in problems]
 
@@ -134,6 +135,8 @@ def check_lesson(curriculum: Curriculum, lesson: Lesson, reference: list[TestRes
     """Reference results of one lesson, then its tests against the lesson-stubbed tree."""
     ref = under(reference, lesson.visible) + under(reference, lesson.hidden)
     problems = reference_problems(ref) + ([] if ref else ["no tests"])
+    problems += [f"hidden test {r.nodeid} has no docstring (its first line is the hint the grader shows)"
+                 for r in under(reference, lesson.hidden) if not r.doc and "::" in r.nodeid]
     stub_cell = "n/a (no regions)"
     if marked.get(lesson.id) and ref:
         board.console().print(f"selfcheck: lesson {lesson.id} with only its regions stubbed ...")

@@ -298,6 +298,9 @@ SELFCHECK_FILES = {
             """Negative numbers double too."""
             assert double(-2) == -4
 
+        def test_zero():
+            assert double(0) == 0
+
         @pytest.mark.gpu
         def test_on_gpu():
             """Skipped without CUDA."""
@@ -350,10 +353,11 @@ def test_selfcheck_flags_a_test_that_passes_against_the_stub(tmp_path, capsys, m
     assert "DEFECT lesson 1: stubbed: tests/lesson01/test_double.py::test_dishonest passed" in out
     assert "test_double_negative" not in out.split("DEFECT", 1)[1]
     assert "lesson 2" not in out.split("DEFECT", 1)[1]  # lesson 2 is honest
-    assert "selfcheck: " in out and ", 1 failed" in out
+    assert "hidden test grader/hidden/lesson01/test_double.py::test_zero has no docstring" in out
+    assert "selfcheck: " in out and ", 2 failed" in out
 
     row = next(line for line in out.splitlines() if "Double" in line)
-    assert "3/4" in row and "2/3" in row  # reference: 3 of 4 pass (GPU skipped); stubbed: 2 of 3 fail
+    assert "4/5" in row and "3/4" in row  # reference: 4 of 5 pass (GPU skipped); stubbed: 3 of 4 fail
 
     code = cli.main(["--root", str(root), "selfcheck", "--skip-infra", "--lessons", "2"])
     out = capsys.readouterr().out
