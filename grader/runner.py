@@ -172,6 +172,24 @@ def _spawn(cmd: list[str], cwd: Path, env: dict, log, timeout: float) -> int | N
         return None
 
 
+def _command(root: Path, paths: list[str], report: Path, test_timeout: float | None,
+             extra_args: list[str], deselect: list[str]) -> list[str]:
+    """The child pytest's command line."""
+    cmd = [sys.executable, "-m", "pytest", *paths, "-p", PLUGIN, f"--aios-report={report}",
+           "-p", "no:cacheprovider", "-q", "--tb=short", f"--rootdir={root}"]
+    if test_timeout and pytest_timeout_available():
+        cmd += [f"--timeout={test_timeout}", "--timeout-method=signal"]
+    return cmd + list(extra_args) + [f"--deselect={nodeid}" for nodeid in deselect]
+
+
+def _mark_dead(tests: dict[str, TestResult], running: list[str], code: int | None) -> None:
+    """The tests in progress when the child died (or was killed) get the blame."""
+    what = _describe_exit(code)
+    for nodeid in running:
+        tests[nodeid].outcome = "timeout" if code is None else "crashed"
+        tests[nodeid].message = f"the test process was {what}" if code is None else f"the test process died ({what})"
+
+
 def run_pytest(
     root: Path,
     paths: list[str],
@@ -182,34 +200,30 @@ def run_pytest(
     extra_args: list[str] | None = None,
     log_path: Path | None = None,
 ) -> RunResult:
-    """Run pytest on ``paths`` (relative to ``root``) and return each test's outcome."""
+    """Run pytest on ``paths`` (relative to ``root``) and return each test's outcome.
+
+    After a crash pytest is started again without the tests already done, at most
+    MAX_RESTARTS times, all within ``run_timeout`` seconds.
+    """
     result = RunResult()
     started = time.monotonic()
     order: list[str] = []
     tests: dict[str, TestResult] = {}
-    finished_ids: list[str] = []
+    done: list[str] = []
     with tempfile.TemporaryDirectory(prefix="aios-grade-") as tmp:
         log_file = Path(log_path) if log_path else Path(tmp) / "log.txt"
         with open(log_file, "w") as log:
             for attempt in range(MAX_RESTARTS + 1):
                 report = Path(tmp) / f"report-{attempt}.jsonl"
-                cmd = [sys.executable, "-m", "pytest", *paths, "-p", PLUGIN, f"--aios-report={report}",
-                       "-p", "no:cacheprovider", "-q", "--tb=short", f"--rootdir={root}"]
-                if test_timeout and pytest_timeout_available():
-                    cmd += [f"--timeout={test_timeout}", "--timeout-method=signal"]
-                cmd += list(extra_args or [])
-                cmd += [f"--deselect={nodeid}" for nodeid in finished_ids]
-                left = run_timeout - (time.monotonic() - started)
-                code = _spawn(cmd, root, _child_env(impl), log, left)
+                cmd = _command(root, paths, report, test_timeout, extra_args or [], done)
+                code = _spawn(cmd, root, _child_env(impl), log, run_timeout - (time.monotonic() - started))
                 result.exit_codes.append(code)
                 events = _read_events(report)
                 running = _fold(events, order, tests, result)
                 if any(e["event"] == "finish" for e in events) and code is not None:
                     break
+                _mark_dead(tests, running, code)
                 what = _describe_exit(code)
-                for nodeid in running:
-                    tests[nodeid].outcome = "timeout" if code is None else "crashed"
-                    tests[nodeid].message = f"the test process was {what}" if code is None else f"the test process died ({what})"
                 if not order and not running:
                     result.notes.append(f"pytest stopped before any test ran ({what})")
                     log.flush()
@@ -218,12 +232,11 @@ def run_pytest(
                 if code is None:
                     result.notes.append(f"the whole run went past its {run_timeout:.0f} s limit")
                     break
-                finished_ids = [n for n in order if tests[n].outcome != "not run"]
-                if len(finished_ids) == len(order):
+                done = [n for n in order if tests[n].outcome != "not run"]
+                if len(done) == len(order) or time.monotonic() - started > run_timeout - 1:
                     break
-                result.notes.append(f"pytest died ({what}); restarted on the {len(order) - len(finished_ids)} tests left")
-    for nodeid in order:
-        test = tests[nodeid]
+                result.notes.append(f"pytest died ({what}); restarted on the {len(order) - len(done)} tests left")
+    for test in tests.values():
         if test.outcome == "running":
             test.outcome = "crashed"
         if test.outcome == "not run" and not test.message:
