@@ -8,6 +8,12 @@ is mostly a matter of copying tensors across (aios/utils/loader.py).
 Switches that later lessons add, each off by default so earlier lessons keep working:
 - ``fuse_residual_norm`` (lesson 5): carry the residual stream beside the hidden
   states and fuse "add residual" into the next RMSNorm.
+- ``fused_layers`` (lesson 10): one ``qkv_proj`` instead of q/k/v projections and one
+  ``gate_up_proj`` instead of gate/up, built from the tensor-parallel layers of
+  aios/layers/linear.py and aios/layers/embed_head.py. Their parameter names differ
+  from the checkpoint's; ``Qwen3ForCausalLM.packed_modules_mapping`` says how they
+  relate. Tensor parallelism (lesson 14) needs this layout: each rank then holds
+  its own slice of every weight and its own share of the attention heads.
 """
 
 from types import SimpleNamespace
@@ -15,25 +21,36 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from aios.layers.activation import silu_and_mul
+from aios.engine.distributed import get_tp_size
+from aios.layers.activation import SiluAndMul, silu_and_mul
 from aios.layers.attention import Attention
+from aios.layers.embed_head import ParallelLMHead, VocabParallelEmbedding
 from aios.layers.layernorm import RMSNorm
+from aios.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear, divide
 from aios.layers.rotary_embedding import RotaryEmbedding
 
 
 class Qwen3Attention(nn.Module):
     """Self-attention of one layer: projections, per-head q/k RMSNorm, RoPE, attention, output projection."""
 
-    def __init__(self, config: SimpleNamespace, layer_idx: int):
+    def __init__(self, config: SimpleNamespace, layer_idx: int, fused_layers: bool = False):
         super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
+        self.fused_layers = fused_layers
+        tp_size = get_tp_size() if fused_layers else 1
+        # With tensor parallelism (fused layout only) this rank owns a share of the heads.
+        self.num_heads = divide(config.num_attention_heads, tp_size)
+        self.num_kv_heads = divide(config.num_key_value_heads, tp_size)
         self.head_dim = config.head_dim
         hidden = config.hidden_size
-        self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=config.attention_bias)
-        self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=config.attention_bias)
-        self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=config.attention_bias)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
+        if fused_layers:
+            self.qkv_proj = QKVParallelLinear(hidden, self.head_dim, config.num_attention_heads,
+                                              config.num_key_value_heads, bias=config.attention_bias)
+            self.o_proj = RowParallelLinear(config.num_attention_heads * self.head_dim, hidden, bias=False)
+        else:
+            self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=config.attention_bias)
+            self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=config.attention_bias)
+            self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=config.attention_bias)
+            self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
         self.q_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps)
         self.k_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(self.head_dim, config.max_position_embeddings, config.rope_theta)
@@ -41,32 +58,59 @@ class Qwen3Attention(nn.Module):
 
     def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
         """positions: [tokens]; hidden_states: [tokens, hidden] -> [tokens, hidden]."""
+        if self.fused_layers:
+            return self.forward_fused(positions, hidden_states)
         # Hint: view the projections as [tokens, heads, head_dim]; q_norm/k_norm act per head, before RoPE.
         raise NotImplementedError("Lesson 3: implement Qwen3Attention.forward in aios/models/qwen3.py — see exercises/lesson03/README.md, 'What to implement'")
+
+    def forward_fused(self, positions: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Lesson 10: one ``qkv_proj`` matmul, then split its output into q, k and v.
+
+        hidden_states: [tokens, hidden] -> [tokens, hidden]. ``qkv_proj`` gives
+        [tokens, q_size + 2 * kv_size] with q_size = num_heads * head_dim and
+        kv_size = num_kv_heads * head_dim (this rank's heads).
+        """
+        # Hint: torch.split(x, [q_size, kv_size, kv_size], dim=-1); the rest is the unfused forward.
+        raise NotImplementedError("Lesson 10: implement Qwen3Attention.forward_fused in aios/models/qwen3.py — see exercises/lesson10/README.md, 'What to implement'")
 
 
 class Qwen3MLP(nn.Module):
     """The gated feed-forward block: down(silu(gate(x)) * up(x))."""
 
-    def __init__(self, config: SimpleNamespace):
+    def __init__(self, config: SimpleNamespace, fused_layers: bool = False):
         super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.fused_layers = fused_layers
+        hidden, intermediate = config.hidden_size, config.intermediate_size
+        if fused_layers:
+            self.gate_up_proj = MergedColumnParallelLinear(hidden, [intermediate, intermediate], bias=False)
+            self.down_proj = RowParallelLinear(intermediate, hidden, bias=False)
+            self.act_fn = SiluAndMul()
+        else:
+            self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
+            self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+            self.down_proj = nn.Linear(intermediate, hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [tokens, hidden] -> [tokens, hidden]."""
+        if self.fused_layers:
+            return self.forward_fused(x)
         raise NotImplementedError("Lesson 3: implement Qwen3MLP.forward in aios/models/qwen3.py — see exercises/lesson03/README.md, 'What to implement'")
+
+    def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """Lesson 10: ``gate_up_proj`` gives [tokens, 2 * intermediate] = [gate | up]; ``act_fn`` splits it."""
+        raise NotImplementedError("Lesson 10: implement Qwen3MLP.forward_fused in aios/models/qwen3.py — see exercises/lesson10/README.md, 'What to implement'")
 
 
 class Qwen3DecoderLayer(nn.Module):
     """One transformer block: pre-norm attention and pre-norm MLP, each with a residual connection."""
 
-    def __init__(self, config: SimpleNamespace, layer_idx: int, fuse_residual_norm: bool = False):
+    def __init__(
+        self, config: SimpleNamespace, layer_idx: int, fuse_residual_norm: bool = False, fused_layers: bool = False
+    ):
         super().__init__()
         self.fuse_residual_norm = fuse_residual_norm
-        self.self_attn = Qwen3Attention(config, layer_idx)
-        self.mlp = Qwen3MLP(config)
+        self.self_attn = Qwen3Attention(config, layer_idx, fused_layers)
+        self.mlp = Qwen3MLP(config, fused_layers)
         self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
@@ -87,11 +131,14 @@ class Qwen3DecoderLayer(nn.Module):
 class Qwen3Model(nn.Module):
     """Embedding, the decoder layers and the final norm."""
 
-    def __init__(self, config: SimpleNamespace, fuse_residual_norm: bool = False):
+    def __init__(self, config: SimpleNamespace, fuse_residual_norm: bool = False, fused_layers: bool = False):
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        if fused_layers:
+            self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
+        else:
+            self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(
-            Qwen3DecoderLayer(config, i, fuse_residual_norm) for i in range(config.num_hidden_layers)
+            Qwen3DecoderLayer(config, i, fuse_residual_norm, fused_layers) for i in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
@@ -101,13 +148,31 @@ class Qwen3Model(nn.Module):
 
 
 class Qwen3ForCausalLM(nn.Module):
-    """Qwen3 with its language-model head. ``forward`` gives hidden states; ``compute_logits`` the scores."""
+    """Qwen3 with its language-model head. ``forward`` gives hidden states; ``compute_logits`` the scores.
 
-    def __init__(self, config: SimpleNamespace, fuse_residual_norm: bool = False):
+    ``packed_modules_mapping`` (lesson 10): checkpoint module name -> (our fused module,
+    which piece of it). It is used only when ``fused_layers`` is on.
+    """
+
+    packed_modules_mapping = {
+        "q_proj": ("qkv_proj", "q"),
+        "k_proj": ("qkv_proj", "k"),
+        "v_proj": ("qkv_proj", "v"),
+        "gate_proj": ("gate_up_proj", 0),
+        "up_proj": ("gate_up_proj", 1),
+    }
+
+    def __init__(self, config: SimpleNamespace, fuse_residual_norm: bool = False, fused_layers: bool = False):
         super().__init__()
+        if get_tp_size() > 1 and not fused_layers:
+            raise ValueError("tensor parallelism needs the fused, tensor-parallel layers: pass fused_layers=True")
         self.config = config
-        self.model = Qwen3Model(config, fuse_residual_norm)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.fused_layers = fused_layers
+        self.model = Qwen3Model(config, fuse_residual_norm, fused_layers)
+        if fused_layers:
+            self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size)
+        else:
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
@@ -115,5 +180,9 @@ class Qwen3ForCausalLM(nn.Module):
         return self.model(input_ids, positions)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """hidden_states: [n, hidden] -> logits [n, vocab] in float32."""
-        return self.lm_head(hidden_states).float()
+        """hidden_states: [n, hidden] -> logits [n, vocab] in float32.
+
+        With tensor parallelism only the driver (rank 0) gets logits; the other ranks get None.
+        """
+        logits = self.lm_head(hidden_states)
+        return None if logits is None else logits.float()

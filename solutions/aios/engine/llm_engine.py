@@ -6,7 +6,7 @@ from pathlib import Path
 
 from aios.config import Config
 from aios.engine.block_manager import BlockManager
-from aios.engine.model_runner import ModelRunner
+from aios.engine.tp_runner import create_model_runner
 from aios.engine.scheduler import Scheduler
 from aios.engine.sequence import Sequence
 from aios.sampling_params import SamplingParams
@@ -41,7 +41,7 @@ class LLMEngine:
         self.config = Config.from_options(model, **options)
         self.tokenizer = load_tokenizer(self.config.model)
         self.eos_token_ids = eos_token_ids(self.config.model, self.tokenizer)
-        self.model_runner = ModelRunner(self.config)
+        self.model_runner = create_model_runner(self.config)
         self.block_manager = BlockManager(
             self.config.num_kvcache_blocks, self.config.kvcache_block_size, self.config.enable_prefix_caching
         )
@@ -94,6 +94,12 @@ class LLMEngine:
         num_tokens = sum(len(seq) - seq.num_cached_tokens for seq in seqs) if is_prefill else -len(seqs)
         return finished, num_tokens
         # END SOLUTION
+
+    def shutdown(self) -> None:
+        """Stop the tensor-parallel worker processes, if any (lesson 14). Safe to call twice."""
+        stop = getattr(self.model_runner, "shutdown", None)
+        if stop is not None:
+            stop()
 
     def is_finished(self) -> bool:
         return self.scheduler.is_finished()

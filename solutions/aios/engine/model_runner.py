@@ -10,6 +10,7 @@ import torch
 
 from aios.config import Config
 from aios.engine.block_manager import slot_mapping
+from aios.engine.distributed import min_over_ranks
 from aios.engine.sequence import Sequence
 from aios.layers.paged_attention import PagedKVCache
 from aios.layers.sampler import Sampler, greedy_sample
@@ -28,7 +29,9 @@ def kv_block_bytes(hf_config, block_size: int, dtype: torch.dtype) -> int:
 def default_num_kvcache_blocks(config: Config) -> int:
     """How many blocks fit: on a GPU, what ``gpu_memory_utilization`` leaves after weights and
     an activation reserve; on the CPU, enough for every sequence at full length, within 2 GiB."""
+    # With tensor parallelism each rank caches only its share of the KV heads.
     block_bytes = kv_block_bytes(config.hf_config, config.kvcache_block_size, config.dtype)
+    block_bytes //= config.tensor_parallel_size
     per_seq = math.ceil(config.max_model_len / config.kvcache_block_size)
     if config.device == "cpu":
         return max(1, min(config.max_num_seqs * per_seq, CPU_KV_CACHE_BYTES // block_bytes))
@@ -54,13 +57,16 @@ class ModelRunner:
         self.block_size = config.kvcache_block_size
         self.device = torch.device(config.device)
         self.model = load_qwen3(
-            config.model, config.dtype, config.device, config.load_format, fuse_residual_norm=True
+            config.model, config.dtype, config.device, config.load_format,
+            fuse_residual_norm=True, fused_layers=config.fused_layers,
         )
         hf = config.hf_config
         if config.num_kvcache_blocks <= 0:
-            config.num_kvcache_blocks = default_num_kvcache_blocks(config)
+            # Tensor-parallel ranks must agree on the block count: the driver's scheduler hands out block ids.
+            config.num_kvcache_blocks = min_over_ranks(default_num_kvcache_blocks(config))
         self.kv_cache = PagedKVCache(
-            hf.num_hidden_layers, config.num_kvcache_blocks, self.block_size, hf.num_key_value_heads,
+            hf.num_hidden_layers, config.num_kvcache_blocks, self.block_size,
+            hf.num_key_value_heads // config.tensor_parallel_size,
             hf.head_dim, config.dtype, config.device, backend=config.attention_backend,
         )
         self.sampler = Sampler()
@@ -143,4 +149,6 @@ class ModelRunner:
         """One engine step for ``seqs``: returns one new token id per sequence."""
         prepare = self.prepare_prefill if is_prefill else self.prepare_decode
         logits = self.run_model(*prepare(seqs))
+        if logits is None:  # a tensor-parallel worker: only the driver (rank 0) gets logits and samples
+            return []
         return self.sample(logits, seqs)

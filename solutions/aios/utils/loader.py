@@ -4,8 +4,17 @@ Our parameter names match the checkpoint's, so loading is: open every
 ``*.safetensors`` file, find the parameter each tensor belongs to, copy it in.
 Every checkpoint tensor must land somewhere and every parameter must be filled:
 a missing or unexpected tensor is an error that names it.
+
+Fused layers (lesson 10) break the one-to-one naming: the checkpoint's ``q_proj``,
+``k_proj`` and ``v_proj`` all land in our ``qkv_proj``, each in its own block of rows.
+The model's ``packed_modules_mapping`` says which checkpoint module goes to which
+fused module and under which shard id, and each fused parameter's
+``weight_loader(param, loaded_weight, shard_id)`` knows where that shard goes (and,
+with tensor parallelism, which slice of it this rank keeps). ``load_packed_weights``
+does that routing; ``load_weights`` stays the plain lesson-3 loader.
 """
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -13,6 +22,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from aios.layers.linear import default_weight_loader
 from aios.utils.hf_config import load_model_config
 
 
@@ -52,6 +62,78 @@ def load_weights(model: nn.Module, model_dir: str | Path) -> None:
                 load_tensor(param, f.get_tensor(name), name)
                 filled.add(name)
     report_mismatch(sorted(set(params) - filled), unused)
+    # END SOLUTION
+
+
+def checkpoint_slices(model_dir: str | Path) -> Iterator[tuple[str, object]]:
+    """Yield ``(name, slice)`` for every tensor of the checkpoint, file by file.
+
+    A slice (``safe_open(...).get_slice(name)``) reads nothing until indexed:
+    ``slice[:]`` reads the whole tensor, ``slice[a:b]`` only rows a..b-1. Use each
+    slice before asking for the next one (its file is closed after its last tensor).
+    """
+    for path in checkpoint_files(model_dir):
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for name in f.keys():
+                yield name, f.get_slice(name)
+
+
+def checkpoint_plan(model: nn.Module) -> dict[str, tuple[str, object]]:
+    """Where each checkpoint tensor the model expects goes: name -> (parameter name, shard id).
+
+    Unfused parameters map from their own name with shard id None. A fused parameter
+    appears once per piece, under the checkpoint's name for that piece, e.g.
+    ``"model.layers.0.self_attn.k_proj.weight" -> ("model.layers.0.self_attn.qkv_proj.weight", "k")``.
+    Uses ``model.packed_modules_mapping`` ({checkpoint module: (fused module, shard id)}).
+    """
+    # BEGIN SOLUTION lesson10
+    # Hint: invert the mapping first: fused module -> [(checkpoint module, shard id), ...].
+    # Hint: compare whole name components (split on "."): "q_proj" must not match inside another name.
+    pieces: dict[str, list[tuple[str, object]]] = {}
+    for checkpoint_module, (fused_module, shard_id) in model.packed_modules_mapping.items():
+        pieces.setdefault(fused_module, []).append((checkpoint_module, shard_id))
+    plan = {}
+    for param_name, _ in model.named_parameters():
+        *prefix, module, leaf = param_name.split(".")
+        for checkpoint_module, shard_id in pieces.get(module, [(module, None)]):
+            plan[".".join([*prefix, checkpoint_module, leaf])] = (param_name, shard_id)
+    return plan
+    # END SOLUTION
+
+
+def load_packed_weights(model: nn.Module, model_dir: str | Path) -> None:
+    """Lesson 10's loader: route every checkpoint tensor to its (possibly fused) parameter.
+
+    Each tensor goes through its parameter's ``weight_loader(param, loaded_weight, shard_id)``
+    (``default_weight_loader`` for parameters without one), as a safetensors slice so that a
+    tensor-parallel rank reads only its part. Every expected tensor must be loaded exactly once.
+    Raises CheckpointMismatchError naming missing, unexpected or repeated tensors, or one whose
+    shape does not fit.
+    """
+    # BEGIN SOLUTION lesson10
+    # Hint: checkpoint_plan(model) says where each tensor goes; checkpoint_slices(model_dir) yields them.
+    # Hint: with tied embeddings a checkpoint's lm_head.weight has no place of its own: skip it.
+    plan = checkpoint_plan(model)
+    params = dict(model.named_parameters())
+    tied = getattr(model.config, "tie_word_embeddings", False)
+    loaded, unused = set(), []
+    for name, tensor in checkpoint_slices(model_dir):
+        if tied and name == "lm_head.weight":
+            continue
+        if name not in plan:
+            unused.append(name)
+            continue
+        if name in loaded:
+            raise CheckpointMismatchError(f"checkpoint tensor {name!r} appears more than once")
+        param_name, shard_id = plan[name]
+        param = params[param_name]
+        weight_loader = getattr(param, "weight_loader", default_weight_loader)
+        try:
+            weight_loader(param, tensor, shard_id)
+        except ValueError as error:
+            raise CheckpointMismatchError(f"checkpoint tensor {name!r} {error}") from None
+        loaded.add(name)
+    report_mismatch(sorted(set(plan) - loaded), unused)
     # END SOLUTION
 
 
@@ -106,8 +188,10 @@ def load_qwen3(
     """Build our Qwen3ForCausalLM for the checkpoint in ``model_dir`` and load its weights.
 
     dtype defaults to the checkpoint's; ``model_options`` go to the model's constructor
-    (for example ``fuse_residual_norm=True``). ``load_format="dummy"`` skips the
-    safetensors files and fills random weights instead. Returns the model in eval mode.
+    (for example ``fuse_residual_norm=True`` or ``fused_layers=True``). Fused models load
+    through ``load_packed_weights``, the others through ``load_weights``.
+    ``load_format="dummy"`` skips the safetensors files and fills random weights
+    instead. Returns the model in eval mode.
     """
     from aios.models.qwen3 import Qwen3ForCausalLM
 
@@ -117,6 +201,8 @@ def load_qwen3(
         model = Qwen3ForCausalLM(config, **model_options)
     if load_format == "dummy":
         fill_random_weights(model)
+    elif model.fused_layers:
+        load_packed_weights(model, model_dir)
     else:
         load_weights(model, model_dir)
     return model.eval()

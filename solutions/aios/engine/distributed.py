@@ -1,0 +1,187 @@
+"""Tensor parallelism's process group: who am I, how many are we, and the two collectives we need.
+
+Every rank runs the same model code on its own shard of the weights (lesson 14).
+Layers ask this module for the rank and the group size when they are built, and
+call its collectives in their forward passes:
+
+* ``all_reduce``: every rank ends up with the element-wise sum of everyone's tensor
+  (after a row-parallel linear layer and after the vocabulary-parallel embedding);
+* ``gather_to_driver``: rank 0, the driver, receives every rank's slice of the
+  logits and glues them together; the other ranks get ``None``.
+
+Without ``init_tensor_parallel`` the process is a group of one: rank 0 of 1, and
+both collectives return their input untouched, so code written for tensor
+parallelism runs unchanged in one process.
+
+``launch_ranks`` starts a small group of processes that each run one function
+(handy for tests, demos and experiments that need real collectives).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import socket
+import traceback
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+#: How long a collective may wait for the other ranks before it fails.
+COLLECTIVE_TIMEOUT = timedelta(seconds=int(os.environ.get("AIOS_TP_TIMEOUT_S", "300")))
+
+
+@dataclass(frozen=True)
+class ParallelState:
+    """This process's place in the tensor-parallel group."""
+
+    rank: int = 0
+    size: int = 1
+    backend: str | None = None
+    cpu_threads_before: int | None = None
+
+
+_STATE = ParallelState()
+
+
+def get_tp_rank() -> int:
+    """This process's rank in the tensor-parallel group (0 in a single process)."""
+    return _STATE.rank
+
+
+def get_tp_size() -> int:
+    """How many ranks share the model (1 in a single process)."""
+    return _STATE.size
+
+
+def default_backend(device: str) -> str:
+    """NCCL between GPUs, gloo between CPU processes."""
+    return "nccl" if str(device).startswith("cuda") else "gloo"
+
+
+def free_port() -> int:
+    """A TCP port on this host that nobody listens on right now (for the rendezvous)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def init_tensor_parallel(rank: int, size: int, init_method: str, device: str = "cpu") -> None:
+    """Join the group of ``size`` processes as ``rank``; blocks until every rank has joined.
+
+    ``init_method`` is a rendezvous address such as ``tcp://127.0.0.1:29500``, the same for
+    every rank. On a GPU each rank takes the device with its own index.
+    """
+    global _STATE
+    backend = default_backend(device)
+    threads_before = None
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    elif size > 1:
+        # CPU ranks share the cores: more threads than cores makes every collective wait on a busy core.
+        threads_before = torch.get_num_threads()
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // size))
+    if size > 1:
+        dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=size,
+                                timeout=COLLECTIVE_TIMEOUT)
+    _STATE = ParallelState(rank, size, backend, threads_before)
+
+
+def destroy_tensor_parallel() -> None:
+    """Leave the group (if any) and become a group of one again."""
+    global _STATE
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    if _STATE.cpu_threads_before is not None:
+        torch.set_num_threads(_STATE.cpu_threads_before)
+    _STATE = ParallelState()
+
+
+def all_reduce(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over all ranks, in place; every rank gets the sum. Returns ``tensor``."""
+    if _STATE.size > 1:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def gather_to_driver(tensor: torch.Tensor, dim: int = -1) -> torch.Tensor | None:
+    """Concatenate every rank's ``tensor`` along ``dim``, in rank order, on rank 0.
+
+    Every rank passes a tensor of the same shape. Rank 0 gets the concatenation
+    (``size`` times wider along ``dim``), the other ranks get None.
+    """
+    if _STATE.size == 1:
+        return tensor
+    # BEGIN SOLUTION lesson14
+    # Hint: torch.distributed.gather needs a contiguous tensor and, on rank 0 only, a list of buffers.
+    tensor = tensor.contiguous()
+    if _STATE.rank != 0:
+        dist.gather(tensor, dst=0)
+        return None
+    parts = [torch.empty_like(tensor) for _ in range(_STATE.size)]
+    dist.gather(tensor, parts, dst=0)
+    return torch.cat(parts, dim=dim)
+    # END SOLUTION
+
+
+def min_over_ranks(value: int) -> int:
+    """The smallest ``value`` any rank holds (so all ranks agree, e.g. on the KV-cache size)."""
+    if _STATE.size == 1:
+        return value
+    device = "cuda" if _STATE.backend == "nccl" else "cpu"
+    tensor = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return int(tensor.item())
+
+
+def _rank_main(rank: int, size: int, init_method: str, device: str, target, args, results) -> None:
+    """Body of one process started by ``launch_ranks``."""
+    try:
+        init_tensor_parallel(rank, size, init_method, device)
+        results.put((rank, True, target(*args)))
+    except BaseException:  # report anything, then exit with an error code
+        results.put((rank, False, traceback.format_exc()))
+        raise SystemExit(1)
+    finally:
+        destroy_tensor_parallel()
+
+
+def launch_ranks(target, size: int, args: tuple = (), device: str = "cpu", timeout: float = 120.0) -> list:
+    """Run ``target(*args)`` in ``size`` fresh processes that form one tensor-parallel group.
+
+    ``target`` must be importable (a module-level function). Returns the list of the
+    ranks' return values, in rank order. Raises RuntimeError when a rank fails (with its
+    traceback) or when the ranks are not done after ``timeout`` seconds; either way no
+    process is left behind.
+    """
+    import queue
+
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    init_method = f"tcp://127.0.0.1:{free_port()}"
+    processes = [
+        context.Process(target=_rank_main, args=(rank, size, init_method, device, target, args, results), daemon=True)
+        for rank in range(size)
+    ]
+    for process in processes:
+        process.start()
+    outputs: dict[int, object] = {}
+    try:
+        while len(outputs) < size:
+            try:
+                rank, ok, value = results.get(timeout=timeout)
+            except queue.Empty:
+                raise RuntimeError(f"launch_ranks: no result from ranks {sorted(set(range(size)) - set(outputs))} "
+                                   f"after {timeout:.0f} s") from None
+            if not ok:
+                raise RuntimeError(f"rank {rank} of {size} failed:\n{value}")
+            outputs[rank] = value
+    finally:
+        for process in processes:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+                process.join()
+    return [outputs[rank] for rank in range(size)]
