@@ -76,10 +76,11 @@ class Config:
         self.device = resolve_device(self.device)
         self.dtype = resolve_dtype(self.dtype, self.hf_config.torch_dtype)
         self.max_model_len = min(self.max_model_len, self.hf_config.max_position_embeddings)
-        if self.device == "cpu":
-            self.enforce_eager = True
         if self.attention_backend == "auto":
-            self.attention_backend = "torch"
+            self.attention_backend = default_attention_backend(self.device)
+        if self.device == "cpu" or self.attention_backend == "torch":
+            # CUDA graphs need a GPU, and the torch backend reads context lengths on the host.
+            self.enforce_eager = True
         self._validate()
 
     def _validate(self):
@@ -117,6 +118,17 @@ def resolve_device(device: str) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("device='cuda' was asked for but torch sees no CUDA GPU")
     return device
+
+
+def default_attention_backend(device: str) -> str:
+    """Lesson 9's Triton kernels ("triton") on a CUDA device when Triton imports, else "torch"."""
+    if not device.startswith("cuda"):
+        return "torch"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "torch"
+    return "triton"
 
 
 def resolve_dtype(dtype, checkpoint_dtype: torch.dtype) -> torch.dtype:

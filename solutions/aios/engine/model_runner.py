@@ -5,7 +5,9 @@ take each sequence's last hidden state, compute logits, sample.
 """
 
 import math
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from aios.config import Config
@@ -70,14 +72,28 @@ class ModelRunner:
             hf.head_dim, config.dtype, config.device, backend=config.attention_backend,
         )
         self.sampler = Sampler()
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.graph_sizes: list[int] = []
+        self.graph_inputs: DecodeGraphInputs | None = None
+        if not config.enforce_eager:
+            self.capture_decode_graphs()
 
     def _tensor(self, values, dtype=torch.int64) -> torch.Tensor:
-        return torch.tensor(values, dtype=dtype, device=self.device)
+        """A host list as a tensor on the device; on a GPU through pinned memory, without waiting for the copy."""
+        if self.device.type != "cuda":
+            return torch.tensor(values, dtype=dtype, device=self.device)
+        return torch.tensor(values, dtype=dtype, pin_memory=True).to(self.device, non_blocking=True)
 
     def _block_tables(self, seqs: list[Sequence]) -> torch.Tensor:
         """[num_seqs, max_blocks] block ids, padded with -1."""
         width = max(len(seq.block_table) for seq in seqs)
-        return self._tensor([seq.block_table + [-1] * (width - len(seq.block_table)) for seq in seqs], torch.int32)
+        table = np.full((len(seqs), width), -1, dtype=np.int32)
+        for row, seq in enumerate(seqs):
+            table[row, : len(seq.block_table)] = seq.block_table
+        host = torch.from_numpy(table)
+        if self.device.type != "cuda":
+            return host.to(self.device)
+        return host.pin_memory().to(self.device, non_blocking=True)
 
     def prepare_prefill(self, seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor, Context]:
         """Pack the uncached tokens of every sequence into one flat batch.
@@ -132,11 +148,72 @@ class ModelRunner:
 
     @torch.inference_mode()
     def run_model(self, input_ids: torch.Tensor, positions: torch.Tensor, context: Context) -> torch.Tensor:
-        """Forward the flat batch; returns logits [num_seqs, vocab] of each sequence's last token."""
-        with using_context(context):
-            hidden = self.model(input_ids, positions)
-        last = context.cu_seqlens_q[1:].long() - 1
-        return self.model.compute_logits(hidden[last])
+        """Forward the flat batch; returns logits [num_seqs, vocab] of each sequence's last token.
+
+        Decode steps replay a captured CUDA graph when one fits (lesson 11), else run eagerly.
+        """
+        hidden = None
+        if not context.is_prefill and self.graphs:
+            hidden = self.run_decode_graph(input_ids, positions, context)
+        if hidden is None:
+            with using_context(context):
+                hidden = self.model(input_ids, positions)
+        if context.is_prefill:
+            hidden = hidden[context.cu_seqlens_q[1:].long() - 1]
+        return self.model.compute_logits(hidden)
+
+    # ------------------------------------------------------------------ CUDA graphs (lesson 11)
+
+    @torch.inference_mode()
+    def capture_decode_graphs(self) -> None:
+        """Record the decode forward once per size of ``graph_batch_sizes`` as a CUDA graph.
+
+        Every graph reads the same static buffers (``self.graph_inputs``); the largest is
+        captured first and the others share its memory pool. The attention kernels size
+        their splits for ``max_model_len`` keys, so one graph serves every context length.
+        """
+        # BEGIN SOLUTION lesson11
+        # Hint: run each size once before capturing it (kernels compile, allocations settle),
+        # Hint: then record it under torch.cuda.graph(graph, pool=...) with the Context set.
+        config = self.config
+        self.graph_sizes = graph_batch_sizes(config.max_num_seqs)
+        self.graph_inputs = DecodeGraphInputs.allocate(
+            max(self.graph_sizes), math.ceil(config.max_model_len / self.block_size),
+            config.hf_config.hidden_size, config.dtype, self.device,
+        )
+        pool = None
+        for size in reversed(self.graph_sizes):
+            graph = torch.cuda.CUDAGraph()
+            with using_context(self.graph_inputs.context(self.kv_cache, size, config.max_model_len)):
+                self._graph_forward(size)
+                torch.cuda.synchronize()
+                with torch.cuda.graph(graph, pool=pool):
+                    self._graph_forward(size)
+            pool = pool or graph.pool()
+            self.graphs[size] = graph
+        torch.cuda.synchronize()
+        # END SOLUTION
+
+    def _graph_forward(self, batch_size: int) -> None:
+        """The decode forward a graph records: static inputs in, static hidden states out."""
+        inputs = self.graph_inputs
+        inputs.hidden_states[:batch_size] = self.model(inputs.input_ids[:batch_size], inputs.positions[:batch_size])
+
+    def run_decode_graph(self, input_ids: torch.Tensor, positions: torch.Tensor, context: Context):
+        """Replay the smallest captured graph that holds this decode step.
+
+        Returns the hidden states [num_seqs, hidden] (a view of the static output buffer),
+        or None when the step has more sequences than the largest graph (run it eagerly).
+        """
+        # BEGIN SOLUTION lesson11
+        num_seqs = input_ids.shape[0]
+        size = graph_batch_size_for(num_seqs, self.graph_sizes)
+        if size is None:
+            return None
+        fill_graph_inputs(self.graph_inputs, input_ids, positions, context, size)
+        self.graphs[size].replay()
+        return self.graph_inputs.hidden_states[:num_seqs]
+        # END SOLUTION
 
     def sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
         """Next token per sequence: argmax when every request is greedy, else the sampler."""
@@ -152,3 +229,94 @@ class ModelRunner:
         if logits is None:  # a tensor-parallel worker: only the driver (rank 0) gets logits and samples
             return []
         return self.sample(logits, seqs)
+
+
+# ---------------------------------------------------------------------- CUDA-graph helpers (lesson 11)
+
+
+def graph_batch_sizes(max_num_seqs: int) -> list[int]:
+    """Decode batch sizes to capture, ascending: 1, 2, 4, 8, then every multiple of 16 below
+    ``max_num_seqs``, and ``max_num_seqs`` itself (the largest batch the scheduler forms)."""
+    # BEGIN SOLUTION lesson11
+    # Hint: small sizes are common at the end of a run; large ones only need to be close enough.
+    sizes = {size for size in (1, 2, 4, 8) if size < max_num_seqs}
+    sizes.update(range(16, max_num_seqs, 16))
+    sizes.add(max_num_seqs)
+    return sorted(sizes)
+    # END SOLUTION
+
+
+def graph_batch_size_for(num_seqs: int, sizes: list[int]) -> int | None:
+    """The smallest captured size (``sizes`` ascending) that holds ``num_seqs`` sequences; None if none does."""
+    # BEGIN SOLUTION lesson11
+    return next((size for size in sizes if size >= num_seqs), None)
+    # END SOLUTION
+
+
+@dataclass
+class DecodeGraphInputs:
+    """The static tensors captured decode graphs read and write; a replay changes only their contents.
+
+    input_ids, positions, slot_mapping: [max_batch] int64; context_lens: [max_batch] int32;
+    block_tables: [max_batch, max_blocks_per_seq] int32; cu_seqlens_q: [max_batch + 1] int32
+    (0, 1, 2, ...: one query per sequence); hidden_states: [max_batch, hidden] the model's output.
+    """
+
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    slot_mapping: torch.Tensor
+    context_lens: torch.Tensor
+    block_tables: torch.Tensor
+    cu_seqlens_q: torch.Tensor
+    hidden_states: torch.Tensor
+
+    @classmethod
+    def allocate(cls, max_batch: int, max_blocks_per_seq: int, hidden_size: int, dtype, device) -> "DecodeGraphInputs":
+        """Buffers for batches up to ``max_batch``, filled as padding (slot -1, context length 0)."""
+        index = dict(dtype=torch.int64, device=device)
+        return cls(
+            input_ids=torch.zeros(max_batch, **index),
+            positions=torch.zeros(max_batch, **index),
+            slot_mapping=torch.full((max_batch,), -1, **index),
+            context_lens=torch.zeros(max_batch, dtype=torch.int32, device=device),
+            block_tables=torch.full((max_batch, max_blocks_per_seq), -1, dtype=torch.int32, device=device),
+            cu_seqlens_q=torch.arange(max_batch + 1, dtype=torch.int32, device=device),
+            hidden_states=torch.zeros(max_batch, hidden_size, dtype=dtype, device=device),
+        )
+
+    def context(self, kv_cache, batch_size: int, max_context_len: int) -> Context:
+        """The decode Context of a graph of ``batch_size``: views of the buffers' first rows."""
+        return Context(
+            kv_cache=kv_cache,
+            positions=self.positions[:batch_size],
+            is_prefill=False,
+            cu_seqlens_q=self.cu_seqlens_q[: batch_size + 1],
+            context_lens=self.context_lens[:batch_size],
+            slot_mapping=self.slot_mapping[:batch_size],
+            block_tables=self.block_tables[:batch_size],
+            max_seqlen_q=1,
+            max_seqlen_k=max_context_len,
+        )
+
+
+def fill_graph_inputs(
+    inputs: DecodeGraphInputs, input_ids: torch.Tensor, positions: torch.Tensor, context: Context, batch_size: int
+) -> None:
+    """Copy one eager decode step (``prepare_decode``'s output) into the first ``batch_size`` rows.
+
+    Rows past the step's sequences are padding: token and position 0, slot -1 (the store
+    kernel skips it) and context length 0 (attention reads nothing and returns zeros).
+    """
+    # BEGIN SOLUTION lesson11
+    # Hint: only the block-table columns the step uses need copying: context_lens bounds every read.
+    num_seqs, width = context.block_tables.shape
+    inputs.input_ids[:num_seqs].copy_(input_ids)
+    inputs.positions[:num_seqs].copy_(positions)
+    inputs.slot_mapping[:num_seqs].copy_(context.slot_mapping)
+    inputs.context_lens[:num_seqs].copy_(context.context_lens)
+    inputs.block_tables[:num_seqs, :width].copy_(context.block_tables)
+    inputs.input_ids[num_seqs:batch_size].zero_()
+    inputs.positions[num_seqs:batch_size].zero_()
+    inputs.slot_mapping[num_seqs:batch_size].fill_(-1)
+    inputs.context_lens[num_seqs:batch_size].zero_()
+    # END SOLUTION

@@ -5,6 +5,8 @@ Cache layout, one tensor for K and one for V per layer:
 Viewed flat, [num_blocks * block_size, kv_heads, head_dim], a token's "slot" is its row.
 """
 
+import importlib
+
 import torch
 
 from aios.layers.attention import causal_attention
@@ -78,6 +80,8 @@ class PagedKVCache:
         self.v_cache = torch.zeros(shape, dtype=dtype, device=device)
         self.block_size = block_size
         self.backend = backend
+        # Lesson 9's kernels, imported only when asked for (the torch path needs no Triton).
+        self.kernels = importlib.import_module("aios.layers.triton_attention") if backend == "triton" else None
 
     @property
     def num_blocks(self) -> int:
@@ -85,5 +89,10 @@ class PagedKVCache:
 
     def attend(self, layer_idx: int, q, k, v, context, scale: float) -> torch.Tensor:
         k_cache, v_cache = self.k_cache[layer_idx], self.v_cache[layer_idx]
+        if self.backend == "triton":
+            self.kernels.store_kvcache(k, v, k_cache, v_cache, context.slot_mapping)
+            if context.is_prefill:
+                return self.kernels.prefill_attention(q, k_cache, v_cache, context, scale)
+            return self.kernels.decode_attention(q, k_cache, v_cache, context, scale)
         store_kvcache(k, v, k_cache, v_cache, context.slot_mapping)
         return paged_attention(q, k_cache, v_cache, context, scale)
