@@ -96,6 +96,11 @@ class LLMEngine:
     def is_finished(self) -> bool:
         return self.scheduler.is_finished()
 
+    def abort(self, seq_id: int) -> bool:
+        """Cancel request ``seq_id`` (waiting or running) and free its KV blocks; False if it is not in the engine."""
+        return self.scheduler.abort(seq_id) is not None
+
+
     def output(self, seq: Sequence) -> dict:
         """The user-facing result of a finished sequence."""
         ids = seq.completion_token_ids

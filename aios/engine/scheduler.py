@@ -46,3 +46,12 @@ class Scheduler:
         Returns the sequences that finished this step (their blocks are already freed).
         """
         raise NotImplementedError("Lesson 8: implement Scheduler.postprocess in aios/engine/scheduler.py — see exercises/lesson08/README.md, 'What to implement'")
+
+    def abort(self, seq_id: int) -> Sequence | None:
+        """Remove the sequence ``seq_id`` from the waiting or running queue and free its KV blocks.
+
+        The sequence ends FINISHED with finish_reason "abort". Returns it, or None when no
+        waiting or running sequence has that id (it finished already, or never existed).
+        """
+        # Hint: look in both queues; only a running sequence holds blocks, but deallocating is safe either way.
+        raise NotImplementedError("Lesson 15: implement Scheduler.abort in aios/engine/scheduler.py — see exercises/lesson15/README.md, 'What to implement'")

@@ -61,7 +61,7 @@ class Config:
     tensor_parallel_size: int = 1
     enable_prefix_caching: bool = True
     attention_backend: str = "auto"
-    fused_layers: bool = False
+    fused_layers: bool = True
     load_format: str = "safetensors"
     hf_config: object = field(default=None, repr=False)
 

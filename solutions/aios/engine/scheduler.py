@@ -93,3 +93,22 @@ class Scheduler:
             finished.append(seq)
         return finished
         # END SOLUTION
+
+    def abort(self, seq_id: int) -> Sequence | None:
+        """Remove the sequence ``seq_id`` from the waiting or running queue and free its KV blocks.
+
+        The sequence ends FINISHED with finish_reason "abort". Returns it, or None when no
+        waiting or running sequence has that id (it finished already, or never existed).
+        """
+        # BEGIN SOLUTION lesson15
+        # Hint: look in both queues; only a running sequence holds blocks, but deallocating is safe either way.
+        for queue in (self.waiting, self.running):
+            seq = next((s for s in queue if s.seq_id == seq_id), None)
+            if seq is not None:
+                queue.remove(seq)
+                self.block_manager.deallocate(seq)
+                seq.status = SequenceStatus.FINISHED
+                seq.finish_reason = "abort"
+                return seq
+        return None
+        # END SOLUTION
