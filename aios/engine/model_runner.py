@@ -15,7 +15,7 @@ from aios.engine.block_manager import slot_mapping
 from aios.engine.distributed import min_over_ranks
 from aios.engine.sequence import Sequence
 from aios.layers.paged_attention import PagedKVCache
-from aios.layers.sampler import Sampler, greedy_sample
+from aios.layers.sampler import Sampler, greedy_sample, sampling_tensors
 from aios.utils.context import Context, using_context
 from aios.utils.loader import load_qwen3
 
@@ -155,8 +155,9 @@ class ModelRunner:
         """Next token per sequence: argmax when every request is greedy, else the sampler."""
         if all(seq.sampling_params.is_greedy for seq in seqs):
             return greedy_sample(logits).tolist()
-        temperatures = torch.tensor([seq.sampling_params.temperature for seq in seqs], device=logits.device)
-        return self.sampler(logits, temperatures).tolist()
+        params = [seq.sampling_params for seq in seqs]
+        steps = [seq.num_completion_tokens for seq in seqs]
+        return self.sampler(logits, **sampling_tensors(params, steps, logits.device)).tolist()
 
     def run(self, seqs: list[Sequence], is_prefill: bool) -> list[int]:
         """One engine step for ``seqs``: returns one new token id per sequence."""

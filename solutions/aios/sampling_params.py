@@ -1,5 +1,6 @@
 """Per-request sampling settings, validated on construction."""
 
+import math
 from dataclasses import dataclass
 
 
@@ -10,7 +11,9 @@ class SamplingParams:
     temperature: 0.0 means greedy (argmax); larger values flatten the distribution.
     top_k:       keep only the k most likely tokens; -1 (or 0) keeps all.
     top_p:       keep the smallest set of tokens whose probability mass reaches top_p (1.0 keeps all).
-    seed:        per-request random seed: the same seed gives the same tokens, whatever shares the batch.
+    seed:        per-request random seed in [0, 2**64): the same seed gives the same tokens, whatever
+                 shares the batch (the noise is a hash of seed, step and token id; see layers/sampler.py).
+                 None draws from torch's global generator.
     max_tokens:  the most tokens to generate.
     ignore_eos:  keep generating past the end-of-sequence token (benchmarks use this).
     """
@@ -24,19 +27,29 @@ class SamplingParams:
 
     def __post_init__(self):
         problems = []
-        if not isinstance(self.temperature, (int, float)) or not self.temperature >= 0:
-            problems.append(f"temperature must be >= 0 (0 means greedy), got {self.temperature!r}")
-        if not isinstance(self.top_k, int) or self.top_k < -1:
-            problems.append(f"top_k must be -1 (no limit) or a positive integer, got {self.top_k!r}")
-        if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
-            problems.append(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if not isinstance(self.max_tokens, int) or isinstance(self.max_tokens, bool) or self.max_tokens < 1:
+        if not _is_number(self.temperature) or not 0 <= self.temperature < math.inf:
+            problems.append(f"temperature must be a finite number >= 0 (0 means greedy), got {self.temperature!r}")
+        if not _is_int(self.top_k) or self.top_k < -1:
+            problems.append(f"top_k must be -1 or 0 (no limit) or a positive integer, got {self.top_k!r}")
+        if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
+            problems.append(f"top_p must be in (0, 1] (1 means no limit), got {self.top_p!r}")
+        if not _is_int(self.max_tokens) or self.max_tokens < 1:
             problems.append(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
-        if self.seed is not None and not isinstance(self.seed, int):
-            problems.append(f"seed must be an integer or None, got {self.seed!r}")
+        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < 2**64):
+            problems.append(f"seed must be None or an integer in [0, 2**64), got {self.seed!r}")
+        if not isinstance(self.ignore_eos, bool):
+            problems.append(f"ignore_eos must be True or False, got {self.ignore_eos!r}")
         if problems:
             raise ValueError("Invalid SamplingParams: " + "; ".join(problems))
 
     @property
     def is_greedy(self) -> bool:
         return self.temperature == 0
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -1,6 +1,23 @@
-"""Turning logits into next tokens: greedy (lesson 8) and sampling (lesson 12)."""
+"""Turning logits into next tokens: greedy (lesson 8) and sampling (lesson 12).
+
+Sampling with the exponential race (the Gumbel-max trick in disguise): draw
+E_i ~ Exponential(1) for every token i and take argmax_i p_i / E_i. Token i wins
+with probability exactly p_i, and in log space the rule is
+argmax_i (logits_i / T - log E_i): no softmax, no cumulative sum, one batched
+argmax for every row of the batch, each row with its own temperature.
+
+Reproducible seeds: a seeded request's noise is a pure function of
+(seed, step, token id) — a counter-based hash, not a random generator with
+state. Nothing about a row's noise depends on which row it sits in, on how many
+other rows there are, or on what they drew, so the same seed gives the same
+tokens alone, in any batch, after a preemption, and on any device.
+"""
 
 import torch
+
+MASK32 = 0xFFFF_FFFF
+GOLDEN32 = 0x9E37_79B9  # 2**32 / golden ratio: breaks the symmetry of small inputs such as 0.
+UNIFORM_BITS = 24  # float32 holds 24-bit integers exactly
 
 
 def greedy_sample(logits: torch.Tensor) -> torch.Tensor:
@@ -8,18 +25,141 @@ def greedy_sample(logits: torch.Tensor) -> torch.Tensor:
     return logits.argmax(dim=-1)
 
 
-class Sampler:
-    """Samples one token per row from softmax(logits / temperature) with the Gumbel-max trick.
+def mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash: a bijection on [0, 2**32) whose output bits all depend on every input bit.
 
-    temperatures: [num_seqs] float; rows with temperature 0 take the argmax.
+    x: int64 tensor of values in [0, 2**32). Products stay below 2**63, so nothing overflows.
+    """
+    x = ((x >> 16) ^ x) * 0x045D_9F3B & MASK32
+    x = ((x >> 16) ^ x) * 0x045D_9F3B & MASK32
+    return (x >> 16) ^ x
+
+
+def hash_combine(key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """Hash of the pair (key, value); both int64 tensors in [0, 2**32) (broadcast together)."""
+    return mix32(key ^ mix32((value + GOLDEN32) & MASK32))
+
+
+def seeded_uniform(seeds: list[int], steps: list[int], vocab_size: int, device="cpu") -> torch.Tensor:
+    """Counter-based uniform noise: one value in (0, 1) per (request, token id), a pure function of (seed, step, token id).
+
+    seeds: [rows] integers in [0, 2**64); steps: [rows] how many tokens each request has generated.
+    Returns [rows, vocab_size] float32.
+    """
+    # BEGIN SOLUTION lesson12
+    # Hint: fold the seed's low and high 32 bits and the step into one 32-bit key per row with hash_combine.
+    seed_low = torch.tensor([seed & MASK32 for seed in seeds], dtype=torch.int64, device=device)
+    seed_high = torch.tensor([(seed >> 32) & MASK32 for seed in seeds], dtype=torch.int64, device=device)
+    step = torch.tensor(steps, dtype=torch.int64, device=device)
+    row_key = hash_combine(hash_combine(mix32(seed_high), seed_low), step)
+    # Hint: then hash each token id with its row's key, keep the top 24 bits and centre them in (0, 1).
+    token_ids = torch.arange(vocab_size, dtype=torch.int64, device=device)
+    bits = hash_combine(row_key.unsqueeze(1), token_ids) >> (32 - UNIFORM_BITS)
+    return (bits.float() + 0.5) / 2**UNIFORM_BITS
+    # END SOLUTION
+
+
+def exponential_noise(
+    num_rows: int, vocab_size: int, seeds: list[int | None] | None = None, steps: list[int] | None = None, device="cpu"
+) -> torch.Tensor:
+    """Exponential(1) noise [num_rows, vocab_size] float32.
+
+    Rows whose seed is None draw from torch's global generator; a seeded row is
+    -log of ``seeded_uniform`` for its (seed, step), whatever the other rows are.
+    """
+    # BEGIN SOLUTION lesson12
+    # Hint: draw every row with Tensor.exponential_(), then overwrite the seeded rows with -log(seeded_uniform(...)).
+    noise = torch.empty(num_rows, vocab_size, dtype=torch.float32, device=device).exponential_()
+    # A draw of exactly 0 would turn into log(0) = -inf and could lift a filtered-out token.
+    noise.clamp_(min=torch.finfo(torch.float32).tiny)
+    seeded_rows = [row for row, seed in enumerate(seeds or []) if seed is not None]
+    if seeded_rows:
+        uniform = seeded_uniform([seeds[row] for row in seeded_rows], [steps[row] for row in seeded_rows],
+                                 vocab_size, device)
+        noise[seeded_rows] = -torch.log(uniform)
+    return noise
+    # END SOLUTION
+
+
+def apply_top_k(logits: torch.Tensor, top_ks: torch.Tensor) -> torch.Tensor:
+    """Keep each row's ``top_k`` largest logits and set the rest to -inf.
+
+    logits: [rows, vocab] float; top_ks: [rows] int, where -1 or 0 (or >= vocab) means no limit.
+    Exactly k tokens survive per limited row (ties are broken by sort order). Returns a new tensor.
+    """
+    # BEGIN SOLUTION lesson12
+    # Hint: rank the tokens of every row by sorting once, decide keep/drop per rank, then scatter back to token order.
+    vocab_size = logits.shape[-1]
+    k = torch.where(top_ks > 0, top_ks, vocab_size).clamp(max=vocab_size)
+    order = logits.argsort(dim=-1, descending=True, stable=True)
+    rank = torch.arange(vocab_size, device=logits.device)
+    keep_sorted = rank.unsqueeze(0) < k.unsqueeze(1)
+    keep = torch.empty_like(keep_sorted).scatter_(-1, order, keep_sorted)
+    return logits.masked_fill(~keep, float("-inf"))
+    # END SOLUTION
+
+
+def apply_top_p(logits: torch.Tensor, top_ps: torch.Tensor) -> torch.Tensor:
+    """Keep, per row, the smallest set of most likely tokens whose probability mass reaches ``top_p``; the rest -> -inf.
+
+    logits: [rows, vocab] float (already divided by the temperature, maybe already top-k filtered);
+    top_ps: [rows] float in (0, 1], 1 keeping everything. The most likely token always survives.
+    """
+    # BEGIN SOLUTION lesson12
+    # Hint: sort the probabilities in descending order; a token is in the nucleus if the mass *before* it is < p.
+    probs = torch.softmax(logits, dim=-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)
+    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+    keep_sorted = mass_before < top_ps.unsqueeze(1)
+    keep_sorted[:, 0] = True
+    keep = torch.empty_like(keep_sorted).scatter_(-1, order, keep_sorted)
+    return logits.masked_fill(~keep, float("-inf"))
+    # END SOLUTION
+
+
+class Sampler:
+    """Samples one token per row from softmax(logits / temperature), truncated by top-k then top-p.
+
+    Every request brings its own settings, and one call serves the whole batch:
+    temperatures [rows] float (0: greedy argmax), top_ks [rows] int (-1: no limit),
+    top_ps [rows] float (1.0: no limit), seeds [rows] int or None (None: torch's
+    global generator), steps [rows] int (tokens each request has generated so far;
+    with the seed it names the noise). Returns [rows] int64 token ids.
     """
 
-    def __call__(self, logits: torch.Tensor, temperatures: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self,
+        logits: torch.Tensor,
+        temperatures: torch.Tensor,
+        top_ks: torch.Tensor | None = None,
+        top_ps: torch.Tensor | None = None,
+        seeds: list[int | None] | None = None,
+        steps: list[int] | None = None,
+    ) -> torch.Tensor:
         # BEGIN SOLUTION lesson12
+        # Hint: order matters: divide by the temperature, then top-k, then top-p (on the renormalised rest).
+        logits = logits.float()
         greedy = logits.argmax(dim=-1)
-        safe_t = torch.where(temperatures > 0, temperatures, torch.ones_like(temperatures))
-        probs = torch.softmax(logits.float() / safe_t.unsqueeze(1), dim=-1)
-        exponential = torch.empty_like(probs).exponential_(1.0)
-        sampled = (probs / exponential).argmax(dim=-1)
-        return torch.where(temperatures > 0, sampled, greedy)
+        sampled_rows = temperatures > 0
+        safe_temperatures = torch.where(sampled_rows, temperatures, torch.ones_like(temperatures))
+        scaled = logits / safe_temperatures.float().unsqueeze(1)
+        if top_ks is not None and bool(((top_ks > 0) & (top_ks < scaled.shape[-1])).any()):
+            scaled = apply_top_k(scaled, top_ks)
+        if top_ps is not None and bool((top_ps < 1).any()):
+            scaled = apply_top_p(scaled, top_ps)
+        # Hint: the exponential race in log space: argmax(scaled - log(E)) with E ~ Exponential(1).
+        noise = exponential_noise(scaled.shape[0], scaled.shape[1], seeds, steps, scaled.device)
+        sampled = (scaled - torch.log(noise)).argmax(dim=-1)
+        return torch.where(sampled_rows, sampled, greedy)
         # END SOLUTION
+
+
+def sampling_tensors(params: list, steps: list[int], device) -> dict:
+    """The keyword arguments of ``Sampler.__call__`` for a batch of SamplingParams (one per row)."""
+    return {
+        "temperatures": torch.tensor([p.temperature for p in params], dtype=torch.float32, device=device),
+        "top_ks": torch.tensor([p.top_k for p in params], dtype=torch.int64, device=device),
+        "top_ps": torch.tensor([p.top_p for p in params], dtype=torch.float32, device=device),
+        "seeds": [p.seed for p in params],
+        "steps": list(steps),
+    }
