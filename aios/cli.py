@@ -93,11 +93,131 @@ def run_make_model(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- serve (lesson 15)
+
+
+def _args_serve(parser: argparse.ArgumentParser) -> None:
+    import os
+
+    parser.add_argument("--model", required=True, type=Path, metavar="DIR", help="Qwen3 checkpoint folder")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default: 127.0.0.1, this machine only; 0.0.0.0 opens it to the network)")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000; 0 picks a free one)")
+    parser.add_argument("--api-key", default=os.environ.get("AIOS_API_KEY"),
+                        help="require 'Authorization: Bearer KEY' on /v1 requests (default: $AIOS_API_KEY, else none)")
+    parser.add_argument("--served-model-name", metavar="NAME",
+                        help="the model id clients send (default: the checkpoint folder's name)")
+    parser.add_argument("--max-tokens-limit", type=int, metavar="N",
+                        help="largest max_tokens a request may ask for (default: the context length)")
+    parser.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, metavar="N",
+                        help="largest request body in bytes (default: 4 MiB)")
+    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    engine = parser.add_argument_group("engine options (default: the engine's, the fastest the device supports)")
+    engine.add_argument("--load-format", choices=["safetensors", "dummy"],
+                        help="dummy: random weights, only config.json and the tokenizer are read (benchmarks)")
+    engine.add_argument("--dtype", help="auto, float32, float16 or bfloat16")
+    engine.add_argument("--device", help="auto, cuda or cpu")
+    engine.add_argument("--max-model-len", type=int, metavar="N")
+    engine.add_argument("--max-num-seqs", type=int, metavar="N")
+    engine.add_argument("--max-num-batched-tokens", type=int, metavar="N")
+    engine.add_argument("--num-kvcache-blocks", type=int, metavar="N")
+    engine.add_argument("--kvcache-block-size", type=int, metavar="N")
+    engine.add_argument("--gpu-memory-utilization", type=float, metavar="F")
+    engine.add_argument("--tensor-parallel-size", type=int, metavar="N")
+    engine.add_argument("--attention-backend", choices=["auto", "torch", "triton"])
+    engine.add_argument("--enforce-eager", action="store_true", default=None, help="no CUDA graphs")
+    engine.add_argument("--no-prefix-caching", dest="enable_prefix_caching", action="store_false", default=None)
+
+
+SERVE_ENGINE_OPTIONS = ("load_format", "dtype", "device", "max_model_len", "max_num_seqs", "max_num_batched_tokens",
+                        "num_kvcache_blocks", "kvcache_block_size", "gpu_memory_utilization", "tensor_parallel_size",
+                        "attention_backend", "enforce_eager", "enable_prefix_caching")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Serve the model over an OpenAI-compatible HTTP API until interrupted (Ctrl-C)."""
+    try:
+        import uvicorn
+
+        from aios.server.app import ServerSettings
+        from aios.server.launcher import create_app
+    except ImportError as exc:
+        raise CliError(f"{exc.name} is missing: pip install fastapi uvicorn prometheus-client") from exc
+    if not args.model.is_dir():
+        raise CliError(f"{args.model} is not a folder; make a checkpoint with `python -m aios make-model tiny DIR`")
+    options = {name: getattr(args, name) for name in SERVE_ENGINE_OPTIONS if getattr(args, name) is not None}
+    name = args.served_model_name or args.model.resolve().name
+    settings = ServerSettings(served_model_name=name, api_key=args.api_key, max_body_bytes=args.max_body_bytes,
+                              max_tokens_limit=args.max_tokens_limit)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
+        print(f"warning: serving on {args.host} without --api-key: anyone who can reach it may use it", file=sys.stderr)
+    try:
+        app = create_app(args.model, settings, **options)
+    except (TypeError, ValueError, FileNotFoundError) as exc:
+        raise CliError(str(exc)) from exc
+    config = app.state.async_engine.engine.config
+    print(f"serving {name!r} ({config.device}, {config.dtype}, max_model_len {config.max_model_len}, "
+          f"{config.num_kvcache_blocks} KV blocks) at http://{args.host}:{args.port}/v1", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    return 0
+
+
+def _args_bench_serve(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base-url", default="http://127.0.0.1:8000", help="server root, without /v1")
+    parser.add_argument("--model", required=True, help="model id to send (see GET /v1/models)")
+    parser.add_argument("--endpoint", choices=["completions", "chat"], default="completions")
+    parser.add_argument("--num-prompts", type=int, default=100, help="requests to send (default: 100)")
+    parser.add_argument("--max-concurrency", type=int, default=32, help="most requests in flight (default: 32)")
+    parser.add_argument("--request-rate", type=float, default=float("inf"),
+                        help="mean new requests per second, Poisson arrivals (default: inf, all at once)")
+    parser.add_argument("--input-len", type=int, default=128, help="prompt length in words or tokens (default: 128)")
+    parser.add_argument("--output-len", type=int, default=128, help="max_tokens of each request (default: 128)")
+    parser.add_argument("--duration", type=float, default=600.0,
+                        help="stop sending new requests after this many seconds (default: 600)")
+    parser.add_argument("--request-timeout", type=float, default=300.0, help="seconds per request (default: 300)")
+    parser.add_argument("--api-key", help="sent as 'Authorization: Bearer KEY'")
+    parser.add_argument("--no-ignore-eos", dest="ignore_eos", action="store_false",
+                        help="do not send ignore_eos (for servers that refuse it); outputs may then be shorter")
+    parser.add_argument("--tokenizer", metavar="DIR", help="send exact-length token-id prompts made with this tokenizer")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--result-json", type=Path, metavar="FILE", help="write the summary (and every request) here")
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def run_bench_serve(args: argparse.Namespace) -> int:
+    """Load-test an OpenAI-compatible server; exit status 1 if any request failed."""
+    import asyncio
+
+    from aios.server.bench import BenchConfig, format_summary, result_json, run_benchmark
+
+    if args.num_prompts < 1 or args.max_concurrency < 1 or args.output_len < 1 or args.input_len < 1:
+        raise CliError("--num-prompts, --max-concurrency, --input-len and --output-len must be >= 1")
+    config = BenchConfig(
+        base_url=args.base_url, model=args.model, endpoint=args.endpoint, num_prompts=args.num_prompts,
+        max_concurrency=args.max_concurrency, request_rate=args.request_rate, input_len=args.input_len,
+        output_len=args.output_len, duration=args.duration, request_timeout=args.request_timeout,
+        api_key=args.api_key, ignore_eos=args.ignore_eos, seed=args.seed, tokenizer=args.tokenizer,
+    )
+    summary, records = asyncio.run(run_benchmark(config, progress=args.progress))
+    print(format_summary(summary))
+    errors = [r.error for r in records if not r.ok]
+    if errors:
+        print(f"{len(errors)} request(s) failed; first error: {errors[0]}", file=sys.stderr)
+    if args.result_json:
+        args.result_json.parent.mkdir(parents=True, exist_ok=True)
+        args.result_json.write_text(result_json(summary, records, with_records=True))
+        print(f"wrote {args.result_json}")
+    return 1 if errors else 0
+
+
 # ---------------------------------------------------------------- registry and entry point
 
 #: Every subcommand, in the order ``--help`` lists them.
 COMMANDS: list[Command] = [
     Command("make-model", "write an offline Qwen3 checkpoint with random weights", _args_make_model, run_make_model),
+    Command("serve", "serve a model over an OpenAI-compatible HTTP API (lesson 15)", _args_serve, run_serve),
+    Command("bench-serve", "load-test an OpenAI-compatible server: throughput, TTFT, TPOT (lesson 15)",
+            _args_bench_serve, run_bench_serve),
 ]
 
 
@@ -124,3 +244,32 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         print(f"python -m aios {args.command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+# ---------------------------------------------------------------- bench (the headline figure, lessons 9-11)
+
+
+def _args_bench(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", metavar="DIR", help="checkpoint folder (default: the 0.6b fixture, made once)")
+    parser.add_argument("--preset", default="0.6b", help="fixture preset when --model is not given (default: 0.6b)")
+    parser.add_argument("--batch1", action="store_true", help="decode speed of one sequence instead of throughput")
+    parser.add_argument("--num-requests", type=int, default=256, help="requests in the workload (default: 256)")
+    parser.add_argument("--seed", type=int, default=0, help="workload seed (default: 0)")
+    parser.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (lesson 11 off)")
+    parser.add_argument("--attention-backend", choices=["auto", "torch", "triton"], default="auto")
+    parser.add_argument("--profile", action="store_true", help="then profile 20 decode steps (torch.profiler)")
+    parser.add_argument("--json", dest="json_path", type=Path, metavar="FILE", help="also write the result here")
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """Headline throughput (or batch-1 decode) of the engine with random weights (see aios.bench.throughput)."""
+    from aios.bench.throughput import run_command
+
+    if args.num_requests < 1:
+        raise CliError("--num-requests must be >= 1")
+    return run_command(args)
+
+
+COMMANDS.append(Command("bench", "offline throughput of the engine on the headline workload (GPU; lessons 9-11)",
+                        _args_bench, run_bench))

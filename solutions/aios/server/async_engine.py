@@ -1,0 +1,273 @@
+"""The engine loop behind the server: one thread steps the engine, each request reads its own queue.
+
+    HTTP handlers (asyncio event loop)              engine thread
+    ----------------------------------              -------------
+    generate(): put ("add", stream) in inbox ──►    drain inbox: add_request / abort
+                await stream.queue.get()            engine.step()
+                       ▲                            dispatch(): new tokens of each request
+                       └──── loop.call_soon_threadsafe(queue.put_nowait, output) ◄──┘
+
+Only the engine thread touches the engine (scheduler, block manager, model), so
+nothing in it needs a lock: handlers talk to it through the thread-safe inbox, and
+it talks back through each request's asyncio queue. An asyncio queue belongs to
+its event loop and is not thread-safe, so the engine thread never calls it
+directly: it asks the loop to run ``put_nowait`` for it.
+
+A client that goes away closes its ``generate`` iterator; that sends an abort, and
+the engine thread removes the sequence and frees its KV-cache blocks. An exception
+inside a step fails the requests that were running (their iterators raise
+``EngineError``) and the loop goes on with the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from aios.engine.llm_engine import LLMEngine
+from aios.engine.sequence import Sequence, SequenceStatus
+from aios.sampling_params import SamplingParams
+
+logger = logging.getLogger("aios.server")
+
+
+class EngineError(RuntimeError):
+    """The engine failed while serving this request (answered as HTTP 500)."""
+
+
+@dataclass
+class RequestOutput:
+    """What one engine step produced for one request.
+
+    new_token_ids: tokens generated since the previous output (usually one).
+    finish_reason: None while the request runs; then "stop" (EOS), "length" (max_tokens or
+                   the context length) or "abort" (cancelled).
+    error:         set when the engine failed; the request is over.
+    """
+
+    new_token_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None or self.error is not None
+
+
+class RequestStream:
+    """One request's side of the loop: its prompt and params, its Sequence once added, its queue."""
+
+    def __init__(self, token_ids: list[int], params: SamplingParams, loop: asyncio.AbstractEventLoop):
+        self.token_ids = token_ids
+        self.params = params
+        self.loop = loop
+        self.queue: asyncio.Queue[RequestOutput] = asyncio.Queue()
+        self.seq: Sequence | None = None
+        self.num_sent = 0  # completion tokens already put in the queue
+        self.closed = False  # the last output was put (or the request was aborted)
+        self.error: str | None = None  # set by the engine thread when it fails the request
+
+    def put(self, output: RequestOutput) -> None:
+        """Hand ``output`` to the request's queue. Called from the engine thread."""
+        # BEGIN SOLUTION lesson15
+        # Hint: asyncio objects are not thread-safe: ask the queue's event loop to do the put for you.
+        if output.finished:
+            self.closed = True
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, output)
+        except RuntimeError:  # the event loop is closed: nobody is listening any more
+            pass
+        # END SOLUTION
+
+
+class AsyncEngine:
+    """Runs ``engine.step()`` in a background thread and streams each request's tokens to it.
+
+    engine:          the LLMEngine to drive (only this object's thread touches it once started).
+    idle_wait:       seconds the thread sleeps when there is nothing to do (a new request wakes it at once).
+    poll_interval:   how often a waiting request checks that the engine loop is still alive.
+    unhealthy_after: this many failed steps in a row and ``healthy`` turns False.
+    on_step:         optional callback run in the engine thread after every step (metrics).
+    """
+
+    def __init__(self, engine: LLMEngine, idle_wait: float = 0.5, unhealthy_after: int = 3, on_step=None,
+                 poll_interval: float = 1.0):
+        self.engine = engine
+        self.idle_wait = idle_wait
+        self.poll_interval = poll_interval
+        self.unhealthy_after = unhealthy_after
+        self.on_step = on_step
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._wakeup = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._streams: dict[int, RequestStream] = {}  # seq_id -> stream of every request in the engine
+        self.num_steps = 0
+        self.num_errors = 0
+        self.consecutive_errors = 0
+        self.last_error: str | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name="aios-engine-loop", daemon=True)
+        self._thread.start()
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop the thread; requests still running get an error."""
+        if self._thread is None:
+            return
+        self._stopping.set()
+        self._wakeup.set()
+        self._thread.join(timeout)
+        self._thread = None
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def healthy(self) -> bool:
+        return self.is_running and self.consecutive_errors < self.unhealthy_after
+
+    @property
+    def num_active_requests(self) -> int:
+        return len(self._streams)
+
+    # ------------------------------------------------------------ the handlers' side
+
+    async def generate(self, token_ids: list[int], params: SamplingParams) -> AsyncIterator[RequestOutput]:
+        """Submit one request and yield its outputs until it finishes.
+
+        Leaving the loop early (break, cancellation, a closed connection) aborts the
+        request and frees its blocks. Raises EngineError if the engine failed on it.
+        """
+        if not self.is_running:
+            raise EngineError("the engine loop is not running")
+        stream = RequestStream(list(token_ids), params, asyncio.get_running_loop())
+        self._submit(("add", stream))
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self.poll_interval):
+                        output = await stream.queue.get()
+                except TimeoutError:  # nothing yet: still alive?
+                    if stream.error is not None:
+                        raise EngineError(stream.error) from None
+                    if not self.is_running:
+                        raise EngineError("the engine loop is not running") from None
+                    continue
+                if output.error is not None:
+                    raise EngineError(output.error)
+                yield output
+                if output.finished:
+                    return
+        finally:
+            if not stream.closed:
+                self._submit(("abort", stream))
+
+    def _submit(self, message: tuple) -> None:
+        self._inbox.put(message)
+        self._wakeup.set()
+
+    # ------------------------------------------------------------ the engine thread
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._wakeup.clear()
+            self._drain_inbox()
+            if self.engine.is_finished():
+                self._wakeup.wait(self.idle_wait)
+                continue
+            try:
+                self.engine.step()
+                self._dispatch()
+            except Exception as exc:  # noqa: BLE001 - one bad step must not take the server down
+                self._fail_running(exc)
+                continue
+            self.num_steps += 1
+            self.consecutive_errors = 0
+            if self.on_step is not None:
+                self.on_step(self)
+        self._drain_inbox()
+        for stream in list(self._streams.values()):
+            self._fail(stream, "the server is shutting down")
+
+    def _drain_inbox(self) -> None:
+        """Apply every pending add and abort (engine thread only)."""
+        while True:
+            try:
+                action, stream = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                if action == "add":
+                    self._add(stream)
+                else:
+                    self._abort(stream)
+            except Exception as exc:  # noqa: BLE001 - keep serving the others
+                logger.exception("engine loop: %s failed", action)
+                self._fail(stream, f"internal engine error during {action}: {type(exc).__name__}: {exc}")
+
+    def _add(self, stream: RequestStream) -> None:
+        if stream.closed:  # aborted before it was added
+            return
+        stream.seq = self.engine.add_request(stream.token_ids, stream.params)
+        self._streams[stream.seq.seq_id] = stream
+
+    def _abort(self, stream: RequestStream) -> None:
+        stream.closed = True
+        if stream.seq is not None and self._streams.pop(stream.seq.seq_id, None) is not None:
+            self.engine.abort(stream.seq.seq_id)
+
+    def _dispatch(self) -> None:
+        """After a step: put each request's new tokens in its queue; close the streams of finished ones."""
+        # BEGIN SOLUTION lesson15
+        # Hint: compare each sequence's completion tokens with how many its stream has been sent.
+        for seq_id, stream in list(self._streams.items()):
+            seq = stream.seq
+            new_token_ids = seq.completion_token_ids[stream.num_sent :]
+            if not new_token_ids and not seq.is_finished:
+                continue
+            stream.num_sent += len(new_token_ids)
+            stream.put(RequestOutput(new_token_ids, seq.finish_reason if seq.is_finished else None))
+            # Hint: a finished sequence's blocks are already free; just forget its stream.
+            if seq.is_finished:
+                del self._streams[seq_id]
+        # END SOLUTION
+
+    def _fail(self, stream: RequestStream, message: str) -> None:
+        """End ``stream`` with an error: remove its sequence from the engine if possible, then tell the client."""
+        stream.error = message  # seen by generate() even if the queue hand-off below fails
+        if stream.seq is not None:
+            self._streams.pop(stream.seq.seq_id, None)
+            try:
+                self.engine.abort(stream.seq.seq_id)
+            except Exception:  # noqa: BLE001 - the state is already broken; still answer the client
+                logger.exception("could not abort sequence %d", stream.seq.seq_id)
+        stream.closed = True
+        try:
+            stream.put(RequestOutput(error=message))
+        except Exception:  # noqa: BLE001
+            logger.exception("could not hand the error to request %s", stream.seq)
+
+    def _fail_running(self, exc: Exception) -> None:
+        """A step raised: fail every request that was running or just finished (its state is suspect or its
+        end was not delivered); the waiting ones stay."""
+        self.num_errors += 1
+        self.consecutive_errors += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        logger.exception("engine step failed; failing the running requests")
+        for stream in list(self._streams.values()):
+            if stream.seq.status is not SequenceStatus.WAITING:
+                self._fail(stream, f"internal engine error: {self.last_error}")
+        if self.consecutive_errors >= self.unhealthy_after:
+            time.sleep(min(1.0, 0.05 * self.consecutive_errors))  # do not spin on a broken engine
