@@ -1,4 +1,5 @@
-"""Single-sequence greedy generation loops: without a cache (lesson 3) and with one (lesson 4).
+"""Greedy generation loops of the early lessons: one sequence without a cache (lesson 3),
+one sequence with a cache (lessons 4-6), and one static batch (lesson 7).
 
 These are the small drivers of the early lessons; the engine of lesson 8 replaces
 them with a scheduler that serves many sequences at once.
@@ -6,6 +7,8 @@ them with a scheduler that serves many sequences at once.
 
 import torch
 
+from aios.engine.sequence import Sequence
+from aios.sampling_params import SamplingParams
 from aios.utils.context import Context, using_context
 
 
@@ -62,3 +65,43 @@ def generate_with_cache(
         positions = positions[-1:] + 1
     return generated
     # END SOLUTION
+
+
+@torch.inference_mode()
+def generate_batch(
+    runner, block_manager, prompts: list[list[int]], max_new_tokens: int | list[int], eos_token_id: int | None = None
+) -> list[list[int]]:
+    """Greedy generation for a whole batch at once: lesson 7's static batching.
+
+    ``runner`` is a ModelRunner (it owns the model and the paged KV cache), ``block_manager``
+    hands out that cache's blocks. One prefill step packs every prompt into one flat batch;
+    each decode step feeds the newest token of every unfinished sequence. Nobody joins a
+    batch once it has started: filling the places of finished sequences is lesson 8's job.
+    ``max_new_tokens`` is one count for all prompts or one per prompt.
+    Returns each prompt's generated ids, in prompt order; every block is given back at the end.
+    """
+    counts = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
+    seqs = [
+        Sequence(prompt, SamplingParams(temperature=0.0, max_tokens=count), block_manager.block_size)
+        for prompt, count in zip(prompts, counts)
+    ]
+    try:
+        for seq in seqs:
+            block_manager.allocate(seq)
+        running, is_prefill = list(seqs), True
+        while running:
+            if not is_prefill:
+                for seq in running:
+                    block_manager.may_append(seq)
+            for seq, token_id in zip(running, runner.run(running, is_prefill)):
+                seq.append_token(token_id)
+            is_prefill = False
+            running = [seq for seq in running if not _batch_seq_done(seq, eos_token_id)]
+    finally:
+        for seq in seqs:
+            block_manager.deallocate(seq)
+    return [seq.completion_token_ids for seq in seqs]
+
+
+def _batch_seq_done(seq, eos_token_id: int | None) -> bool:
+    return seq.num_completion_tokens >= seq.sampling_params.max_tokens or seq.last_token == eos_token_id

@@ -1,4 +1,4 @@
-"""Contiguous KV caches for one sequence: growing (lesson 4) and pre-allocated (lesson 5).
+"""KV caches for one sequence: growing (lesson 4), pre-allocated (lesson 5) and paged (lesson 6).
 
 A cache is anything with ``attend(layer_idx, q, k, v, context, scale)``: it keeps
 this step's keys and values for the layer, then returns attention of the new
@@ -7,7 +7,10 @@ queries over every key seen so far. The model does not know which cache it uses.
 
 import torch
 
+from aios.engine.block_manager import BlockManager, slot_mapping
+from aios.engine.sequence import Sequence
 from aios.layers.attention import causal_attention
+from aios.layers.paged_attention import PagedKVCache, gather_kv, store_kvcache
 
 
 class GrowingKVCache:
@@ -37,7 +40,8 @@ class GrowingKVCache:
 
 
 class StaticKVCache:
-    """One cache tensor allocated up front: [layers, max_len, kv_heads, head_dim] for K and for V.
+    """One cache tensor allocated up front for K (``self.k``) and one for V (``self.v``),
+    each [layers, max_len, kv_heads, head_dim].
 
     New K/V are written at their token positions; nothing is reallocated while generating.
     """
@@ -68,3 +72,71 @@ class StaticKVCache:
         end = int(positions[-1]) + 1
         return causal_attention(q, self.k[layer_idx, :end], self.v[layer_idx, :end], scale)
         # END SOLUTION
+
+
+class PagedSequenceKVCache:
+    """One sequence's K/V kept in paged storage (lesson 6): the single-sequence drivers, unchanged.
+
+    Blocks come from a BlockManager as the sequence grows; ``store_kvcache`` writes each
+    new token into its slot and ``gather_kv`` reads the sequence back in order. Nothing
+    is batched yet (that is lesson 7); what changes is that memory is taken one block
+    at a time and given back with ``release()``.
+    """
+
+    def __init__(self, storage: PagedKVCache, block_manager: BlockManager):
+        self.storage = storage
+        self.block_manager = block_manager
+        # The allocator counts a sequence's tokens to size its block table; this cache
+        # only ever needs the count, so the ids are placeholders.
+        self.seq = Sequence([], block_size=storage.block_size)
+
+    @classmethod
+    def for_model(cls, model, num_blocks: int, block_size: int = 16) -> "PagedSequenceKVCache":
+        """A cache with its own pool of ``num_blocks`` blocks, shaped for ``model``."""
+        config = model.config
+        weight = next(model.parameters())
+        storage = PagedKVCache(
+            config.num_hidden_layers, num_blocks, block_size, config.num_key_value_heads, config.head_dim,
+            weight.dtype, weight.device,
+        )
+        return cls(storage, BlockManager(num_blocks, block_size))
+
+    @property
+    def block_table(self) -> list[int]:
+        return self.seq.block_table
+
+    def __len__(self) -> int:
+        return len(self.seq)
+
+    def _cover(self, num_tokens: int) -> None:
+        """Grow the block table until it has a slot for every one of ``num_tokens`` tokens."""
+        missing = num_tokens - len(self.seq)
+        if missing <= 0:
+            return
+        self.seq.token_ids.extend([0] * missing)
+        if not self.seq.block_table:
+            self.block_manager.allocate(self.seq)
+        while len(self.seq.block_table) < self.seq.num_blocks:
+            self.block_manager.may_append(self.seq)
+
+    def attend(self, layer_idx: int, q, k, v, context, scale: float) -> torch.Tensor:
+        """Store k, v in the slots of ``context.positions``, then attend over every token so far."""
+        positions = context.positions.tolist()
+        num_tokens = positions[-1] + 1
+        self._cover(num_tokens)
+        slots = slot_tensor(self.seq.block_table, positions, self.storage.block_size, q.device)
+        k_cache, v_cache = self.storage.k_cache[layer_idx], self.storage.v_cache[layer_idx]
+        store_kvcache(k, v, k_cache, v_cache, slots)
+        block_table = torch.tensor(self.seq.block_table, dtype=torch.int32, device=q.device)
+        keys, values = gather_kv(k_cache, v_cache, block_table, num_tokens)
+        return causal_attention(q, keys, values, scale)
+
+    def release(self) -> None:
+        """Give every block back to the allocator."""
+        self.block_manager.deallocate(self.seq)
+        self.seq.token_ids.clear()
+
+
+def slot_tensor(block_table: list[int], positions: list[int], block_size: int, device) -> torch.Tensor:
+    """``slot_mapping`` as an int64 tensor on ``device``."""
+    return torch.tensor(slot_mapping(block_table, positions, block_size), dtype=torch.int64, device=device)

@@ -54,6 +54,8 @@ class LLMEngine:
 
     def check_request(self, token_ids: list[int], params: SamplingParams) -> None:
         """Raise RequestError if the request could never be served."""
+        if not isinstance(params, SamplingParams):
+            raise TypeError(f"sampling parameters must be a SamplingParams, got {type(params).__name__}")
         limit = self.config.max_model_len
         if not token_ids:
             raise RequestError("the prompt is empty: give at least one token")
@@ -63,15 +65,17 @@ class LLMEngine:
                 f"so prompts may have at most {limit - 1}"
             )
         vocab = self.config.hf_config.vocab_size
-        bad = [t for t in token_ids if not 0 <= t < vocab]
+        bad = [t for t in token_ids if not isinstance(t, int) or not 0 <= t < vocab]
         if bad:
             raise RequestError(f"token id(s) {bad[:5]} are outside the vocabulary [0, {vocab})")
-        longest = min(len(token_ids) + params.max_tokens, limit)
-        blocks = math.ceil(longest / self.config.kvcache_block_size)
+        # The last generated token is never fed back, so it needs no cache slot.
+        cached = min(len(token_ids) + params.max_tokens, limit) - 1
+        blocks = math.ceil(cached / self.config.kvcache_block_size)
         if blocks > self.block_manager.num_blocks:
             raise RequestError(
-                f"the request can grow to {longest} tokens = {blocks} KV blocks, but the whole cache has "
-                f"{self.block_manager.num_blocks}: lower max_tokens or give the engine more KV-cache blocks"
+                f"the request needs up to {cached} tokens in the KV cache = {blocks} blocks of "
+                f"{self.config.kvcache_block_size}, but the whole cache has {self.block_manager.num_blocks}: "
+                "lower max_tokens or give the engine more KV-cache blocks (num_kvcache_blocks)"
             )
 
     def add_request(self, prompt: str | list[int], sampling_params: SamplingParams | None = None) -> Sequence:
@@ -89,9 +93,10 @@ class LLMEngine:
         seqs, is_prefill = self.scheduler.schedule()
         if not seqs:
             return [], 0
+        # Count before postprocess appends the new tokens (and frees finished sequences).
+        num_tokens = sum(len(seq) - seq.num_cached_tokens for seq in seqs) if is_prefill else -len(seqs)
         token_ids = self.model_runner.run(seqs, is_prefill)
         finished = self.scheduler.postprocess(seqs, token_ids)
-        num_tokens = sum(len(seq) - seq.num_cached_tokens for seq in seqs) if is_prefill else -len(seqs)
         return finished, num_tokens
         # END SOLUTION
 
@@ -107,7 +112,6 @@ class LLMEngine:
     def abort(self, seq_id: int) -> bool:
         """Cancel request ``seq_id`` (waiting or running) and free its KV blocks; False if it is not in the engine."""
         return self.scheduler.abort(seq_id) is not None
-
 
     def output(self, seq: Sequence) -> dict:
         """The user-facing result of a finished sequence."""
