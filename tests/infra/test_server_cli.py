@@ -1,0 +1,101 @@
+"""``python -m aios serve`` and ``python -m aios bench-serve`` as a user runs them: real processes on loopback."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+STARTUP_TIMEOUT = 90
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tiny_model_dir, tmp_path_factory):
+    """``aios serve`` in a subprocess with an API key and a served model name; always terminated."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    command = [sys.executable, "-m", "aios", "serve", "--model", str(tiny_model_dir), "--port", str(port),
+               "--served-model-name", "tiny-cli", "--api-key", "k123", "--num-kvcache-blocks", "128",
+               "--max-model-len", "256", "--log-level", "warning"]
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"aios serve exited with {process.returncode}:\n{log.read_text()}")
+            try:
+                if httpx.get(base_url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"aios serve did not answer /health within {STARTUP_TIMEOUT} s:\n{log.read_text()}")
+            time.sleep(0.2)
+        yield base_url, log
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+def test_serve_binds_loopback_and_uses_the_given_name(served):
+    base_url, log = served
+    headers = {"Authorization": "Bearer k123"}
+    models = httpx.get(base_url + "/v1/models", headers=headers, timeout=10).json()
+    assert [m["id"] for m in models["data"]] == ["tiny-cli"]
+    assert httpx.get(base_url + "/v1/models", timeout=10).status_code == 401
+    body = {"model": "tiny-cli", "prompt": "Hello", "max_tokens": 5, "temperature": 0, "ignore_eos": True}
+    result = httpx.post(base_url + "/v1/completions", json=body, headers=headers, timeout=30).json()
+    assert result["usage"]["completion_tokens"] == 5
+
+
+def test_bench_serve_cli_reports_and_writes_json(served, tmp_path):
+    base_url, _ = served
+    out = tmp_path / "bench.json"
+    command = [sys.executable, "-m", "aios", "bench-serve", "--base-url", base_url, "--model", "tiny-cli",
+               "--api-key", "k123", "--num-prompts", "8", "--max-concurrency", "4", "--input-len", "8",
+               "--output-len", "5", "--request-timeout", "60", "--duration", "60", "--no-progress",
+               "--result-json", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "TTFT" in done.stdout and "TPOT" in done.stdout and "output throughput" in done.stdout
+    data = json.loads(out.read_text())
+    assert data["summary"]["completed"] == 8 and data["summary"]["total_output_tokens"] == 40
+    assert len(data["requests"]) == 8 and all(r["ok"] for r in data["requests"])
+
+
+def test_bench_serve_counts_failures(served, tmp_path):
+    base_url, _ = served
+    command = [sys.executable, "-m", "aios", "bench-serve", "--base-url", base_url, "--model", "tiny-cli",
+               "--num-prompts", "2", "--output-len", "2", "--input-len", "2", "--no-progress"]  # no API key
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stdout.splitlines()[0].split()[-3:] == ["0", "/", "2"], done.stdout
+    assert "HTTP 401" in done.stderr
+
+
+def test_serve_refuses_a_missing_model_folder(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "aios", "serve", "--model", str(tmp_path / "nope")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "not a folder" in done.stderr
+
+
+def test_cli_help_lists_serve_and_bench_serve():
+    done = subprocess.run([sys.executable, "-m", "aios", "--help"], capture_output=True, text=True, timeout=60)
+    assert "serve" in done.stdout and "bench-serve" in done.stdout
