@@ -31,7 +31,15 @@ class Scheduler:
         return not self.waiting and not self.running
 
     def schedule(self) -> tuple[list[Sequence], bool]:
-        """Pick the next batch. Returns (sequences, is_prefill)."""
+        """Pick the next batch. Returns (sequences, is_prefill).
+
+        Prefill first: admit waiting sequences in arrival order (they become RUNNING and get
+        their blocks) while the running count stays <= max_num_seqs, the prefill's tokens
+        <= max_num_batched_tokens and the blocks can be allocated; stop at the first one that
+        does not fit (no overtaking). If nobody was admitted, decode: every running sequence
+        gets room for one more token, preempting the newest running sequences while blocks
+        run short. Returns ([], False) when nothing can run.
+        """
         # Hint: admit from the front of `waiting` until a limit is hit; stop at the first one that does not fit.
         # Hint: decode: every running sequence needs room for one more token; make room by preempting the newest.
         raise NotImplementedError("Lesson 8: implement Scheduler.schedule in aios/engine/scheduler.py — see exercises/lesson08/README.md, 'What to implement'")

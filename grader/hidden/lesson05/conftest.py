@@ -71,3 +71,12 @@ def full_sequence_logits(model, tokens: list[int]) -> torch.Tensor:
 def no_cache_logits():
     """``no_cache_logits(model, tokens)``: every position's logits, recomputed from scratch (lesson 3)."""
     return full_sequence_logits
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Run on one CPU thread: the tiny model's tensors gain nothing from more, and a busy machine loses a lot."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -23,3 +23,12 @@ def random_prompt():
         return [rng.randrange(3, 500) for _ in range(length)]
 
     return make
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Run on one CPU thread: the tiny model's tensors gain nothing from more, and a busy machine loses a lot."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

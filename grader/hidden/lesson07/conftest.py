@@ -69,3 +69,12 @@ def context_lists():
 def fused_model(runner):
     """The runner's own model (fused residual norm)."""
     return runner.model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Run on one CPU thread: the tiny model's tensors gain nothing from more, and a busy machine loses a lot."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
