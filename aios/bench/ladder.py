@@ -35,7 +35,10 @@ SYLLABUS_SPEEDUP = {4: 5.0, 5: 1.2, 6: 1.0, 7: 13.0, 8: 1.5}
 #: The ratios the GPU benchmarks assert. AWAITING CALIBRATION: these are cautious first
 #: guesses, not measurements. They will be replaced by what the lessons 4-8 GPU run
 #: (scripts/gpu/lessons4to8.sh, 0.6b shape, bf16, H100) records, minus a safety margin.
-MIN_SPEEDUP = {4: 1.5, 5: 0.9, 6: 0.5, 7: 4.0, 8: 1.1}
+#: Why below the syllabus: stages 7 and 8 use lesson 7's PyTorch attention, a Python loop
+#: over the sequences, so a step's cost grows with the batch; the Triton kernels of
+#: lesson 9 remove that loop.
+MIN_SPEEDUP = {4: 1.5, 5: 0.9, 6: 0.5, 7: 2.0, 8: 1.0}
 
 
 @dataclass(frozen=True)
@@ -295,19 +298,32 @@ class Comparison:
         }
 
 
+def scaled(workload_args: dict, scale: float) -> dict:
+    """make_workload arguments with request count and lengths multiplied by ``scale`` (at least 1 each)."""
+    if scale == 1:
+        return dict(workload_args)
+    size = lambda n: max(1, round(n * scale))  # noqa: E731
+    out = dict(workload_args)
+    out["num_requests"] = size(out["num_requests"])
+    for key in ("prompt_len", "output_len"):
+        out[key] = tuple(size(n) for n in out[key])
+    return out
+
+
 def compare_lesson(lesson: int, model_dir, device: str, benchmark=None, rounds: int = 1,
-                   load_format: str = "dummy") -> Comparison:
+                   load_format: str = "dummy", scale: float = 1.0) -> Comparison:
     """Time lesson ``lesson``'s stage and its baseline on the lesson's workload.
 
     The baseline is timed first and freed before the lesson's stage is built (so both get
     the same GPU memory). With a pytest-benchmark fixture as ``benchmark``, the lesson's stage
     is timed through ``benchmark.pedantic`` and the comparison lands in ``extra_info``.
+    ``scale`` shrinks the workload (request count and lengths) for quick CPU smoke runs.
     """
     from aios.utils.hf_config import load_model_config
 
     bench = LESSON_BENCHMARKS[lesson]
     vocab = min(load_model_config(model_dir).vocab_size, _tokenizer_size(model_dir))
-    workload = make_workload(**bench.workload, vocab_size=vocab)
+    workload = make_workload(**scaled(bench.workload, scale), vocab_size=vocab)
 
     stage = build_stage(bench.baseline, model_dir, device, bench, workload, load_format)
     baseline = time_stage(stage, stage_workload(bench.baseline, bench, workload), device, rounds)
@@ -386,10 +402,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--lessons", default="4,5,6,7,8", help="comma-separated lessons (4-8)")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--scale", type=float, default=1.0, help="shrink the workloads (e.g. 0.1 for a CPU smoke run)")
     args = parser.parse_args(argv)
     model_dir = Path(args.model) if args.model else benchmark_model_dir(args.preset)
     for lesson in (int(x) for x in args.lessons.split(",") if x.strip()):
-        comparison = compare_lesson(lesson, model_dir, args.device, rounds=args.rounds)
+        comparison = compare_lesson(lesson, model_dir, args.device, rounds=args.rounds, scale=args.scale)
         verdict = "ok" if comparison.speedup >= MIN_SPEEDUP[lesson] else "BELOW THRESHOLD"
         print(f"{comparison.summary()}  [{verdict}]", flush=True)
     return 0
