@@ -112,6 +112,8 @@ def _args_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, metavar="N",
                         help="largest request body in bytes (default: 4 MiB)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--access-log", action="store_true",
+                        help="log every HTTP request (off by default: under load it costs the event loop time)")
     engine = parser.add_argument_group("engine options (default: the engine's, the fastest the device supports)")
     engine.add_argument("--load-format", choices=["safetensors", "dummy"],
                         help="dummy: random weights, only config.json and the tokenizer are read (benchmarks)")
@@ -158,7 +160,8 @@ def run_serve(args: argparse.Namespace) -> int:
     config = app.state.async_engine.engine.config
     print(f"serving {name!r} ({config.device}, {config.dtype}, max_model_len {config.max_model_len}, "
           f"{config.num_kvcache_blocks} KV blocks) at http://{args.host}:{args.port}/v1", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,
+                timeout_graceful_shutdown=5)
     return 0
 
 
@@ -258,6 +261,8 @@ def _args_bench(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (lesson 11 off)")
     parser.add_argument("--attention-backend", choices=["auto", "torch", "triton"], default="auto")
     parser.add_argument("--profile", action="store_true", help="then profile 20 decode steps (torch.profiler)")
+    parser.add_argument("--compile-elementwise", action="store_true",
+                        help="experiment: torch.compile the norms, RoPE and SiLU before capturing graphs")
     parser.add_argument("--json", dest="json_path", type=Path, metavar="FILE", help="also write the result here")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
 

@@ -45,6 +45,9 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
 
 # ---------------------------------------------------------------- fields
 
+#: A list of prompts becomes that many engine requests; more than this in one body is refused.
+MAX_PROMPTS_PER_REQUEST = 256
+
 #: Fields every generation request may carry and the engine serves.
 SERVED_FIELDS = {"model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stream", "stream_options",
                  "ignore_eos", "user"}
@@ -150,6 +153,9 @@ def parse_completion_request(body: dict, served_model_name: str) -> GenerationRe
     else:
         raise bad_request("'prompt' must be a string, a list of strings, a list of token ids "
                           "or a list of token-id lists (none of them empty)", param="prompt")
+    if len(prompts) > MAX_PROMPTS_PER_REQUEST:
+        raise bad_request(f"at most {MAX_PROMPTS_PER_REQUEST} prompts per request, got {len(prompts)}",
+                          param="prompt")
     stream, include_usage = _stream_flags(body)
     sampling = {k: body[k] for k in ("max_tokens", "temperature", "top_p", "top_k", "seed", "ignore_eos")
                 if k in body}

@@ -91,6 +91,7 @@ def test_fields_at_their_off_value_are_accepted(live):
     ({"model": MODEL, "prompt": "hi", "stream_options": {"include_usage": True}}, "stream_options"),
     ({"prompt": "hi"}, "model"),
     ({"model": MODEL, "prompt": [1, 2, 10**9]}, "prompt"),
+    ({"model": MODEL, "prompt": [[1]] * 257}, "prompt"),
 ])
 def test_bad_completion_bodies_are_400(live, body, param):
     _, http, _ = live
