@@ -3,11 +3,24 @@
 Like virtual memory: a sequence sees a contiguous run of token positions, its
 block table maps each run of ``block_size`` positions to a physical block
 anywhere in the cache. No sequence reserves memory it does not use yet.
+
+Prefix caching (lesson 13): a full block is named by a hash chain, the hash of
+its tokens and of the previous block's hash, so equal names mean equal prefixes.
+``hash_to_block_id`` finds a block that already holds a prefix; sequences share
+it by reference count, and a freed block keeps its content (and stays findable)
+until the free list hands it out for something else.
 """
 
+from array import array
 from collections import deque
+from itertools import count
+
+import xxhash
 
 from aios.engine.sequence import Sequence
+
+NO_HASH = -1  # Block.hash of a block that is not (or not yet) findable by its content
+NO_CONTENT = -1  # content id of "no block": the parent of a sequence's first block
 
 
 class OutOfBlocksError(RuntimeError):
@@ -20,8 +33,11 @@ class Block:
     def __init__(self, block_id: int):
         self.block_id = block_id
         self.ref_count = 0
-        self.hash = -1
+        self.hash = NO_HASH
         self.token_ids: list[int] = []
+        # Prefix caching: a number given to this content only, and the one of the block before it.
+        self.content_id = NO_CONTENT
+        self.parent_content_id = NO_CONTENT
 
     def __repr__(self) -> str:
         return f"Block({self.block_id}, refs={self.ref_count})"
@@ -39,6 +55,7 @@ class BlockManager:
         self.free_block_ids: deque[int] = deque(range(num_blocks))
         self.used_block_ids: set[int] = set()
         self.hash_to_block_id: dict[int, int] = {}
+        self.content_ids = count()
 
     @property
     def num_blocks(self) -> int:
@@ -80,6 +97,8 @@ class BlockManager:
 
         All or nothing: raises OutOfBlocksError, changing nothing, when blocks run out.
         """
+        if self.enable_prefix_caching:
+            return self._allocate_with_prefix_cache(seq)
         # BEGIN SOLUTION lesson6
         # Hint: check first, then take blocks: a half-built block table is a leak.
         assert not seq.block_table, f"{seq} already holds blocks"
@@ -106,12 +125,143 @@ class BlockManager:
 
     def may_append(self, seq: Sequence) -> None:
         """Before a decode step: extend the block table if the newest token starts a new block."""
+        if self.enable_prefix_caching:
+            return self._append_with_prefix_cache(seq)
         # BEGIN SOLUTION lesson6
         if len(seq.block_table) < seq.num_blocks:
             if not self.free_block_ids:
                 raise OutOfBlocksError(f"no free block to extend {seq}")
             seq.block_table.append(self._take_free_block())
         # END SOLUTION
+
+    # ------------------------------------------------------------------ prefix caching (lesson 13)
+
+    def _lookup_cached_block(self, block_hash: int, token_ids: list[int], parent_content_id: int) -> int | None:
+        """The block that holds ``token_ids`` right after the block with content ``parent_content_id``, or None.
+
+        The hash only finds a candidate: two different prefixes can share a hash, so the
+        candidate counts only if its tokens and its parent are exactly the ones asked for.
+        """
+        # BEGIN SOLUTION lesson13
+        block_id = self.hash_to_block_id.get(block_hash)
+        if block_id is None:
+            return None
+        block = self.blocks[block_id]
+        if block.token_ids != token_ids or block.parent_content_id != parent_content_id:
+            return None
+        return block_id
+        # END SOLUTION
+
+    def _register_block(self, block_id: int, block_hash: int, token_ids: list[int], parent_content_id: int) -> None:
+        """Make a full block findable: remember its hash, tokens and parent, give it a new content id, map hash -> block."""
+        # BEGIN SOLUTION lesson13
+        block = self.blocks[block_id]
+        block.hash = block_hash
+        block.token_ids = list(token_ids)
+        block.content_id = next(self.content_ids)
+        block.parent_content_id = parent_content_id
+        self.hash_to_block_id[block_hash] = block_id
+        # END SOLUTION
+
+    def _uncache_block(self, block_id: int) -> None:
+        """A block was taken from the free list for new content: its old content must no longer be found."""
+        # BEGIN SOLUTION lesson13
+        # Hint: the map may point elsewhere by now (a newer block with the same hash): remove only your own entry.
+        block = self.blocks[block_id]
+        if block.hash != NO_HASH and self.hash_to_block_id.get(block.hash) == block_id:
+            del self.hash_to_block_id[block.hash]
+        block.hash = NO_HASH
+        block.token_ids = []
+        block.content_id = NO_CONTENT
+        block.parent_content_id = NO_CONTENT
+        # END SOLUTION
+
+    def _reuse_cached_block(self, block_id: int) -> None:
+        """Add a reference to a cached block; a free one leaves the free list with its content intact."""
+        # BEGIN SOLUTION lesson13
+        block = self.blocks[block_id]
+        if block.ref_count == 0:
+            self.free_block_ids.remove(block_id)
+            self.used_block_ids.add(block_id)
+        block.ref_count += 1
+        # END SOLUTION
+
+    def _allocate_with_prefix_cache(self, seq: Sequence) -> None:
+        """``allocate`` with prefix caching: reuse the cached blocks of ``seq``'s longest cached prefix.
+
+        Walks the blocks in order, chaining hashes. Until the first miss, a full block already
+        cached is shared (``seq.num_cached_tokens`` grows by ``block_size``); from the first miss
+        on, blocks are taken from the free list and full ones are registered. The block that
+        holds the last token is never a hit: prefill must compute at least that token's logits.
+        Raises OutOfBlocksError, changing nothing, when the free blocks might not be enough.
+        """
+        # BEGIN SOLUTION lesson13
+        assert not seq.block_table, f"{seq} already holds blocks"
+        if not self.can_allocate(seq):
+            raise OutOfBlocksError(f"{seq} needs {seq.num_blocks} blocks, {self.num_free_blocks} are free")
+        block_table, num_cached_tokens, cache_miss = [], 0, False
+        prev_hash, parent_content_id = NO_HASH, NO_CONTENT
+        for i in range(seq.num_blocks):
+            token_ids = seq.block(i)
+            full = len(token_ids) == self.block_size
+            block_hash = compute_block_hash(token_ids, prev_hash) if full else NO_HASH
+            leaves_a_token = (i + 1) * self.block_size < len(seq)
+            block_id = None
+            if full and leaves_a_token and not cache_miss:
+                block_id = self._lookup_cached_block(block_hash, token_ids, parent_content_id)
+            if block_id is None:
+                cache_miss = True
+                block_id = self._take_free_block()
+                self._uncache_block(block_id)
+                if full:
+                    self._register_block(block_id, block_hash, token_ids, parent_content_id)
+            else:
+                self._reuse_cached_block(block_id)
+                num_cached_tokens += self.block_size
+            block_table.append(block_id)
+            prev_hash, parent_content_id = block_hash, self.blocks[block_id].content_id
+        seq.block_table = block_table
+        seq.num_cached_tokens = num_cached_tokens
+        # END SOLUTION
+
+    def _append_with_prefix_cache(self, seq: Sequence) -> None:
+        """``may_append`` with prefix caching.
+
+        The step that follows computes the newest token. If it starts a block, take a fresh
+        one (its old cached content, if any, is forgotten); if it completes a block, register
+        that block now: by the time any other sequence is allocated, its K/V are all computed.
+        """
+        # BEGIN SOLUTION lesson13
+        if len(seq.block_table) < seq.num_blocks:
+            if not self.free_block_ids:
+                raise OutOfBlocksError(f"no free block to extend {seq}")
+            block_id = self._take_free_block()
+            self._uncache_block(block_id)
+            seq.block_table.append(block_id)
+        if len(seq) % self.block_size == 0:
+            index = len(seq) // self.block_size - 1
+            parent = self.blocks[seq.block_table[index - 1]] if index > 0 else None
+            # A chain never skips a link: register only after a registered parent.
+            if parent is None or parent.hash != NO_HASH:
+                prev_hash = parent.hash if parent else NO_HASH
+                parent_content_id = parent.content_id if parent else NO_CONTENT
+                block_hash = compute_block_hash(seq.block(index), prev_hash)
+                self._register_block(seq.block_table[index], block_hash, seq.block(index), parent_content_id)
+        # END SOLUTION
+
+
+def compute_block_hash(token_ids: list[int], prev_hash: int = NO_HASH) -> int:
+    """64-bit xxhash of one full block: the previous block's hash (none for the first block), then the tokens.
+
+    Chaining makes a block's hash name its whole prefix, not just its own tokens.
+    """
+    # BEGIN SOLUTION lesson13
+    hasher = xxhash.xxh64()
+    if prev_hash != NO_HASH:
+        hasher.update(prev_hash.to_bytes(8, "little"))
+    hasher.update(array("q", token_ids).tobytes())
+    return hasher.intdigest()
+    # END SOLUTION
 
 
 def slot_mapping(block_table: list[int], positions: list[int], block_size: int) -> list[int]:
