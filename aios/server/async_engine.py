@@ -85,16 +85,14 @@ class AsyncEngine:
     idle_wait:       seconds the thread sleeps when there is nothing to do (a new request wakes it at once).
     poll_interval:   how often a waiting request checks that the engine loop is still alive.
     unhealthy_after: this many failed steps in a row and ``healthy`` turns False.
-    on_step:         optional callback run in the engine thread after every step (metrics).
     """
 
-    def __init__(self, engine: LLMEngine, idle_wait: float = 0.5, unhealthy_after: int = 3, on_step=None,
-                 poll_interval: float = 1.0):
+    def __init__(self, engine: LLMEngine, idle_wait: float = 0.5, poll_interval: float = 1.0,
+                 unhealthy_after: int = 3):
         self.engine = engine
         self.idle_wait = idle_wait
         self.poll_interval = poll_interval
         self.unhealthy_after = unhealthy_after
-        self.on_step = on_step
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._wakeup = threading.Event()
         self._stopping = threading.Event()
@@ -188,8 +186,6 @@ class AsyncEngine:
                 continue
             self.num_steps += 1
             self.consecutive_errors = 0
-            if self.on_step is not None:
-                self.on_step(self)
         self._drain_inbox()
         for stream in list(self._streams.values()):
             self._fail(stream, "the server is shutting down")
