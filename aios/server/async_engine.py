@@ -220,7 +220,7 @@ class AsyncEngine:
     def _dispatch(self) -> None:
         """After a step: put each request's new tokens in its queue; close the streams of finished ones."""
         # Hint: compare each sequence's completion tokens with how many its stream has been sent.
-            # Hint: a finished sequence's blocks are already free; just forget its stream.
+        # Hint: a finished sequence's blocks are already free (postprocess did it); just forget its stream.
         raise NotImplementedError("Lesson 15: implement AsyncEngine._dispatch in aios/server/async_engine.py — see exercises/lesson15/README.md, 'What to implement'")
 
     def _fail(self, stream: RequestStream, message: str) -> None:

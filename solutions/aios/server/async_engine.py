@@ -228,6 +228,7 @@ class AsyncEngine:
         """After a step: put each request's new tokens in its queue; close the streams of finished ones."""
         # BEGIN SOLUTION lesson15
         # Hint: compare each sequence's completion tokens with how many its stream has been sent.
+        # Hint: a finished sequence's blocks are already free (postprocess did it); just forget its stream.
         for seq_id, stream in list(self._streams.items()):
             seq = stream.seq
             new_token_ids = seq.completion_token_ids[stream.num_sent :]
@@ -235,7 +236,6 @@ class AsyncEngine:
                 continue
             stream.num_sent += len(new_token_ids)
             stream.put(RequestOutput(new_token_ids, seq.finish_reason if seq.is_finished else None))
-            # Hint: a finished sequence's blocks are already free; just forget its stream.
             if seq.is_finished:
                 del self._streams[seq_id]
         # END SOLUTION
