@@ -124,3 +124,11 @@ def stubgen(session: nox.Session) -> None:
     """Regenerate aios/ from solutions/aios/ (pass -- --check to compare only)."""
     python = shared_env(session)
     session.run(python, "-m", "grader.stubgen", *session.posargs, external=True)
+
+
+@nox.session(venv_backend="none")
+def bench(session: nox.Session) -> None:
+    """The headline throughput benchmark on a GPU: python -m aios bench [-- --batch1]. AIOS_IMPL=reference times solutions/."""
+    python = shared_env(session)
+    env = {"PYTHONPATH": str(ROOT / "solutions"), "PYTHONSAFEPATH": "1"} if os.environ.get("AIOS_IMPL") == "reference" else {}
+    session.run(python, "-m", "aios", "bench", *session.posargs, external=True, env=env)

@@ -36,6 +36,8 @@ class Config:
     dtype:                  "auto" (the checkpoint's), "float32", "float16", "bfloat16" or a torch.dtype.
     device:                 "auto" (CUDA when available, else CPU), "cuda", "cpu".
     enforce_eager:          never use CUDA graphs (lesson 11); always true on the CPU.
+    compile_elementwise:    with CUDA graphs, first fuse each RMSNorm, RoPE and SiLU-and-mul into one
+                            kernel with torch.compile (lesson 11; fewer, larger kernels per graph).
     num_kvcache_blocks:     KV-cache size in blocks; -1 sizes it from free memory.
     kvcache_block_size:     token slots per KV-cache block.
     gpu_memory_utilization: share of GPU memory the engine may fill (weights + KV cache + activations).
@@ -55,6 +57,7 @@ class Config:
     dtype: str | torch.dtype = "auto"
     device: str = "auto"
     enforce_eager: bool = False
+    compile_elementwise: bool = True
     num_kvcache_blocks: int = -1
     kvcache_block_size: int = 16
     gpu_memory_utilization: float = 0.9

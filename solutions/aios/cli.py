@@ -261,6 +261,8 @@ def _args_bench(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (lesson 11 off)")
     parser.add_argument("--attention-backend", choices=["auto", "torch", "triton"], default="auto")
     parser.add_argument("--profile", action="store_true", help="then profile 20 decode steps (torch.profiler)")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="graphs without torch.compile of the norms, RoPE and SiLU (compile_elementwise=False)")
     parser.add_argument("--json", dest="json_path", type=Path, metavar="FILE", help="also write the result here")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
 

@@ -9,7 +9,8 @@ PROMPTS = [[5, 6, 7, 8, 9], list(range(20, 58)), [11] * 13]
 
 def greedy_tokens(model_dir, backend: str, max_tokens: int = 6) -> list[list[int]]:
     options = {**features_up_to(9), "attention_backend": backend}
-    llm = LLM(model_dir, **options, max_num_seqs=4, max_model_len=128, kvcache_block_size=4)
+    llm = LLM(model_dir, **options, max_num_seqs=4, max_model_len=128, kvcache_block_size=4,
+              num_kvcache_blocks=128)
     assert llm.model_runner.kv_cache.backend == backend
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
     return [out["token_ids"] for out in llm.generate(PROMPTS, params, use_tqdm=False)]

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Lessons 9 and 11 on one GPU, in one call: the GPU tests (visible + hidden, reference engine),
+# the lesson 9/11 GPU benchmarks, then the headline benchmark (throughput, batch-1 decode, profiles).
+#
+#   bash scripts/gpu/lesson9_11.sh [all|tests|bench]      # results and logs under $OUT (default /tmp/aios_out)
+#
+# Everything runs against solutions/ (AIOS_IMPL=reference). The checkpoint is the 0.6b fixture,
+# made here (random weights; the benchmarks use load_format="dummy" and never read them).
+set -u -o pipefail
+MODE=${1:-all}
+OUT=${OUT:-/tmp/aios_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/solutions" PYTHONSAFEPATH=1 AIOS_IMPL=reference
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+section() { echo; echo "=== $* ($(date -u +%H:%M:%S))"; }
+
+section environment
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"
+
+section checkpoint
+MODEL=/tmp/aios_q06
+[ -f "$MODEL/config.json" ] || python3 -m aios make-model 0.6b "$MODEL" --force
+export AIOS_BENCH_MODEL="$MODEL"
+
+if [ "$MODE" = all ] || [ "$MODE" = tests ]; then
+  section "GPU tests, lessons 9 and 11"
+  SUITES=""
+  for d in tests/lesson09 grader/hidden/lesson09 tests/lesson11 grader/hidden/lesson11; do [ -d "$d" ] && SUITES="$SUITES $d"; done
+  timeout 300 python3 -m pytest $SUITES -q -rs -p no:cacheprovider --benchmark-json "$OUT/lesson_benchmarks.json" \
+    -o console_output_style=classic > "$OUT/tests.log" 2>&1; grep -E "passed|failed|^FAILED|^ERROR" "$OUT/tests.log" | tail -25
+fi
+
+if [ "$MODE" = all ] || [ "$MODE" = bench ]; then
+  section "headline: python -m aios bench (engine defaults)"
+  timeout 200 python3 -m aios bench --model "$MODEL" --no-progress --profile --json "$OUT/headline.json" > /tmp/log.txt 2>&1; grep -v "^ *$" /tmp/log.txt | head -14
+  section "batch-1 decode: python -m aios bench --batch1"
+  timeout 120 python3 -m aios bench --model "$MODEL" --batch1 --profile --json "$OUT/batch1.json" > /tmp/log.txt 2>&1; grep -v "^ *$" /tmp/log.txt | head -14
+  if [ "${WITH_EAGER:-0}" = 1 ]; then
+    section "batch-1 decode without CUDA graphs (lesson 11 off)"
+    timeout 120 python3 -m aios bench --model "$MODEL" --batch1 --enforce-eager --json "$OUT/batch1_eager.json" 2>&1 | tail -2
+  fi
+  if [ "${WITH_COMPILE:-1}" = 1 ]; then
+    section "experiment: elementwise layers through torch.compile, then graphs (headline, batch-1)"
+    timeout 240 python3 -m aios bench --model "$MODEL" --no-progress --compile-elementwise --profile \
+      --json "$OUT/headline_compiled.json" > /tmp/log.txt 2>&1; grep -v "^ *$" /tmp/log.txt | head -14
+    timeout 150 python3 -m aios bench --model "$MODEL" --batch1 --compile-elementwise --profile \
+      --json "$OUT/batch1_compiled.json" > /tmp/log.txt 2>&1; grep -v "^ *$" /tmp/log.txt | head -14
+  fi
+fi
+section done
