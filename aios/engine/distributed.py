@@ -22,9 +22,12 @@ from __future__ import annotations
 import multiprocessing
 import os
 import socket
+import sys
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -128,6 +131,23 @@ def min_over_ranks(value: int) -> int:
     return int(tensor.item())
 
 
+@contextmanager
+def same_aios_in_children():
+    """Start processes inside this block so that they import this process's ``aios``.
+
+    A spawned child starts from a copy of ``sys.path``; putting the directory that holds
+    our ``aios`` package first makes it find the same tree (reference, learner, ...) even
+    when another copy sits earlier on the path.
+    """
+    package_root = str(Path(__file__).resolve().parents[2])
+    saved = sys.path[:]
+    sys.path.insert(0, package_root)
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
+
+
 def _rank_main(rank: int, size: int, init_method: str, device: str, target, args, results) -> None:
     """Body of one process started by ``launch_ranks``."""
     try:
@@ -157,8 +177,9 @@ def launch_ranks(target, size: int, args: tuple = (), device: str = "cpu", timeo
         context.Process(target=_rank_main, args=(rank, size, init_method, device, target, args, results), daemon=True)
         for rank in range(size)
     ]
-    for process in processes:
-        process.start()
+    with same_aios_in_children():
+        for process in processes:
+            process.start()
     outputs: dict[int, object] = {}
     try:
         while len(outputs) < size:

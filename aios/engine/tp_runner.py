@@ -108,6 +108,12 @@ def check_tensor_parallel_config(config: Config) -> None:
 
 def create_model_runner(config: Config):
     """A plain ModelRunner for one process, a TensorParallelRunner (driver + workers) for several."""
+    if distributed.get_tp_size() != 1:
+        # Layers take their shard size from this process's group: a second engine would be built for it.
+        raise RuntimeError(
+            f"this process already drives a tensor-parallel engine of size {distributed.get_tp_size()}; "
+            "call its shutdown() before building another engine"
+        )
     if config.tensor_parallel_size == 1:
         return ModelRunner(config)
     return TensorParallelRunner(config)
@@ -213,7 +219,8 @@ def start_workers(config: Config, init_method: str) -> list[WorkerHandle]:
         driver_end, worker_end = context.Pipe()
         process = context.Process(target=worker_main, args=(rank, config, init_method, worker_end),
                                   name=f"aios-tp-rank{rank}", daemon=True)
-        process.start()
+        with distributed.same_aios_in_children():
+            process.start()
         worker_end.close()
         workers.append(WorkerHandle(rank, process, driver_end))
     return workers
