@@ -225,3 +225,25 @@ def test_engine_different_seeds_give_different_completions(llm):
     for outputs in runs.values():
         assert outputs[0]["token_ids"] == outputs[1]["token_ids"]
     assert runs[1][0]["token_ids"] != runs[2][0]["token_ids"]
+
+
+@pytest.mark.gpu
+def test_seeded_noise_is_the_same_on_cpu_and_gpu():
+    """seeded_uniform gives bit-identical noise on the CPU and on a CUDA device (counter-based, no device RNG)."""
+    seeds, steps = [0, 5, 2**64 - 1, 123456789], [0, 3, 7, 100]
+    cpu = seeded_uniform(seeds, steps, 4096, "cpu")
+    gpu = seeded_uniform(seeds, steps, 4096, "cuda")
+    assert gpu.device.type == "cuda"
+    assert torch.equal(cpu, gpu.cpu())
+
+
+@pytest.mark.gpu
+def test_engine_seed_reproducible_with_every_lesson_12_feature(tiny_model_dir):
+    """On a GPU with Triton attention and CUDA graphs, a seeded request gives the same tokens alone and in a batch."""
+    llm = LLM(tiny_model_dir, max_model_len=128, num_kvcache_blocks=64, max_num_seqs=8, **features_up_to(12))
+    prompt = [5, 17, 230, 41, 99, 8, 77]
+    seeded = SamplingParams(temperature=1.0, top_p=0.9, seed=2024, max_tokens=24, ignore_eos=True)
+    alone = llm.generate([prompt], seeded, use_tqdm=False)[0]["token_ids"]
+    others = SamplingParams(temperature=0.7, max_tokens=30, ignore_eos=True)
+    batch = llm.generate([[1, 2, 3], prompt, [8] * 17, [400, 401]], [others, seeded, others, others], use_tqdm=False)
+    assert batch[1]["token_ids"] == alone

@@ -252,3 +252,24 @@ def test_engine_second_turn_reuses_the_first_conversation(tiny_model_dir):
     # 32 tokens, 4 full blocks of 8.
     assert seq.num_cached_tokens == 32
     assert prefilled == len(follow_up) - 32
+
+
+@pytest.mark.gpu
+def test_engine_with_every_lesson_13_feature_matches_no_caching(tiny_model_dir):
+    """On a GPU with Triton attention and CUDA graphs, prefix caching changes no greedy token and saves the prefill."""
+    rng = random.Random(8)
+    system = [rng.randrange(1, 500) for _ in range(48)]
+    prompts = [system + [rng.randrange(1, 500) for _ in range(rng.randrange(2, 12))] for _ in range(6)]
+    params = [SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)] * 6
+    runs = {}
+    for caching in (False, True):
+        llm = LLM(tiny_model_dir, max_model_len=128, num_kvcache_blocks=64, max_num_seqs=8,
+                  **{**features_up_to(13), "enable_prefix_caching": caching})
+        seqs = [llm.add_request(prompt, p) for prompt, p in zip(prompts, params)]
+        prefilled = 0
+        while not llm.is_finished():
+            _, num_tokens = llm.step()
+            prefilled += max(num_tokens, 0)
+        runs[caching] = ([seq.completion_token_ids for seq in seqs], prefilled)
+    assert runs[True][0] == runs[False][0]
+    assert runs[True][1] == runs[False][1] - 5 * 48
