@@ -70,6 +70,7 @@ def engine_summary(llm) -> dict:
         "enforce_eager": config.enforce_eager,
         "compile_elementwise": config.compile_elementwise and not config.enforce_eager,
         "fused_layers": config.fused_layers,
+        "tensor_parallel_size": config.tensor_parallel_size,
         "max_num_seqs": config.max_num_seqs,
         "max_num_batched_tokens": config.max_num_batched_tokens,
         "num_kvcache_blocks": config.num_kvcache_blocks,
@@ -245,6 +246,8 @@ def run_command(args) -> int:
 
     model_dir = Path(args.model) if args.model else benchmark_model_dir(args.preset)
     options = {"attention_backend": args.attention_backend}
+    if getattr(args, "tensor_parallel_size", 1) != 1:
+        options["tensor_parallel_size"] = args.tensor_parallel_size
     if args.enforce_eager:
         options["enforce_eager"] = True
     if args.no_compile:
@@ -267,4 +270,5 @@ def run_command(args) -> int:
     if args.json_path:
         args.json_path.parent.mkdir(parents=True, exist_ok=True)
         args.json_path.write_text(json.dumps(record, indent=2))
+    llm.shutdown()
     return 0

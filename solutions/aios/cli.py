@@ -260,6 +260,8 @@ def _args_bench(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="workload seed (default: 0)")
     parser.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (lesson 11 off)")
     parser.add_argument("--attention-backend", choices=["auto", "torch", "triton"], default="auto")
+    parser.add_argument("--tensor-parallel-size", type=int, default=1, metavar="N",
+                        help="shard the model over N GPUs, one process each (lesson 14; default: 1)")
     parser.add_argument("--profile", action="store_true", help="then profile 20 decode steps (torch.profiler)")
     parser.add_argument("--no-compile", action="store_true",
                         help="graphs without torch.compile of the norms, RoPE and SiLU (compile_elementwise=False)")
