@@ -360,8 +360,11 @@ class TensorParallelRunner:
             wait(sentinels)
             if not stopping.is_set():
                 abort = getattr(torch.distributed.distributed_c10d, "_abort_process_group", None)
-                if abort is not None and torch.distributed.is_initialized():
-                    abort()
+                try:
+                    if abort is not None and torch.distributed.is_initialized():
+                        abort()
+                except Exception:  # noqa: BLE001 - best effort: the driver reports the death either way
+                    pass
 
         threading.Thread(target=watch, name="aios-tp-watchdog", daemon=True).start()
 
