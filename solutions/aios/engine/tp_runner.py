@@ -74,7 +74,6 @@ class StepSequence:
     num_cached_tokens: int
     block_table: list[int]
     token_ids: list[int] | None = None
-    sampling_params: object = None
 
     @classmethod
     def of(cls, seq, is_prefill: bool) -> "StepSequence":
