@@ -34,9 +34,10 @@ import triton.language as tl  # noqa: E402
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 LOG2_E = 1.4426950408889634
 
-# Tile sizes: queries per prefill program, keys per loop iteration.
-PREFILL_BLOCK_M = 64
-BLOCK_N = 64
+# Launch settings: queries per prefill program (BLOCK_M), keys per loop iteration (BLOCK_N),
+# warps per program, software-pipeline stages. Chosen by a sweep on an H100 (docs/benchmarks.md).
+PREFILL_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
+DECODE_CONFIG = {"BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
 # tl.dot needs at least 16 rows: a decode program pads its query heads up to this.
 MIN_DOT_ROWS = 16
 # Decode splits: aim for this many programs per streaming multiprocessor, at most this many splits.
@@ -159,13 +160,14 @@ def _decode_reduce_kernel(
 
 
 def plan_decode_splits(
-    num_seqs: int, num_kv_heads: int, max_context_len: int, target_programs: int, block_n: int = BLOCK_N
+    num_seqs: int, num_kv_heads: int, max_context_len: int, target_programs: int, block_n: int | None = None
 ) -> tuple[int, int]:
     """How to cut the context for flash-decoding: returns (num_splits, split_len).
 
     Enough splits that num_seqs * num_kv_heads * num_splits programs reach ``target_programs``
     (a few per multiprocessor), but no split shorter than ``block_n`` keys and at most
-    MAX_DECODE_SPLITS. split_len is a multiple of ``block_n``; the splits cover max_context_len.
+    MAX_DECODE_SPLITS. split_len is a multiple of ``block_n`` (default: the decode kernel's
+    BLOCK_N); the splits cover max_context_len.
     The plan depends only on its arguments, never on tensor contents (CUDA graphs replay it).
     """
     raise NotImplementedError("Lesson 9: implement plan_decode_splits in aios/layers/triton_attention.py — see exercises/lesson09/README.md, 'What to implement'")

@@ -132,7 +132,7 @@ def test_plan_decode_splits_covers_the_context():
     for num_seqs, max_len, target in [(1, 4096, 528), (256, 4096, 528), (3, 100, 528), (1, 1, 528), (8, 2000, 1)]:
         num_splits, split_len = triton_attention.plan_decode_splits(num_seqs, 8, max_len, target)
         assert 1 <= num_splits <= triton_attention.MAX_DECODE_SPLITS
-        assert split_len % triton_attention.BLOCK_N == 0
+        assert split_len % triton_attention.DECODE_CONFIG["BLOCK_N"] == 0
         assert num_splits * split_len >= max_len > (num_splits - 1) * split_len
     few, _ = triton_attention.plan_decode_splits(256, 8, 4096, 528)
     many, _ = triton_attention.plan_decode_splits(1, 8, 4096, 528)

@@ -34,9 +34,10 @@ import triton.language as tl  # noqa: E402
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 LOG2_E = 1.4426950408889634
 
-# Tile sizes: queries per prefill program, keys per loop iteration.
-PREFILL_BLOCK_M = 64
-BLOCK_N = 64
+# Launch settings: queries per prefill program (BLOCK_M), keys per loop iteration (BLOCK_N),
+# warps per program, software-pipeline stages. Chosen by a sweep on an H100 (docs/benchmarks.md).
+PREFILL_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
+DECODE_CONFIG = {"BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
 # tl.dot needs at least 16 rows: a decode program pads its query heads up to this.
 MIN_DOT_ROWS = 16
 # Decode splits: aim for this many programs per streaming multiprocessor, at most this many splits.
@@ -191,7 +192,7 @@ def prefill_attention(
     kv_heads = k_cache.shape[2]
     out = torch.empty_like(q)
     num_seqs = context.context_lens.shape[0]
-    grid = (triton.cdiv(context.max_seqlen_q, PREFILL_BLOCK_M), num_seqs, q_heads)
+    grid = (triton.cdiv(context.max_seqlen_q, PREFILL_CONFIG["BLOCK_M"]), num_seqs, q_heads)
     _prefill_attention_kernel[grid](
         q, k_cache, v_cache, out,
         context.cu_seqlens_q, context.context_lens, context.block_tables,
@@ -199,9 +200,8 @@ def prefill_attention(
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(1), k_cache.stride(2), context.block_tables.stride(0),
         head_dim, k_cache.shape[1],
-        GROUP=q_heads // kv_heads, BLOCK_M=PREFILL_BLOCK_M, BLOCK_N=BLOCK_N,
-        BLOCK_D=triton.next_power_of_2(head_dim), **_dot_options(q.dtype),
-        num_warps=4, num_stages=2,
+        GROUP=q_heads // kv_heads, BLOCK_D=triton.next_power_of_2(head_dim),
+        **_dot_options(q.dtype), **PREFILL_CONFIG,
     )
     return out
     # END SOLUTION
@@ -326,16 +326,18 @@ def _decode_reduce_kernel(
 
 
 def plan_decode_splits(
-    num_seqs: int, num_kv_heads: int, max_context_len: int, target_programs: int, block_n: int = BLOCK_N
+    num_seqs: int, num_kv_heads: int, max_context_len: int, target_programs: int, block_n: int | None = None
 ) -> tuple[int, int]:
     """How to cut the context for flash-decoding: returns (num_splits, split_len).
 
     Enough splits that num_seqs * num_kv_heads * num_splits programs reach ``target_programs``
     (a few per multiprocessor), but no split shorter than ``block_n`` keys and at most
-    MAX_DECODE_SPLITS. split_len is a multiple of ``block_n``; the splits cover max_context_len.
+    MAX_DECODE_SPLITS. split_len is a multiple of ``block_n`` (default: the decode kernel's
+    BLOCK_N); the splits cover max_context_len.
     The plan depends only on its arguments, never on tensor contents (CUDA graphs replay it).
     """
     # BEGIN SOLUTION lesson9
+    block_n = block_n or DECODE_CONFIG["BLOCK_N"]
     most_splits = min(MAX_DECODE_SPLITS, max(1, triton.cdiv(max_context_len, block_n)))
     wanted = triton.cdiv(target_programs, max(1, num_seqs * num_kv_heads))
     num_splits = max(1, min(wanted, most_splits))
@@ -373,7 +375,8 @@ def decode_attention(
         num_splits, split_len = plan_decode_splits(
             num_seqs, kv_heads, max_context, default_target_programs(q.device))
     else:
-        split_len = triton.cdiv(triton.cdiv(max_context, num_splits), BLOCK_N) * BLOCK_N
+        block_n = DECODE_CONFIG["BLOCK_N"]
+        split_len = triton.cdiv(triton.cdiv(max_context, num_splits), block_n) * block_n
     out = torch.empty_like(q)
     if num_splits == 1:
         part_out, part_lse = out.unsqueeze(2), q.new_empty(1, dtype=torch.float32)  # no lse needed
@@ -391,9 +394,8 @@ def decode_attention(
         part_out.stride(0), part_out.stride(1), part_out.stride(2), *lse_strides,
         k_cache.stride(1), k_cache.stride(2), context.block_tables.stride(0),
         head_dim, k_cache.shape[1],
-        GROUP=group, GROUP_ROWS=max(MIN_DOT_ROWS, triton.next_power_of_2(group)), BLOCK_N=BLOCK_N,
-        BLOCK_D=block_d, WRITE_LSE=num_splits > 1, **_dot_options(q.dtype),
-        num_warps=4, num_stages=2,
+        GROUP=group, GROUP_ROWS=max(MIN_DOT_ROWS, triton.next_power_of_2(group)),
+        BLOCK_D=block_d, WRITE_LSE=num_splits > 1, **_dot_options(q.dtype), **DECODE_CONFIG,
     )
     if num_splits > 1:
         _decode_reduce_kernel[(num_seqs, q_heads)](
@@ -402,7 +404,8 @@ def decode_attention(
             part_out.stride(0), part_out.stride(1), part_out.stride(2), *lse_strides,
             out.stride(0), out.stride(1),
             head_dim,
-            SPLITS=triton.next_power_of_2(num_splits), BLOCK_D=block_d,
+            # One compiled variant for every plan (split counts vary from step to step).
+            SPLITS=max(MAX_DECODE_SPLITS, triton.next_power_of_2(num_splits)), BLOCK_D=block_d,
             num_warps=4,
         )
     return out
