@@ -86,3 +86,23 @@ def test_dead_worker_is_reported_promptly(tiny_model_dir):
         killer.cancel()
         llm.shutdown()
     assert get_tp_size() == 1
+
+
+def test_failing_driver_step_stops_the_workers(tiny_model_dir, monkeypatch):
+    """When the driver's own part of a step fails, its error surfaces within seconds and no worker is left running."""
+    llm = LLM(tiny_model_dir, tensor_parallel_size=2, **ENGINE_OPTIONS)
+    workers = [w.process for w in llm.model_runner.workers]
+
+    def broken_sample(logits, seqs):
+        raise ArithmeticError("sampler exploded")
+
+    monkeypatch.setattr(llm.model_runner.runner, "sample", broken_sample)
+    start = time.monotonic()
+    try:
+        with pytest.raises(ArithmeticError, match="sampler exploded"):
+            greedy(llm)
+        assert time.monotonic() - start < 20
+        assert not any(p.is_alive() for p in workers)
+    finally:
+        llm.shutdown()
+    assert get_tp_size() == 1

@@ -47,6 +47,8 @@ from aios.engine.model_runner import ModelRunner
 START_TIMEOUT_S = float(os.environ.get("AIOS_TP_START_TIMEOUT_S", "900"))
 #: Seconds the driver waits for a worker to exit after asking it to.
 STOP_TIMEOUT_S = 10.0
+#: After a failed step: how long to wait for a worker's death to explain it, and for the others to exit.
+FAILURE_WAIT_S = 2.0
 
 
 SPAWN_HINT = (
@@ -259,8 +261,8 @@ def await_message(workers: list[WorkerHandle], expected: str, timeout: float) ->
             raise TensorParallelError(f"{worker.describe()} while the driver waited for {expected!r}{hint}")
 
 
-def stop_workers(workers: list[WorkerHandle]) -> None:
-    """Ask every live worker to exit, wait a little, then kill whatever is left."""
+def stop_workers(workers: list[WorkerHandle], timeout: float = STOP_TIMEOUT_S) -> None:
+    """Ask every live worker to exit, wait up to ``timeout`` seconds, then kill whatever is left."""
     for worker in workers:
         try:
             if worker.process.is_alive():
@@ -268,7 +270,7 @@ def stop_workers(workers: list[WorkerHandle]) -> None:
         except OSError:
             pass
     for worker in workers:
-        worker.process.join(timeout=STOP_TIMEOUT_S)
+        worker.process.join(timeout=timeout)
         if worker.process.is_alive():
             worker.process.kill()
             worker.process.join()
@@ -337,16 +339,24 @@ class TensorParallelRunner:
         try:
             worker.conn.send(message)
         except OSError:
-            self._raise_if_a_worker_died(wait_s=STOP_TIMEOUT_S)
+            self._raise_if_a_worker_died(wait_s=FAILURE_WAIT_S)
             raise
 
     def _guarded(self, function, *args):
-        """Run the driver's part; if it fails because a worker died, say which one."""
+        """Run the driver's part. If it fails, report the worker that died (if one did), and shut down
+        either way: the workers may be waiting in a collective that will never complete."""
         try:
             return function(*args)
         except Exception:
-            self._raise_if_a_worker_died(wait_s=STOP_TIMEOUT_S)
+            self._raise_if_a_worker_died(wait_s=FAILURE_WAIT_S)
+            self._stop_after_failure()
             raise
+
+    def _stop_after_failure(self) -> None:
+        """Shut down without the polite wait: after a failure the workers may never read an "exit"."""
+        self._stopping.set()
+        stop_workers(self.workers, timeout=FAILURE_WAIT_S)
+        self.shutdown()
 
     def _raise_if_a_worker_died(self, wait_s: float = 0.0) -> None:
         """Raise TensorParallelError (and stop the rest) if some worker is gone, waiting up to ``wait_s``."""
@@ -357,7 +367,7 @@ class TensorParallelRunner:
         worker.process.join()
         worker.drain_messages()
         message = worker.describe()
-        self.shutdown()
+        self._stop_after_failure()
         raise TensorParallelError(message + "; the engine has shut down")
 
     def _start_watchdog(self, config: Config) -> None:
