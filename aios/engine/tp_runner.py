@@ -21,7 +21,9 @@ Failure handling: a worker that dies is reported by the driver as a
 ``TensorParallelError`` naming the rank, whether the driver was waiting for it to
 start, about to send it a step, or blocked in a collective with it (gloo fails the
 collective as soon as a peer's connection drops; with NCCL a watchdog thread aborts
-the collective). Workers exit when the driver goes away, and ``shutdown`` (also run
+the collective). A step that fails in the driver's own part shuts the engine down too:
+the workers may be waiting in a collective that will never complete. Workers exit when
+the driver goes away, and ``shutdown`` (also run
 when the runner is garbage collected or the interpreter exits) stops them all, so no
 process is left behind.
 """
