@@ -217,7 +217,21 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("selfcheck", help="check the tests against the reference and the stubs")
     check.add_argument("--lessons", help="comma-separated lesson ids (default: every ready lesson)")
     check.add_argument("--skip-infra", action="store_true", help="do not run tests/infra")
+    for module in _command_modules():
+        module.register(sub)
     return parser
+
+
+#: Modules that add their own subcommands: each has ``register(subparsers)``, which adds its
+#: parsers and sets ``handler=function(args, curriculum) -> int`` through ``set_defaults``.
+COMMAND_MODULES = ()
+
+
+def _command_modules() -> list:
+    """Import the modules listed in ``COMMAND_MODULES``."""
+    import importlib
+
+    return [importlib.import_module(f"grader.{name}") for name in COMMAND_MODULES]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,4 +239,5 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     curriculum = cur.load(args.root)
     handlers = {"status": cmd_status, "grade": cmd_grade, "hint": cmd_hint, "selfcheck": cmd_selfcheck}
-    return handlers[args.command](args, curriculum)
+    handler = getattr(args, "handler", None) or handlers[args.command]
+    return handler(args, curriculum)
