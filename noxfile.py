@@ -2,6 +2,7 @@
 
     nox -s grade               # grade the current lesson, then show the board
     nox -s grade-lesson3       # grade lesson 3 (grade-lesson0 ... grade-lesson15)
+    nox -s watch               # re-grade the current lesson whenever aios/ changes (-- 3 for lesson 3)
     nox -s selfcheck           # reference passes, stubs fail, aios/ up to date
     nox -s tests               # every visible suite + tests/infra against the reference
     nox -s stubgen             # regenerate aios/ from solutions/aios/ (-- --check to only compare)
@@ -102,6 +103,13 @@ def grade(session: nox.Session) -> None:
     """Grade the current lesson (the lowest unlocked one not passed yet), then print the board."""
     python = shared_env(session)
     session.run(python, "-m", "grader", "grade", *session.posargs, external=True)
+
+
+@nox.session(venv_backend="none")
+def watch(session: nox.Session) -> None:
+    """Re-grade the current lesson (or -- N) on every change under aios/; Ctrl-C stops."""
+    python = shared_env(session)
+    session.run(python, "-m", "grader", "watch", *session.posargs, external=True)
 
 
 @nox.session(venv_backend="none")

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from grader import hints as hint_layers
 from grader import progress as prog
 from grader.curriculum import Curriculum, Lesson
 
@@ -62,12 +63,46 @@ def _counts(curriculum: Curriculum, grade: dict | None, suite: str, lesson: Less
     return {"passed": 0, "total": estimate_tests(path)}
 
 
+def benchmark_text(lesson: Lesson, grade: dict | None) -> str:
+    """The GPU benchmark cell: none, not run yet, passed, failed, or skipped with its reason."""
+    if not lesson.benchmarks:
+        return "none"
+    if grade is None:
+        return "not run yet"
+    result = grade.get("benchmark")
+    if not result:
+        return "not recorded (grade again)"
+    if result["status"] == "passed":
+        return "passed"
+    return f"{result['status']}: {result.get('detail', '')}".rstrip(": ")
+
+
+def next_steps(curriculum: Curriculum, progress: prog.Progress, lesson: Lesson | None) -> dict | None:
+    """What to do next for the current lesson: its README and the commands to grade and get hints."""
+    if lesson is None:
+        return None
+    revealed, total = hint_layers.hint_counts(curriculum, progress, lesson)
+    return {
+        "lesson": lesson.id,
+        "title": lesson.title,
+        "readme": lesson.readme,
+        "grade": f"python -m grader grade {lesson.id}",
+        "watch": f"python -m grader watch {lesson.id}",
+        "hint": f"python -m grader hint {lesson.id}",
+        "hints_revealed": revealed,
+        "hints_total": total,
+        "hints_left": total - revealed,
+        "catch_up": f"python -m grader checkout-reference {lesson.id}",
+    }
+
+
 def status_data(curriculum: Curriculum, progress: prog.Progress) -> dict:
-    """The board as JSON-ready data (schema in the README of the grader)."""
+    """The board as JSON-ready data (schema in the README of the grader); fields are only ever added."""
     current = prog.current_lesson(curriculum, progress)
     rows = []
     for lesson in curriculum.lessons:
         grade = progress.grade(lesson.id)
+        revealed, total = hint_layers.hint_counts(curriculum, progress, lesson)
         rows.append(
             {
                 "lesson": lesson.id,
@@ -77,9 +112,14 @@ def status_data(curriculum: Curriculum, progress: prog.Progress) -> dict:
                 "hidden": _counts(curriculum, grade, "hidden", lesson),
                 "points": lesson.points,
                 "graded": grade is not None,
+                "from_reference": progress.shown_from_reference(lesson.id),
+                "benchmark": (grade or {}).get("benchmark"),
+                "benchmark_text": benchmark_text(lesson, grade),
+                "hints": {"revealed": revealed, "total": total},
             }
         )
-    return {"lessons": rows, "current": current.id if current else None}
+    return {"lessons": rows, "current": current.id if current else None,
+            "next": next_steps(curriculum, progress, current)}
 
 
 def print_board(curriculum: Curriculum, progress: prog.Progress) -> None:
@@ -87,25 +127,49 @@ def print_board(curriculum: Curriculum, progress: prog.Progress) -> None:
     data = status_data(curriculum, progress)
     table = Table(title="AIOS progress", title_justify="left")
     for name, justify in (("#", "right"), ("Lesson", "left"), ("State", "left"), ("Visible", "right"),
-                          ("Hidden", "right")):
+                          ("Hidden", "right"), ("GPU benchmark", "left")):
         table.add_column(name, justify=justify)
     for row in data["lessons"]:
         state = row["state"]
         shown = "coming soon" if state == "coming" else state
+        reference = " [magenta](from reference)[/]" if row["from_reference"] else ""
         marker = " <" if row["lesson"] == data["current"] else ""
         table.add_row(
             str(row["lesson"]),
             escape(row["title"]),
-            f"[{STATE_STYLE[state]}]{shown}[/]{marker}",
+            f"[{STATE_STYLE[state]}]{shown}[/]{reference}{marker}",
             "-" if state == "coming" else f"{row['visible']['passed']}/{row['visible']['total']}",
             "-" if state == "coming" else f"{row['hidden']['passed']}/{row['hidden']['total']}",
+            "-" if state == "coming" else escape(row["benchmark_text"]),
         )
     out = console()
     out.print(table)
     earned = sum(r["points"] for r in data["lessons"] if r["state"] == "passed")
     possible = sum(r["points"] for r in data["lessons"])
     tail = f"current lesson: {data['current']}" if data["current"] is not None else "no open lesson left"
-    out.print(f"points: {earned}/{possible}   {tail}   (next: python -m grader grade)")
+    out.print(f"points: {earned}/{possible}   {tail}")
+    _print_next_steps(out, data["next"])
+
+
+def _print_next_steps(out: Console, steps: dict | None) -> None:
+    """The "what to do next" block under the board."""
+    if steps is None:
+        out.print("\nNothing left to do: every ready lesson has passed.")
+        return
+    hints_line = (f"{steps['hint']}   ({steps['hints_left']} of {steps['hints_total']} hints left)"
+                  if steps["hints_total"] else "(this lesson has no hints)")
+    lines = [
+        ("lesson", f"{steps['lesson']}: {steps['title']}"),
+        ("read", steps["readme"]),
+        ("grade", f"{steps['grade']}   (or re-grade on every save: {steps['watch']})"),
+        ("hint", hints_line),
+        ("stuck", f"{steps['catch_up']}   (take the reference code; python -m grader restore-mine "
+                  f"{steps['lesson']} puts yours back)"),
+    ]
+    out.print("\n[bold]What to do next[/]")
+    for label, text in lines:
+        out.print(f"  {label:7}", end="")
+        out.print(text, markup=False, soft_wrap=True)
 
 
 def shorten(message: str) -> str:
@@ -138,15 +202,30 @@ def print_grade(result: dict) -> None:
         out.print(f"\nfull output of the visible tests: {result['log']}", markup=False, soft_wrap=True)
     for note in result["notes"]:
         out.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+    if result.get("benchmark"):
+        bench = result["benchmark"]
+        out.print(f"\nGPU benchmark: {bench['status']}" + (f": {bench['detail']}" if bench.get("detail") else ""),
+                  markup=False, soft_wrap=True)
     verdict = "[green]PASSED[/]" if result["passed"] else "[red]NOT PASSED[/]"
-    out.print(f"\nLesson {result['lesson']}: {verdict}")
+    reference = " (with the reference code of checkout-reference)" if result.get("from_reference") else ""
+    out.print(f"\nLesson {result['lesson']}: {verdict}{reference}")
     if result.get("unlocked"):
         out.print("Unlocked: " + ", ".join(f"lesson {i}" for i in result["unlocked"]))
     if result.get("hint"):
-        out.print(f"\n[bold]Hint 1[/] (more: python -m grader hint {result['lesson']})")
-        out.print(result["hint"], markup=False)
+        _print_first_hint(out, result)
     if not result.get("recorded", True):
         out.print(f"(progress not recorded: graded against {result['impl']})", markup=False)
+
+
+def _print_first_hint(out: Console, result: dict) -> None:
+    """Hint 1 after a failed grade, where the hints live, and how to reveal the next layer."""
+    layers = result.get("hints") or {}
+    total = layers.get("total")
+    out.print("\n[bold]Hint 1[/]" + (f" of {total}" if total else "")
+              + (f" (from {layers['readme']})" if layers.get("readme") else ""), soft_wrap=True)
+    out.print(result["hint"], markup=False)
+    if layers.get("next"):
+        out.print("\n" + layers["next"], markup=False, soft_wrap=True)
 
 
 def _print_test(out: Console, suite: str, test: dict) -> None:

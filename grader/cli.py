@@ -22,7 +22,7 @@ from grader import board, hints
 from grader import curriculum as cur
 from grader.curriculum import Lesson
 from grader import progress as prog
-from grader.runner import RunResult, run_pytest
+from grader.runner import RunResult, TestResult, run_pytest
 
 STUB_RE = re.compile(r"^NotImplementedError: (Lesson \d+: .*)$", re.M)
 
@@ -82,6 +82,52 @@ def _run_suite(curriculum: cur.Curriculum, lesson: Lesson, suite: str, impl: str
                       run_timeout=lesson.timeout, log_path=log)
 
 
+def _cuda_available() -> bool:
+    """Whether torch sees a CUDA device (False when torch is missing)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def _in_benchmarks(nodeid: str, benchmarks: tuple[str, ...]) -> bool:
+    """Whether a test id lies in one of the lesson's benchmark files/folders/node ids."""
+    return any(nodeid == b or nodeid.startswith(b.rstrip("/") + ("::" if b.endswith(".py") else "/"))
+               for b in benchmarks)
+
+
+def _summarise_benchmark(tests: list[TestResult]) -> dict:
+    """``{"status": passed|failed|skipped, "detail": ...}`` for the benchmark tests of a run."""
+    if not tests:
+        return {"status": "skipped", "detail": "no benchmark test was collected"}
+    bad = [t for t in tests if not t.ok]
+    if bad:
+        first = bad[0]
+        return {"status": "failed", "detail": f"{first.name}: {board.shorten(first.message or first.outcome)}"}
+    if all(t.outcome == "skipped" for t in tests):
+        reason = tests[0].message.removeprefix("Skipped: ").strip() or "skipped"
+        return {"status": "skipped", "detail": reason}
+    return {"status": "passed", "detail": f"{sum(t.ok for t in tests)}/{len(tests)} passed"}
+
+
+def benchmark_outcome(curriculum: cur.Curriculum, lesson: Lesson, visible: RunResult, impl: str) -> dict | None:
+    """The lesson's GPU benchmark result (None when it has none).
+
+    Benchmarks inside the visible suite already ran with it (the root conftest skips them
+    without CUDA). Others run here, and only on a machine with a CUDA GPU.
+    """
+    if not lesson.benchmarks:
+        return None
+    ran = [t for t in visible.tests if _in_benchmarks(t.nodeid, lesson.benchmarks)]
+    if ran:
+        return _summarise_benchmark(ran)
+    if not _cuda_available():
+        return {"status": "skipped", "detail": "needs a CUDA GPU"}
+    run = run_pytest(curriculum.root, list(lesson.benchmarks), impl=impl, test_timeout=None,
+                     run_timeout=lesson.timeout)
+    return _summarise_benchmark(run.tests + run.collect_errors)
+
 
 def grade_lesson(curriculum: cur.Curriculum, lesson: Lesson, impl: str) -> dict:
     """Run the visible then the hidden suite of ``lesson``; return the grade record."""
@@ -104,6 +150,7 @@ def grade_lesson(curriculum: cur.Curriculum, lesson: Lesson, impl: str) -> dict:
         "seconds": round(visible.seconds + hidden.seconds, 1),
         "visible": _suite_counts(visible),
         "hidden": _suite_counts(hidden),
+        "benchmark": benchmark_outcome(curriculum, lesson, visible, impl),
         "tests": {"visible": _visible_entries(visible, curriculum.root), "hidden": _hidden_entries(hidden)},
         "notes": notes,
         "log": str((logs / f"lesson{lesson.id:02d}-visible.log").relative_to(curriculum.root)),
@@ -113,8 +160,26 @@ def grade_lesson(curriculum: cur.Curriculum, lesson: Lesson, impl: str) -> dict:
 def _stored_grade(grade: dict) -> dict:
     """What progress.json keeps of a grade: counts and outcomes, no messages."""
     keep = {k: grade[k] for k in ("passed", "graded_at", "impl", "visible", "hidden")}
+    keep.update({k: grade[k] for k in ("benchmark", "from_reference") if k in grade})
     keep["tests"] = {s: {t["name"]: t["outcome"] for t in grade["tests"][s]} for s in ("visible", "hidden")}
     return keep
+
+
+def grade_and_record(curriculum: cur.Curriculum, progress: prog.Progress, lesson: Lesson, impl: str) -> dict:
+    """Grade ``lesson``; for the learner's tree record it in ``progress`` (saved); add hint 1 on failure."""
+    result = grade_lesson(curriculum, lesson, impl)
+    result["recorded"] = impl == "learner"
+    if result["recorded"]:
+        result["from_reference"] = progress.taken_from_reference(lesson.id)
+        result["unlocked"] = prog.record_grade(curriculum, progress, lesson, _stored_grade(result))
+    if not result["passed"]:
+        result["hint"] = hints.first_hint(curriculum, progress, lesson)
+        revealed, total = hints.hint_counts(curriculum, progress, lesson)
+        result["hints"] = {"revealed": revealed, "total": total, "readme": f"{lesson.readme}#hints",
+                           "next": hints.next_hint_advice(lesson, revealed, total)}
+    if result["recorded"] or result.get("hint"):
+        prog.save(curriculum.root, progress)
+    return result
 
 
 def cmd_grade(args, curriculum: cur.Curriculum) -> int:
@@ -144,14 +209,7 @@ def cmd_grade(args, curriculum: cur.Curriculum) -> int:
         print(f"Lesson {lesson.id} is locked: finish lesson {blocker} first "
               f"(python -m grader grade {blocker}), or pass --force.")
         return 2
-    result = grade_lesson(curriculum, lesson, impl)
-    result["recorded"] = impl == "learner"
-    if result["recorded"]:
-        result["unlocked"] = prog.record_grade(curriculum, progress, lesson, _stored_grade(result))
-    if not result["passed"]:
-        result["hint"] = hints.first_hint(curriculum, progress, lesson)
-    if result["recorded"] or result.get("hint"):
-        prog.save(curriculum.root, progress)
+    result = grade_and_record(curriculum, progress, lesson, impl)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -185,10 +243,12 @@ def cmd_hint(args, curriculum: cur.Curriculum) -> int:
         print(f"Lesson {lesson.id} has no hints yet ({lesson.readme}).")
         return 0
     prog.save(curriculum.root, progress)
-    print(f"Lesson {lesson.id}, hint {number} of {total}:\n")
+    print(f"Lesson {lesson.id}, hint {number} of {total} (from {lesson.readme}, section 'Hints'):\n")
     print(text)
+    print()
     if number == total:
-        print("\n(That was the last hint.)")
+        print("(That was the last hint.)")
+    print(hints.next_hint_advice(lesson, number, total))
     return 0
 
 
@@ -224,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: Modules that add their own subcommands: each has ``register(subparsers)``, which adds its
 #: parsers and sets ``handler=function(args, curriculum) -> int`` through ``set_defaults``.
-COMMAND_MODULES = ()
+COMMAND_MODULES = ("catchup", "watch")
 
 
 def _command_modules() -> list:

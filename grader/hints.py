@@ -1,4 +1,9 @@
-"""Lesson hints: the ``### Hint k`` sections under a README's ``## Hints``."""
+"""Lesson hints: the ``### Hint k`` sections under a README's ``## Hints``.
+
+Hints come in layers, from a nudge to nearly the answer (never the solution code):
+a failed grade shows hint 1, and each ``python -m grader hint N`` reveals one more,
+up to the last. ``.aios/progress.json`` remembers how many the learner has seen.
+"""
 
 from __future__ import annotations
 
@@ -44,6 +49,22 @@ def lesson_hints(curriculum: Curriculum, lesson: Lesson) -> list[str]:
 def revealed(progress: Progress, lesson: Lesson) -> int:
     """How many hints of the lesson the learner has seen."""
     return progress.hints.get(str(lesson.id), 0)
+
+
+def hint_counts(curriculum: Curriculum, progress: Progress, lesson: Lesson) -> tuple[int, int]:
+    """``(revealed, total)`` hints of the lesson."""
+    total = len(lesson_hints(curriculum, lesson))
+    return min(revealed(progress, lesson), total), total
+
+
+def next_hint_advice(lesson: Lesson, revealed_count: int, total: int) -> str:
+    """The line telling the learner how to see more hints (or that none are left)."""
+    if total == 0:
+        return f"lesson {lesson.id} has no hints; read {lesson.readme}"
+    if revealed_count >= total:
+        return (f"all {total} hints of lesson {lesson.id} are shown (python -m grader hint {lesson.id} "
+                f"shows the last again); stuck? python -m grader checkout-reference {lesson.id}")
+    return f"python -m grader hint {lesson.id} for the next hint ({revealed_count + 1} of {total})"
 
 
 def reveal_next(curriculum: Curriculum, progress: Progress, lesson: Lesson) -> tuple[int, int, str | None]:

@@ -8,7 +8,12 @@ Layout::
                        "hidden":  {"passed": 3, "total": 3, "skipped": 0},
                        "tests": {"tests/lesson01/test_x.py::test_y": "passed", ...}}},
      "unlocked": [0, 1, 2],
-     "hints": {"1": 2}}
+     "hints": {"1": 2},
+     "reference": {"3": {"taken_at": "...", "files": {"aios/x.py": "<sha256 written>"}}}}
+
+``reference`` lists the lessons whose code was taken from the reference engine with
+``python -m grader checkout-reference N`` (see grader/catchup.py) and not restored yet.
+A grade recorded while that was so carries ``"from_reference": true``.
 
 Unlocking is sticky: once a lesson's prerequisites have passed it stays open,
 even if a later regrade of an earlier lesson fails.
@@ -39,6 +44,7 @@ class Progress:
     lessons: dict[str, dict] = field(default_factory=dict)
     unlocked: set[int] = field(default_factory=set)
     hints: dict[str, int] = field(default_factory=dict)
+    reference: dict[str, dict] = field(default_factory=dict)
 
     def grade(self, lesson_id: int) -> dict | None:
         """The last recorded grade of a lesson, if any."""
@@ -48,6 +54,15 @@ class Progress:
         """Whether the lesson's last grade passed."""
         grade = self.grade(lesson_id)
         return bool(grade and grade.get("passed"))
+
+    def taken_from_reference(self, lesson_id: int) -> bool:
+        """Whether the lesson's code is the reference's now (checkout-reference, not restored)."""
+        return str(lesson_id) in self.reference
+
+    def shown_from_reference(self, lesson_id: int) -> bool:
+        """Whether the board marks the lesson "from reference": taken now, or graded while taken."""
+        grade = self.grade(lesson_id) or {}
+        return self.taken_from_reference(lesson_id) or bool(grade.get("from_reference"))
 
 
 def load(root: Path) -> Progress:
@@ -61,6 +76,7 @@ def load(root: Path) -> Progress:
         lessons=dict(data.get("lessons", {})),
         unlocked={int(i) for i in data.get("unlocked", [])},
         hints={str(k): int(v) for k, v in data.get("hints", {}).items()},
+        reference={str(k): dict(v) for k, v in data.get("reference", {}).items()},
     )
 
 
@@ -73,6 +89,7 @@ def save(root: Path, progress: Progress) -> None:
         "lessons": progress.lessons,
         "unlocked": sorted(progress.unlocked),
         "hints": progress.hints,
+        "reference": progress.reference,
     }
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".progress-", suffix=".json")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
