@@ -98,6 +98,21 @@ for _lesson in LESSONS:
     globals()[f"grade_lesson{_lesson}"] = _grade_session(_lesson)
 
 
+def _compare_session(lesson: int):
+    """Make the session that compares one lesson's functions with the reference."""
+
+    def compare_lesson(session: nox.Session) -> None:
+        python = shared_env(session)
+        session.run(python, "-m", "grader", "compare", str(lesson), *session.posargs, external=True)
+
+    compare_lesson.__doc__ = f"Lesson {lesson}: your functions beside the reference's (and both engines' tok/s on a GPU)."
+    return nox.session(name=f"compare-lesson{lesson}", venv_backend="none")(compare_lesson)
+
+
+for _lesson in LESSONS:
+    globals()[f"compare_lesson{_lesson}"] = _compare_session(_lesson)
+
+
 @nox.session(venv_backend="none")
 def grade(session: nox.Session) -> None:
     """Grade the current lesson (the lowest unlocked one not passed yet), then print the board."""
@@ -140,3 +155,15 @@ def bench(session: nox.Session) -> None:
     python = shared_env(session)
     env = {"PYTHONPATH": str(ROOT / "solutions"), "PYTHONSAFEPATH": "1"} if os.environ.get("AIOS_IMPL") == "reference" else {}
     session.run(python, "-m", "aios", "bench", *session.posargs, external=True, env=env)
+
+
+@nox.session(venv_backend="none")
+def ladder(session: nox.Session) -> None:
+    """The throughput ladder (GPU): the reference engine stage by stage, lessons 3-13; files in .nox/ladder/.
+
+    Extra arguments go to python -m aios.bench.ladder, e.g. nox -s ladder -- --stages 3-8 --out DIR.
+    """
+    python = shared_env(session)
+    env = {"PYTHONPATH": str(ROOT / "solutions"), "PYTHONSAFEPATH": "1"}
+    session.run(python, "-m", "aios.bench.ladder", "--ladder", "--out", str(VENV.parent / "ladder"),
+                *session.posargs, external=True, env=env)
