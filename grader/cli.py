@@ -4,6 +4,8 @@
     python -m grader grade [N] [--json] [--force] [--impl learner|reference|PATH]
     python -m grader hint N
     python -m grader selfcheck [--lessons 1,2]
+    python -m grader watch [N]                 (grader/watch.py)
+    python -m grader checkout-reference N      (grader/catchup.py; restore-mine N undoes it)
 
 ``--root DIR`` (or ``$AIOS_ROOT``) points the grader at another checkout.
 Exit status of ``grade``: 0 passed, 1 not passed, 2 refused (locked, coming, unknown).
