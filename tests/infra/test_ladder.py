@@ -120,3 +120,13 @@ def test_time_limit_stops_a_slow_stage():
         with time_limit(0.2):
             time.sleep(5)
     assert time.perf_counter() - started < 2
+
+
+def test_a_stage_past_its_timeout_is_reported_and_the_run_fails(tiny_model_dir, tmp_path):
+    result = run_ladder_cli("--ladder", "--model", str(tiny_model_dir), "--device", "cpu", "--scale", "small",
+                            "--stages", "7-8", "--stage-timeout", "0.01", "--out", str(tmp_path))
+    assert result.returncode == 1, result.stdout + result.stderr
+    rows = json.loads((tmp_path / "ladder.json").read_text())["stages"]
+    assert [row["stage"] for row in rows] == [7, 8]
+    assert all(row["status"].startswith("timed out") and row["tokens_per_second"] is None for row in rows)
+    assert "timed out" in (tmp_path / "table.md").read_text()

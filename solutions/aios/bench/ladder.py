@@ -567,10 +567,12 @@ def _single_stage_row(stage_number: int, model_dir, workload: Workload, options:
     return row
 
 
-def _engine_notes(stage: EngineStage, device: str) -> list[str]:
+def _engine_notes(stage: EngineStage, device: str, rounds: int) -> list[str]:
     """What the reader must know about an engine stage on this device."""
     config = stage.llm.config
     notes = []
+    if config.enable_prefix_caching and rounds > 1:
+        notes.append("rounds after the first find every prompt in the prefix cache")
     if stage.stage >= 9 and config.attention_backend == "triton" and torch.device(device).type != "cuda":
         notes.append("Triton kernels interpreted on the CPU")
     if stage.stage >= 11 and config.enforce_eager:
@@ -585,7 +587,7 @@ def _engine_stage_row(stage_number: int, model_dir, workload: Workload, options:
     stage = EngineStage(stage_number, model_dir, options.device, options.max_num_seqs, workload.longest,
                         load_format=options.load_format)
     try:
-        row.notes += _engine_notes(stage, options.device)
+        row.notes += _engine_notes(stage, options.device, rounds)
         if stage_number >= 9 and torch.device(options.device).type == "cuda":
             from aios.bench.throughput import warm_up
 
