@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Lesson 14 on a box with 2 GPUs: is TP=2 right, and how fast is it?
 #
-#   bash scripts/gpu/tp.sh [all|tests|bench|bench8b|bench14b]   # results and logs under $OUT (default /tmp/aios_out)
+#   bash scripts/gpu/tp.sh [all|tests|gputest|bench|bench8b|bench14b]   # results and logs under $OUT (default /tmp/aios_out)
+#   TPS=1 CUDA_VISIBLE_DEVICES=0 bash scripts/gpu/tp.sh bench               # only the TP=1 runs, on one GPU
 #
+#   gputest   only tests/lesson14/test_l14_gpu.py (the NCCL check; the gloo tests run in CI)
 #   tests     the lesson 14 suites (visible + hidden; reference engine): the CPU gloo tests and
 #             tests/lesson14/test_l14_gpu.py, which checks that TP=2 over NCCL (Triton attention,
 #             CUDA-graph decode) gives the logits and greedy tokens of TP=1 (fp32, small model).
@@ -16,6 +18,7 @@
 # Each step has its own timeout so that a hang ends the step, not the whole call.
 set -u -o pipefail
 MODE=${1:-all}
+TPS=${TPS:-"1 2"}
 OUT=${OUT:-/tmp/aios_out}
 mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -29,7 +32,8 @@ nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv | tee
 nvidia-smi topo -m >> "$OUT/gpu.txt" 2>&1
 GPUS=$(python3 -c "import torch; print(torch.cuda.device_count())")
 python3 -c "import torch; print('torch', torch.__version__, 'nccl', torch.cuda.nccl.version())" | tee -a "$OUT/gpu.txt"
-if [ "$GPUS" -lt 2 ]; then echo "tp.sh needs 2 GPUs, torch sees $GPUS"; exit 1; fi
+NEED=1; case "$MODE $TPS" in *test*|*2*) NEED=2 ;; esac
+if [ "$GPUS" -lt "$NEED" ]; then echo "tp.sh ($MODE, TP in $TPS) needs $NEED GPUs, torch sees $GPUS"; exit 1; fi
 
 # A config-only checkpoint of a real shape: one layer of weights written, the real layer count in config.json.
 shape_checkpoint() {
@@ -51,7 +55,7 @@ EOF
 bench_shape() {
   local preset=$1 model
   model=$(shape_checkpoint "$preset") || { echo "could not write the $preset checkpoint"; return 1; }
-  for tp in 1 2; do
+  for tp in $TPS; do
     section "python -m aios bench, Qwen3-$preset shape, TP=$tp"
     timeout 280 python3 -m aios bench --model "$model" --tensor-parallel-size "$tp" --no-progress \
       --json "$OUT/bench_${preset}_tp${tp}.json" > "$OUT/bench_${preset}_tp${tp}.log" 2>&1
@@ -67,13 +71,20 @@ if [ "$MODE" = all ] || [ "$MODE" = tests ]; then
   echo "exit code $?"; grep -E "passed|failed|^FAILED|^ERROR|SKIPPED" "$OUT/tp_tests.log" | tail -25
 fi
 
+if [ "$MODE" = gputest ]; then
+  section "lesson 14 NCCL test (TP=2 == TP=1 on 2 GPUs)"
+  timeout 300 python3 -m pytest tests/lesson14/test_l14_gpu.py -q -rs -p no:cacheprovider \
+    -o console_output_style=classic > "$OUT/tp_gputest.log" 2>&1
+  echo "exit code $?"; grep -E "passed|failed|^FAILED|^ERROR|SKIPPED" "$OUT/tp_gputest.log" | tail -25
+fi
+
 case "$MODE" in
   all|bench) bench_shape 8b; bench_shape 14b ;;
   bench8b) bench_shape 8b ;;
   bench14b) bench_shape 14b ;;
 esac
 
-if [ "$MODE" != tests ]; then
+if [ "$MODE" != tests ] && [ "$MODE" != gputest ]; then
   section summary
   python3 - "$OUT" <<'EOF'
 import glob, json, os, sys
