@@ -57,7 +57,7 @@ bench_shape() {
   model=$(shape_checkpoint "$preset") || { echo "could not write the $preset checkpoint"; return 1; }
   for tp in $TPS; do
     section "python -m aios bench, Qwen3-$preset shape, TP=$tp"
-    timeout 280 python3 -m aios bench --model "$model" --tensor-parallel-size "$tp" --no-progress \
+    timeout "${BENCH_TIMEOUT:-280}" python3 -m aios bench --model "$model" --tensor-parallel-size "$tp" --no-progress \
       --json "$OUT/bench_${preset}_tp${tp}.json" > "$OUT/bench_${preset}_tp${tp}.log" 2>&1
     echo "exit code $?"; grep -E "engine ready|throughput|Error|error" "$OUT/bench_${preset}_tp${tp}.log" | tail -4
     pgrep -f "multiprocessing.spawn" > /dev/null && echo "WARNING: a tensor-parallel worker outlived its driver"
