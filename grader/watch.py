@@ -146,11 +146,12 @@ def cmd_watch(args, curriculum: Curriculum) -> int:
     if not folder.is_dir():
         print(f"watch: {folder} not found", file=sys.stderr)
         return 2
+    detector = ChangeDetector(folder)
     try:
         return watch_loop(
             curriculum, args.lesson,
             grade=lambda lesson: _grade_and_show(curriculum, lesson),
-            changes=ChangeDetector(folder),
+            changes=lambda: [f"aios/{path}" for path in detector()],
             wait=lambda: time.sleep(args.interval),
             say=_say_on(board.console()),
         )
