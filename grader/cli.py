@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: Modules that add their own subcommands: each has ``register(subparsers)``, which adds its
 #: parsers and sets ``handler=function(args, curriculum) -> int`` through ``set_defaults``.
-COMMAND_MODULES = ("catchup", "watch", "compare")
+COMMAND_MODULES = ("catchup", "watch", "classroom", "release", "compare")
 
 
 def _command_modules() -> list:
