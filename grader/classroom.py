@@ -99,7 +99,11 @@ def _sources(args, curriculum: Curriculum, stack: contextlib.ExitStack) -> tuple
         raise UsageError("--impl and --bundle do not go together: with --bundle the graded aios/ is --root's")
     bundle = open_bundle(Path(args.bundle), stack)
     learner = stack.enter_context(tempfile.TemporaryDirectory(prefix="aios-learner-"))
-    return cur.load(bundle), str(copy_learner_tree(curriculum.root, Path(learner)))
+    try:
+        tests_from = cur.load(bundle)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UsageError(f"--bundle {args.bundle}: unreadable grader/curriculum.toml ({exc})") from exc
+    return tests_from, str(copy_learner_tree(curriculum.root, Path(learner)))
 
 
 def _impl_value(impl: str) -> str:

@@ -49,7 +49,7 @@ TOP_FILES = ("conftest.py", "pyproject.toml")
 #: More top-level files for students.
 STUDENT_TOP_FILES = ("noxfile.py", "requirements-dev.txt", ".gitignore")
 #: Docs students may read (docs/conventions.md is left out: its example is lesson 1's code).
-STUDENT_DOCS = ("docs/progression.md", "docs/benchmarks.md", "docs/classroom.md")
+STUDENT_DOCS = ("docs/learner-workflow.md", "docs/progression.md", "docs/benchmarks.md", "docs/classroom.md")
 #: tests/infra files that pass on the stubbed aios/ and need no solutions/.
 STUDENT_INFRA_TESTS = ("tests/infra/test_fixtures.py", "tests/infra/test_sampling_params.py")
 #: Grader modules always shipped; cli.COMMAND_MODULES and every grader module they import join them.
@@ -217,8 +217,8 @@ def student_files(curriculum: Curriculum) -> dict[str, bytes]:
     root = curriculum.root
     if not (root / "solutions" / "aios").is_dir():
         raise ReleaseError(f"{root} has no solutions/aios: release runs in the instructor's repository")
-    paths = list(TOP_FILES) + list(STUDENT_TOP_FILES) + grader_paths(root) + list(STUDENT_INFRA_TESTS)
-    paths += [p for p in STUDENT_DOCS if (root / p).exists()]
+    paths = list(TOP_FILES) + list(STUDENT_TOP_FILES) + grader_paths(root)
+    paths += [p for p in STUDENT_DOCS + STUDENT_INFRA_TESTS if (root / p).exists()]
     for lesson in curriculum.lessons:
         paths += [p for p in (lesson.folder, lesson.visible) if (root / p).exists()]
     files = _collect(root, paths)
