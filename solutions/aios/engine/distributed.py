@@ -93,10 +93,19 @@ def init_tensor_parallel(rank: int, size: int, init_method: str, device: str = "
 
 
 def destroy_tensor_parallel() -> None:
-    """Leave the group (if any) and become a group of one again."""
+    """Leave the group (if any) and become a group of one again.
+
+    NCCL groups are aborted rather than destroyed: the engine leaves only after its workers
+    have exited, and a polite NCCL destroy can then wait for peers (and for CUDA graphs that
+    captured the communicator) that will never answer. Abort frees the communicator at once.
+    """
     global _STATE
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        abort = getattr(dist.distributed_c10d, "_abort_process_group", None)
+        if _STATE.backend == "nccl" and abort is not None:
+            abort()
+        else:
+            dist.destroy_process_group()
     if _STATE.cpu_threads_before is not None:
         torch.set_num_threads(_STATE.cpu_threads_before)
     _STATE = ParallelState()

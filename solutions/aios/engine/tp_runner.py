@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import os
+import sys
 import threading
 import traceback
 import weakref
@@ -162,8 +163,12 @@ def worker_main(rank: int, config: Config, init_method: str, conn: Connection) -
             conn.send(("error", report))
         finally:
             os._exit(1)  # skip clean-up that could wait on the other ranks
-    distributed.destroy_tensor_parallel()
     conn.close()
+    # Leave without clean-up: the driver aborts the group once every worker is gone, and an NCCL
+    # destroy here could wait for peers that are already leaving (exit frees the GPU anyway).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def serve_driver(runner: ModelRunner, conn: Connection) -> None:
