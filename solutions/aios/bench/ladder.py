@@ -44,13 +44,21 @@ import torch
 #: (docs: 5x for the KV cache, 13x for batching at 32 requests, 1.5x for continuous batching).
 SYLLABUS_SPEEDUP = {4: 5.0, 5: 1.2, 6: 1.0, 7: 13.0, 8: 1.5}
 
-#: The ratios the GPU benchmarks assert. AWAITING CALIBRATION: these are cautious first
-#: guesses, not measurements. They will be replaced by what the lessons 4-8 GPU run
-#: (scripts/gpu/lessons4to8.sh, 0.6b shape, bf16, H100) records, minus a safety margin.
-#: Why below the syllabus: stages 7 and 8 use lesson 7's PyTorch attention, a Python loop
-#: over the sequences, so a step's cost grows with the batch; the Triton kernels of
-#: lesson 9 remove that loop.
-MIN_SPEEDUP = {4: 1.5, 5: 0.9, 6: 0.5, 7: 2.0, 8: 1.0}
+#: The ratios the GPU benchmarks assert. First measured on an H200 on 2026-11-29
+#: (scripts/gpu/lessons4to8.sh, 0.6b shape, bf16; docs/benchmarks.md), where the eager
+#: single-sequence loop costs ~37 ms per token however short the context: the CPU, launching
+#: ~30 small kernels per layer, sets the pace and hides the GPU work.
+#:   4: x1.03 with 384-512-token prompts, so recomputation was hidden behind that CPU time.
+#:      The workload now has ~4k-token prompts, where a no-cache step's GPU work (fp32
+#:      attention scores over 4k x 4k per head) is ~3x the CPU time; 1.5 is an estimate
+#:      from those measured costs, to be confirmed by the next GPU run.
+#:   5: x0.88 (ladder x0.74): pre-allocation saves memory and copies, not time, in a loop the
+#:      CPU bounds; 0.7 guards against a cache that is much slower than the growing one.
+#:   6: x0.82; 7: x4.31 (ladder x3.71); 8: not reached in that run (ladder x0.88).
+#:   8: with lesson 7's attention (a PyTorch loop over the sequences) a step costs about the
+#:      same per sequence whether the batch is full or not, so refilling places gains little
+#:      until lesson 9 removes the loop; 0.9 guards against a scheduler that loses throughput.
+MIN_SPEEDUP = {4: 1.5, 5: 0.7, 6: 0.5, 7: 3.0, 8: 0.9}
 
 
 @dataclass(frozen=True)
@@ -115,8 +123,10 @@ class LessonBenchmark:
 
 
 _SINGLE = {"num_requests": 4, "prompt_len": (384, 512), "output_len": (128, 128)}
+# Long prompts: recomputing the whole context must cost more than the CPU's per-step launch time.
+_LONG_CONTEXT = {"num_requests": 2, "prompt_len": (3968, 4096), "output_len": (48, 48)}
 LESSON_BENCHMARKS = {
-    4: LessonBenchmark(stage=4, baseline=3, workload=_SINGLE, single_subset=2),
+    4: LessonBenchmark(stage=4, baseline=3, workload=_LONG_CONTEXT, single_subset=2),
     5: LessonBenchmark(stage=5, baseline=4, workload=_SINGLE),
     6: LessonBenchmark(stage=6, baseline=5, workload=_SINGLE),
     # Syllabus: batching over the pre-allocated cache, at 32 requests.
