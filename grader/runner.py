@@ -163,12 +163,15 @@ def _spawn(cmd: list[str], cwd: Path, env: dict, log, timeout: float) -> int | N
                             stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         return proc.wait(timeout=max(timeout, 0.1))
-    except subprocess.TimeoutExpired:
+    except (subprocess.TimeoutExpired, KeyboardInterrupt) as stop:
+        # The child runs in its own session, so Ctrl-C never reaches it: stop it here.
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         proc.wait()
+        if isinstance(stop, KeyboardInterrupt):
+            raise
         return None
 
 
