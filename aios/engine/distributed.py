@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 import socket
 import sys
 import traceback
@@ -161,7 +162,9 @@ def _rank_main(rank: int, size: int, init_method: str, device: str, target, args
     """Body of one process started by ``launch_ranks``."""
     try:
         init_tensor_parallel(rank, size, init_method, device)
-        results.put((rank, True, target(*args)))
+        # Pickled here, by value: a tensor put on the queue as it is travels as a handle to this
+        # process's shared memory, which is gone if the process ends before the parent reads it.
+        results.put((rank, True, pickle.dumps(target(*args))))
     except BaseException:  # report anything, then exit with an error code
         results.put((rank, False, traceback.format_exc()))
         raise SystemExit(1)
@@ -199,7 +202,7 @@ def launch_ranks(target, size: int, args: tuple = (), device: str = "cpu", timeo
                                    f"after {timeout:.0f} s") from None
             if not ok:
                 raise RuntimeError(f"rank {rank} of {size} failed:\n{value}")
-            outputs[rank] = value
+            outputs[rank] = pickle.loads(value)
     finally:
         for process in processes:
             process.join(timeout=5)
