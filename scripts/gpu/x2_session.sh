@@ -2,7 +2,8 @@
 # Everything that needs the 2-GPU machine, in one call of under 10 minutes:
 #   phase 0, both GPUs: the lesson 14 NCCL test (TP=2 == TP=1);
 #   phase 1, in parallel: GPU 0 runs `aios bench` on the Qwen3-8B and -14B shapes at TP=1
-#            (scripts/gpu/tp.sh), GPU 1 the throughput ladder (scripts/gpu/ladder.sh);
+#            (scripts/gpu/tp.sh), GPU 1 the script named by GPU1_SCRIPT (default
+#            scripts/gpu/ladder.sh; e.g. GPU1_SCRIPT=scripts/gpu/lessons4to8.sh);
 #   phase 2, both GPUs: 8B and 14B at TP=2.
 # Each step's timeout is cut to what is left of DEADLINE seconds (default 560), so the call
 # ends in time and returns what it measured. Results: $OUT/results.tgz (every log and JSON),
@@ -20,11 +21,12 @@ left() { local t=$(( DEADLINE - SECONDS - ${1:-0} )); [ "$t" -gt "${2:-100000}" 
 say() { echo "=== $* (t=${SECONDS}s)"; }
 
 say "phase 0: NCCL test"
-OUT="$WORK/tp" timeout 120 bash scripts/gpu/tp.sh gputest > "$WORK/tp/phase0_test.log" 2>&1
+OUT="$WORK/tp" timeout "${GPUTEST_TIMEOUT:-180}" bash scripts/gpu/tp.sh gputest > "$WORK/tp/phase0_test.log" 2>&1
 grep -E "exit code|passed|failed|FAILED|ERROR" "$WORK/tp/phase0_test.log" | tail -6
 
-say "phase 1: ladder on GPU 1, TP=1 benches on GPU 0"
-(CUDA_VISIBLE_DEVICES=1 OUT="$WORK/ladder" LADDER_TIMEOUT=200 bash scripts/gpu/ladder.sh > "$WORK/ladder/console.log" 2>&1) &
+GPU1_SCRIPT=${GPU1_SCRIPT:-scripts/gpu/ladder.sh}
+say "phase 1: $GPU1_SCRIPT on GPU 1, TP=1 benches on GPU 0"
+(CUDA_VISIBLE_DEVICES=1 OUT="$WORK/ladder" LADDER_TIMEOUT=200 timeout 260 bash "$GPU1_SCRIPT" > "$WORK/ladder/console.log" 2>&1) &
 LADDER=$!
 for shape in 8b 14b; do
   TPS=1 CUDA_VISIBLE_DEVICES=0 OUT="$WORK/tp" BENCH_TIMEOUT=$(left 200 150) bash scripts/gpu/tp.sh "bench$shape" \
@@ -32,7 +34,7 @@ for shape in 8b 14b; do
   grep -E "exit code|throughput|Error" "$WORK/tp/phase1_$shape.log" | tail -3
 done
 wait $LADDER
-say "ladder done"; tail -25 "$WORK/ladder/console.log"
+say "$GPU1_SCRIPT done"; tail -25 "$WORK/ladder/console.log"
 
 say "phase 2: TP=2 benches"
 for shape in 8b 14b; do
