@@ -5,7 +5,7 @@
  ───────────────────────                          ──────────────────────────────────
  LLMEngine: tokenizer, Scheduler, BlockManager
  TensorParallelRunner.run(seqs, is_prefill)
-   ├─ pipe ──► ("run", [StepSequence...], is_prefill) ──► worker loop: runner.run(...)
+   ├─ pipe ──► ("run", ([StepSequence...], is_prefill)) ──► worker loop: runner.run(...)
    └─ its own ModelRunner.run(...)                         its own ModelRunner.run(...)
         forward on its weight shard  ◄── all-reduce ──►     forward on its weight shard
         logits = gather of all ranks ◄──── gather ─────     (gets no logits, samples nothing)

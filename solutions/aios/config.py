@@ -35,7 +35,7 @@ class Config:
     max_model_len:          longest sequence (prompt + completion); capped by the checkpoint's.
     dtype:                  "auto" (the checkpoint's), "float32", "float16", "bfloat16" or a torch.dtype.
     device:                 "auto" (CUDA when available, else CPU), "cuda", "cpu".
-    enforce_eager:          never use CUDA graphs (lesson 11); always true on the CPU.
+    enforce_eager:          never use CUDA graphs (lesson 11); always true on the CPU and with attention_backend="torch".
     compile_elementwise:    with CUDA graphs, first fuse each RMSNorm, RoPE and SiLU-and-mul into one
                             kernel with torch.compile (lesson 11; fewer, larger kernels per graph).
     num_kvcache_blocks:     KV-cache size in blocks; -1 sizes it from free memory.

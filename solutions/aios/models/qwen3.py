@@ -30,10 +30,16 @@ from aios.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, Ro
 from aios.layers.rotary_embedding import RotaryEmbedding
 
 
+def make_rotary_embedding(config: SimpleNamespace) -> RotaryEmbedding:
+    """The RoPE cos/sin tables for every position the model supports."""
+    return RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta)
+
+
 class Qwen3Attention(nn.Module):
     """Self-attention of one layer: projections, per-head q/k RMSNorm, RoPE, attention, output projection."""
 
-    def __init__(self, config: SimpleNamespace, layer_idx: int, fused_layers: bool = False):
+    def __init__(self, config: SimpleNamespace, layer_idx: int, fused_layers: bool = False,
+                 rotary_emb: RotaryEmbedding | None = None):
         super().__init__()
         self.fused_layers = fused_layers
         tp_size = get_tp_size() if fused_layers else 1
@@ -53,7 +59,8 @@ class Qwen3Attention(nn.Module):
             self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
         self.q_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps)
         self.k_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps)
-        self.rotary_emb = RotaryEmbedding(self.head_dim, config.max_position_embeddings, config.rope_theta)
+        # One cos/sin table serves every layer: the model passes its shared one in.
+        self.rotary_emb = rotary_emb or make_rotary_embedding(config)
         self.attn = Attention(layer_idx, self.num_heads, self.num_kv_heads, self.head_dim)
 
     def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -127,11 +134,12 @@ class Qwen3DecoderLayer(nn.Module):
     """One transformer block: pre-norm attention and pre-norm MLP, each with a residual connection."""
 
     def __init__(
-        self, config: SimpleNamespace, layer_idx: int, fuse_residual_norm: bool = False, fused_layers: bool = False
+        self, config: SimpleNamespace, layer_idx: int, fuse_residual_norm: bool = False, fused_layers: bool = False,
+        rotary_emb: RotaryEmbedding | None = None,
     ):
         super().__init__()
         self.fuse_residual_norm = fuse_residual_norm
-        self.self_attn = Qwen3Attention(config, layer_idx, fused_layers)
+        self.self_attn = Qwen3Attention(config, layer_idx, fused_layers, rotary_emb)
         self.mlp = Qwen3MLP(config, fused_layers)
         self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
@@ -173,8 +181,10 @@ class Qwen3Model(nn.Module):
             self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         else:
             self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        rotary_emb = make_rotary_embedding(config)
         self.layers = nn.ModuleList(
-            Qwen3DecoderLayer(config, i, fuse_residual_norm, fused_layers) for i in range(config.num_hidden_layers)
+            Qwen3DecoderLayer(config, i, fuse_residual_norm, fused_layers, rotary_emb)
+            for i in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 

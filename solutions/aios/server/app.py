@@ -316,7 +316,8 @@ class OpenAIServer:
 
 
 def build_app(async_engine: AsyncEngine, settings: ServerSettings, metrics: ServerMetrics | None = None) -> FastAPI:
-    """The FastAPI app. Its lifespan starts the engine loop and stops it when the server stops.
+    """The FastAPI app. Its lifespan starts the engine loop and, when the server stops, stops the
+    loop and then the engine (its tensor-parallel workers, if any: none may outlive the server).
 
     ``app.state`` holds ``async_engine``, ``metrics`` and ``settings`` (the tests look at them).
     """
@@ -329,7 +330,9 @@ def build_app(async_engine: AsyncEngine, settings: ServerSettings, metrics: Serv
         try:
             yield
         finally:
-            await asyncio.get_running_loop().run_in_executor(None, async_engine.shutdown)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, async_engine.shutdown)
+            await loop.run_in_executor(None, async_engine.engine.shutdown)
 
     app = FastAPI(title="AIOS OpenAI-compatible server", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
