@@ -5,11 +5,11 @@ from __future__ import annotations
 import base64
 import json
 import tarfile
-import textwrap
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from synthetic_repo import write_files
 
 from grader import classroom, cli
 
@@ -131,14 +131,6 @@ LEARNER = {
             return 0
         ''',
 }
-
-
-def write_files(root: Path, files: dict[str, str]) -> None:
-    """Write dedented ``files`` under ``root``."""
-    for rel, text in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text).lstrip())
 
 
 def make_course(root: Path) -> Path:

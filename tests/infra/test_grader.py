@@ -6,11 +6,11 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
+from synthetic_repo import write_files
 
 from grader import cli
 
@@ -135,14 +135,7 @@ FILES = {
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     """A synthetic repository with five lessons."""
-    root = tmp_path / "repo"
-    (root / "grader").mkdir(parents=True)
-    (root / "grader" / "curriculum.toml").write_text(CURRICULUM)
-    for rel, text in FILES.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text).lstrip())
-    return root
+    return write_files(tmp_path / "repo", {"grader/curriculum.toml": CURRICULUM, **FILES})
 
 
 def grade(repo: Path, capsys, *args: str) -> tuple[int, str]:
@@ -334,14 +327,8 @@ status = "coming"
 
 
 def test_selfcheck_flags_a_test_that_passes_against_the_stub(tmp_path, capsys, monkeypatch):
-    root = tmp_path / "repo"
-    (root / "grader").mkdir(parents=True)
-    (root / "grader" / "curriculum.toml").write_text(SELFCHECK_CURRICULUM)
+    root = write_files(tmp_path / "repo", {"grader/curriculum.toml": SELFCHECK_CURRICULUM, **SELFCHECK_FILES})
     (root / "conftest.py").write_text((REPO / "conftest.py").read_text())  # the real AIOS_IMPL switch
-    for rel, text in SELFCHECK_FILES.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text).lstrip())
     from grader import stubgen
 
     assert stubgen.main(["--root", str(root)]) == 0

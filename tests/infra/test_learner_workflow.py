@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import textwrap
 from pathlib import Path
 
 import pytest
+from synthetic_repo import write_files
 
 from grader import catchup, cli, hints, stubgen, watch
 from grader import curriculum as cur
@@ -77,14 +77,7 @@ FILES = {
 @pytest.fixture
 def mini(tmp_path: Path) -> Path:
     """A synthetic repository: lesson 0 passes, lesson 1 fails and has a skipped GPU benchmark."""
-    root = tmp_path / "mini"
-    (root / "grader").mkdir(parents=True)
-    (root / "grader" / "curriculum.toml").write_text(CURRICULUM)
-    for rel, text in FILES.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text).lstrip())
-    return root
+    return write_files(tmp_path / "mini", {"grader/curriculum.toml": CURRICULUM, **FILES})
 
 
 def run_cli(root: Path, capsys, *args: str) -> tuple[int, str, str]:

@@ -10,11 +10,11 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import textwrap
 import tokenize
 from pathlib import Path
 
 import pytest
+from synthetic_repo import write_files
 
 from grader import cli, release, stubgen
 
@@ -214,11 +214,7 @@ COURSE = {
 def make_course(root: Path, extra: dict[str, str] | None = None) -> Path:
     """A one-lesson instructor repository with this checkout's grader package."""
     shutil.copytree(REPO / "grader", root / "grader", ignore=shutil.ignore_patterns("hidden", "__pycache__", "*.toml"))
-    for rel, text in {**COURSE, **(extra or {})}.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text).lstrip())
-    return root
+    return write_files(root, {**COURSE, **(extra or {})})
 
 
 def autograde_from_bundle(bundle: Path, student: Path, out: Path) -> dict:
