@@ -15,18 +15,9 @@
 # (AIOS_IMPL=reference); the checkpoint is the 0.6b fixture, made here and loaded with
 # load_format="dummy" (random weights, never read).
 set -u -o pipefail
-cd "$(dirname "$0")/../.."
-OUT=${OUT:-/tmp/aios_out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/solutions" PYTHONSAFEPATH=1 AIOS_IMPL=reference
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+source "$(dirname "$0")/common.sh"
 
-section() { echo; echo "=== $* ($(date -u +%H:%M:%S))"; }
-
-section environment
-{ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  python3 -c "import torch, matplotlib; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'matplotlib', matplotlib.__version__)"
-} 2>&1 | tee "$OUT/gpu.txt"
+record_environment matplotlib
 
 if [ "${AIOS_BENCH_SMOKE:-0}" = 1 ]; then
   section "smoke: the ladder on the tiny model, CPU, --scale small"

@@ -10,16 +10,8 @@
 # made here (random weights; the benchmarks use load_format="dummy" and never read them).
 set -u -o pipefail
 MODE=${1:-all}
-OUT=${OUT:-/tmp/aios_out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/solutions" PYTHONSAFEPATH=1 AIOS_IMPL=reference
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-
-section() { echo; echo "=== $* ($(date -u +%H:%M:%S))"; }
-
-section environment
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
-python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"
+source "$(dirname "$0")/common.sh"
+record_environment triton transformers
 
 section checkpoint
 MODEL=/tmp/aios_q06

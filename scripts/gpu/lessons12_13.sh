@@ -13,21 +13,12 @@
 # lessons12_13_summary.txt. The checkpoint is the 0.6b fixture, made here; the benchmarks load it
 # with load_format="dummy" (random weights, never read).
 set -u -o pipefail
-cd "$(dirname "$0")/../.."
+source "$(dirname "$0")/common.sh"
 MODE=${1:-all}
-OUT=${OUT:-/tmp/aios_out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/solutions" PYTHONSAFEPATH=1 AIOS_IMPL=reference
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 SUITES="tests/lesson12 grader/hidden/lesson12 tests/lesson13 grader/hidden/lesson13"
 BENCHMARKS="tests/lesson12/test_l12_benchmark.py tests/lesson13/test_l13_benchmark.py"
 
-section() { echo; echo "=== $* ($(date -u +%H:%M:%S))"; }
-
-section environment
-{ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  python3 -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__)"
-} 2>&1 | tee "$OUT/gpu.txt"
+record_environment transformers
 
 if [ "${AIOS_BENCH_SMOKE:-0}" = 1 ]; then
   section "smoke: lesson 13 workload on the tiny model, CPU, workload x0.05"

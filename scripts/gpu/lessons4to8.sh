@@ -13,20 +13,11 @@
 # made here; the benchmarks load it with load_format="dummy" (random weights, never read).
 # AIOS_BENCH_ROUNDS (default 2) sets the timed rounds per stage.
 set -u -o pipefail
-cd "$(dirname "$0")/../.."
-OUT=${OUT:-/tmp/aios_out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/solutions" PYTHONSAFEPATH=1 AIOS_IMPL=reference
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+source "$(dirname "$0")/common.sh"
 BENCHMARKS="tests/lesson04/test_l04_benchmark.py tests/lesson05/test_l05_benchmark.py tests/lesson06/test_l06_benchmark.py
             tests/lesson07/test_l07_benchmark.py tests/lesson08/test_l08_benchmark.py"
 
-section() { echo; echo "=== $* ($(date -u +%H:%M:%S))"; }
-
-section environment
-{ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  python3 -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__)"
-} 2>&1 | tee "$OUT/gpu.txt"
+record_environment transformers
 
 if [ "${AIOS_BENCH_SMOKE:-0}" = 1 ]; then
   section "smoke: the whole ladder on the tiny model, CPU, workloads x0.1"

@@ -11,17 +11,12 @@
 # Runs solutions/ (the reference engine). Needs fastapi and uvicorn (prometheus-client and httpx are
 # in the GPU image): when fastapi is missing and .whl/ holds wheels, they are installed into /tmp/site.
 set -u -o pipefail
-OUT=${OUT:-/tmp/aios_out}
+source "$(dirname "$0")/common.sh"
 PRESET=${PRESET:-0.6b}
 CONCURRENCY=${CONCURRENCY:-"1 16 64 256"}
 INPUT_LEN=${INPUT_LEN:-256}
 OUTPUT_LEN=${OUTPUT_LEN:-256}
 PORT=${PORT:-8765}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/solutions" PYTHONSAFEPATH=1 AIOS_IMPL=reference
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-
-section() { echo; echo "=== $* ($(date -u +%H:%M:%S))"; }
 
 section environment
 if command -v nvidia-smi >/dev/null; then

@@ -17,15 +17,10 @@
 # of a single layer (fast to write): `aios bench` uses load_format="dummy" and never reads them.
 # Each step has its own timeout so that a hang ends the step, not the whole call.
 set -u -o pipefail
+source "$(dirname "$0")/common.sh"
 MODE=${1:-all}
 TPS=${TPS:-"1 2"}
-OUT=${OUT:-/tmp/aios_out}
-mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/solutions" PYTHONSAFEPATH=1 AIOS_IMPL=reference
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-
-section() { echo; echo "=== $* ($(date -u +%H:%M:%S))"; }
 
 section environment
 nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
