@@ -24,7 +24,7 @@ from grader import board, hints
 from grader import curriculum as cur
 from grader.curriculum import Lesson
 from grader import progress as prog
-from grader.runner import RunResult, TestResult, run_pytest
+from grader.runner import RunResult, TestResult, cuda_available, run_pytest
 
 STUB_RE = re.compile(r"^NotImplementedError: (Lesson \d+: .*)$", re.M)
 
@@ -84,15 +84,6 @@ def _run_suite(curriculum: cur.Curriculum, lesson: Lesson, suite: str, impl: str
                       run_timeout=lesson.timeout, log_path=log)
 
 
-def _cuda_available() -> bool:
-    """Whether torch sees a CUDA device (False when torch is missing)."""
-    try:
-        import torch
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
-
-
 def _in_benchmarks(nodeid: str, benchmarks: tuple[str, ...]) -> bool:
     """Whether a test id lies in one of the lesson's benchmark files/folders/node ids."""
     return any(nodeid == b or nodeid.startswith(b.rstrip("/") + ("::" if b.endswith(".py") else "/"))
@@ -124,7 +115,7 @@ def benchmark_outcome(curriculum: cur.Curriculum, lesson: Lesson, visible: RunRe
     ran = [t for t in visible.tests if _in_benchmarks(t.nodeid, lesson.benchmarks)]
     if ran:
         return _summarise_benchmark(ran)
-    if not _cuda_available():
+    if not cuda_available():
         return {"status": "skipped", "detail": "needs a CUDA GPU"}
     run = run_pytest(curriculum.root, list(lesson.benchmarks), impl=impl, test_timeout=None,
                      run_timeout=lesson.timeout)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from grader import curriculum as cur
+from grader.runner import cuda_available
 from grader.stubgen import BEGIN_RE, END_RE, _extended_end, _functions, stub_message
 
 #: Lessons with a rung on the throughput ladder (``LADDER_STAGES`` in aios/bench/ladder.py).
@@ -177,15 +178,6 @@ def print_comparisons(printer: Printer, lesson: cur.Lesson, results: list[Functi
 
 
 # ---------------------------------------------------------------- throughput on a GPU
-
-
-def cuda_available() -> bool:
-    """Whether torch sees a CUDA GPU (False when torch is missing)."""
-    try:
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
 
 
 def _time_engine(tree_parent: Path, impl: str, lesson: int, out_dir: Path) -> dict:

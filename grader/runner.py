@@ -273,3 +273,12 @@ def _fold(events: list[dict], order: list[str], tests: dict[str, TestResult], re
             if event["when"] == "teardown":
                 running.pop(event["nodeid"], None)
     return list(running)
+
+
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA GPU in this process (False when torch is missing)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())

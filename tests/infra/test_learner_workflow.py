@@ -152,7 +152,7 @@ def test_grade_records_the_skipped_benchmark_and_the_board_shows_it(mini, capsys
 def test_benchmarks_outside_the_visible_suite_are_not_run_without_cuda(mini, monkeypatch):
     curriculum = cur.load(mini)
     lesson = curriculum.get(1)
-    monkeypatch.setattr(cli, "_cuda_available", lambda: False)
+    monkeypatch.setattr(cli, "cuda_available", lambda: False)
     monkeypatch.setattr(cli, "run_pytest", lambda *a, **k: pytest.fail("benchmarks ran without CUDA"))
     assert cli.benchmark_outcome(curriculum, lesson, runner.RunResult(), "learner") == {
         "status": "skipped", "detail": "needs a CUDA GPU"}
