@@ -62,23 +62,6 @@ def _activate(impl_dir: Path) -> None:
     os.environ["PYTHONSAFEPATH"] = "1"
 
 
-def _interpret_triton_without_cuda() -> None:
-    """Run Triton kernels in the interpreter when there is no GPU.
-
-    Triton reads ``TRITON_INTERPRET`` once, when it is first imported (its own
-    ``tl.sum``/``tl.max`` helpers are defined then). Any test that imports triton first,
-    even indirectly through ``torch.compile``, fixes the mode for the whole session, so
-    the switch belongs here, before any test module is imported.
-    """
-    try:
-        import torch
-    except ImportError:
-        return
-    if not torch.cuda.is_available():
-        os.environ.setdefault("TRITON_INTERPRET", "1")
-
-
-_interpret_triton_without_cuda()
 IMPL_LABEL, IMPL_DIR = resolve_impl(os.environ.get("AIOS_IMPL"))
 _activate(IMPL_DIR)
 os.environ["AIOS_IMPL"] = IMPL_LABEL if IMPL_LABEL != "path" else str(IMPL_DIR)
@@ -106,6 +89,13 @@ def _cuda_available() -> bool:
     except ImportError:
         return False
     return bool(torch.cuda.is_available())
+
+
+# Without a GPU, Triton kernels run in its interpreter. Triton reads TRITON_INTERPRET once, when it
+# is first imported (its own tl.sum/tl.max helpers are defined then), and any test may import it
+# first, even through torch.compile: so the switch is set here, before any test module is imported.
+if not _cuda_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config, items):
