@@ -11,11 +11,12 @@
 # comparison in extra_info), lessons4to8_summary.txt (tok/s of both stages and the ratio).
 # Everything runs against solutions/ (AIOS_IMPL=reference). The checkpoint is the 0.6b fixture,
 # made here; the benchmarks load it with load_format="dummy" (random weights, never read).
-# AIOS_BENCH_ROUNDS (default 2) sets the timed rounds per stage.
+# AIOS_BENCH_ROUNDS (default 2) sets the timed rounds per stage; LESSONS (default "4 5 6 7 8")
+# picks the lessons, e.g. LESSONS="7 8" to split the five over two GPUs.
 set -u -o pipefail
 source "$(dirname "$0")/common.sh"
-BENCHMARKS="tests/lesson04/test_l04_benchmark.py tests/lesson05/test_l05_benchmark.py tests/lesson06/test_l06_benchmark.py
-            tests/lesson07/test_l07_benchmark.py tests/lesson08/test_l08_benchmark.py"
+BENCHMARKS=""
+for n in ${LESSONS:-4 5 6 7 8}; do BENCHMARKS="$BENCHMARKS tests/lesson0$n/test_l0${n}_benchmark.py"; done
 
 record_environment transformers
 
