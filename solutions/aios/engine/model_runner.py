@@ -196,6 +196,20 @@ class ModelRunner:
         torch.cuda.synchronize()
         # END SOLUTION
 
+    def release_cuda_graphs(self) -> None:
+        """Drop the captured decode graphs and their static buffers; later decode steps run eagerly.
+
+        A tensor-parallel engine calls this before leaving its NCCL group: the graphs hold
+        the group's collectives, and NCCL waits for them before it frees a communicator.
+        """
+        if not self.graphs:
+            return
+        torch.cuda.synchronize()
+        self.graphs.clear()
+        self.graph_sizes = []
+        self.graph_inputs = None
+        torch.cuda.empty_cache()
+
     def _graph_forward(self, batch_size: int) -> None:
         """The decode forward a graph records: static inputs in, static hidden states out."""
         inputs = self.graph_inputs
