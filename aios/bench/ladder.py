@@ -40,6 +40,8 @@ from pathlib import Path
 
 import torch
 
+from aios.engine.llm_engine import release_device_memory
+
 #: The syllabus's speed-ups of stage N over the stage each lesson compares with
 #: (docs: 5x for the KV cache, 13x for batching at 32 requests, 1.5x for continuous batching).
 SYLLABUS_SPEEDUP = {4: 5.0, 5: 1.2, 6: 1.0, 7: 13.0, 8: 1.5}
@@ -377,7 +379,7 @@ def compare_lesson(lesson: int, model_dir, device: str, benchmark=None, rounds: 
     stage = build_stage(bench.baseline, model_dir, device, bench, workload, load_format)
     baseline = time_stage(stage, stage_workload(bench.baseline, bench, workload), device, rounds)
     stage.close()
-    _free_memory(device)
+    release_device_memory()
 
     stage = build_stage(bench.stage, model_dir, device, bench, workload, load_format)
     current_workload = stage_workload(bench.stage, bench, workload)
@@ -386,7 +388,7 @@ def compare_lesson(lesson: int, model_dir, device: str, benchmark=None, rounds: 
     else:
         current = _time_with_benchmark(benchmark, stage, current_workload, device, rounds)
     stage.close()
-    _free_memory(device)
+    release_device_memory()
     comparison = Comparison(lesson, current, baseline)
     if benchmark is not None:
         benchmark.extra_info.update(comparison.extra_info())
@@ -418,14 +420,6 @@ def _tokenizer_size(model_dir) -> int:
         return 1 << 30
     vocab = json.loads(path.read_text(encoding="utf-8")).get("model", {}).get("vocab", {})
     return len(vocab) or 1 << 30
-
-
-def _free_memory(device: str) -> None:
-    import gc
-
-    gc.collect()
-    if torch.device(device).type == "cuda":
-        torch.cuda.empty_cache()
 
 
 def benchmark_model_dir(preset: str | None = None) -> Path:
@@ -638,7 +632,7 @@ def run_stage(stage_number: int, model_dir, workload: Workload, options: LadderO
         return LadderRow(stage_number, name, LADDER_CHANGES[stage_number],
                          status=f"failed: {type(exc).__name__}: {exc}".splitlines()[0][:200])
     finally:
-        _free_memory(options.device)
+        release_device_memory()
 
 
 def run_ladder(model_dir, options: LadderOptions, rounds: int = 1, on_row=None) -> list[LadderRow]:

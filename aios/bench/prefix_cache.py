@@ -17,7 +17,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 
-import torch
+from aios.bench.ladder import synchronize
 
 #: The GPU benchmark's workload: 128 requests, a 2048-token system prompt, 8-24 user tokens, 16 output tokens.
 SHARED_PROMPT_WORKLOAD = {"num_requests": 128, "system_len": 2048, "user_len": (8, 24), "output_len": 16, "seed": 0}
@@ -44,11 +44,6 @@ def make_shared_prompt_workload(num_requests: int, system_len: int, user_len: tu
     return [system + [rng.randrange(vocab_size) for _ in range(rng.randint(*user_len))] for _ in range(num_requests)]
 
 
-def _sync(device: str) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
 def run_shared_prompt(llm, prompts: list[list[int]], output_len: int) -> PrefixRun:
     """Feed every prompt to ``llm`` and step until done; count prefilled tokens and time the run."""
     from aios.sampling_params import SamplingParams
@@ -57,7 +52,7 @@ def run_shared_prompt(llm, prompts: list[list[int]], output_len: int) -> PrefixR
     device = llm.config.device
     seqs = [llm.add_request(prompt, params) for prompt in prompts]
     prefill_tokens, prefill_seconds = 0, 0.0
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     while not llm.is_finished():
         step_start = time.perf_counter()
@@ -65,7 +60,7 @@ def run_shared_prompt(llm, prompts: list[list[int]], output_len: int) -> PrefixR
         if num_tokens > 0:
             prefill_tokens += num_tokens
             prefill_seconds += time.perf_counter() - step_start
-    _sync(device)
+    synchronize(device)
     seconds = time.perf_counter() - start
     return PrefixRun(llm.config.enable_prefix_caching, len(prompts), sum(map(len, prompts)), prefill_tokens,
                      sum(seq.num_completion_tokens for seq in seqs), seconds, prefill_seconds)
@@ -92,9 +87,7 @@ def compare_prefix_caching(model_dir, workload: dict | None = None, **options) -
                                               vocab, spec["seed"])
         warm_up(llm, vocab)
         runs[caching] = run_shared_prompt(llm, prompts, spec["output_len"])
-        del llm
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        llm.shutdown()
     off, on = runs[False], runs[True]
     return {
         "workload": spec,

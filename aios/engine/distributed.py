@@ -24,7 +24,9 @@ import os
 import pickle
 import socket
 import sys
+import threading
 import traceback
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -35,6 +37,8 @@ import torch.distributed as dist
 
 #: How long a collective may wait for the other ranks before it fails.
 COLLECTIVE_TIMEOUT = timedelta(seconds=int(os.environ.get("AIOS_TP_TIMEOUT_S", "300")))
+#: Seconds the driver gives NCCL to abort its communicators at shutdown.
+ABORT_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -97,19 +101,31 @@ def destroy_tensor_parallel() -> None:
     """Leave the group (if any) and become a group of one again.
 
     NCCL groups are aborted rather than destroyed: the engine leaves only after its workers
-    have exited, and a polite NCCL destroy can then wait for peers (and for CUDA graphs that
-    captured the communicator) that will never answer. Abort frees the communicator at once.
+    have exited, and a polite NCCL destroy would wait for peers that will never answer. Free
+    captured CUDA graphs first (``ModelRunner.release_cuda_graphs``): NCCL will not abort a
+    communicator that live graphs still use. The abort gets ``ABORT_TIMEOUT_S`` seconds; if
+    NCCL takes longer, the group is left to the process's exit, with a warning.
     """
     global _STATE
     if dist.is_available() and dist.is_initialized():
         abort = getattr(dist.distributed_c10d, "_abort_process_group", None)
         if _STATE.backend == "nccl" and abort is not None:
-            abort()
+            _run_with_deadline(abort, ABORT_TIMEOUT_S, "aborting the NCCL process group")
         else:
             dist.destroy_process_group()
     if _STATE.cpu_threads_before is not None:
         torch.set_num_threads(_STATE.cpu_threads_before)
     _STATE = ParallelState()
+
+
+def _run_with_deadline(function, timeout_s: float, what: str) -> None:
+    """Call ``function()`` on a daemon thread; warn and go on if it has not returned in ``timeout_s``."""
+    done = threading.Thread(target=function, name="aios-tp-teardown", daemon=True)
+    done.start()
+    done.join(timeout_s)
+    if done.is_alive():
+        warnings.warn(f"{what} did not finish in {timeout_s:.0f} s; leaving it to the process's exit",
+                      RuntimeWarning, stacklevel=3)
 
 
 def all_reduce(tensor: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,11 @@
 """The engine loop: tokenizer in, scheduler and model runner in the middle, text out."""
 
+import gc
 import json
 import math
 from pathlib import Path
+
+import torch
 
 from aios.config import Config
 from aios.engine.block_manager import BlockManager
@@ -32,6 +35,20 @@ def eos_token_ids(model_dir: str, tokenizer) -> set[int]:
         value = json.loads(path.read_text()).get("eos_token_id")
         ids.update(value if isinstance(value, list) else [value] if value is not None else [])
     return ids
+
+
+class ShutDownRunner:
+    """Stands in for the model runner after ``LLMEngine.shutdown``: any use says why it cannot work."""
+
+    def __getattr__(self, name):
+        raise RuntimeError("this engine has been shut down (shutdown() gave back its GPU memory): build a new LLM")
+
+
+def release_device_memory() -> None:
+    """Collect unreachable engines' tensors and return cached CUDA blocks, for the next engine to size its KV cache."""
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 class LLMEngine:
@@ -92,10 +109,16 @@ class LLMEngine:
         raise NotImplementedError("Lesson 8: implement LLMEngine.step in aios/engine/llm_engine.py — see exercises/lesson08/README.md, 'What to implement'")
 
     def shutdown(self) -> None:
-        """Stop the tensor-parallel worker processes, if any (lesson 14). Safe to call twice."""
+        """Stop the tensor-parallel workers, if any (lesson 14), and give back the weights, KV cache
+        and CUDA graphs, so that the next engine in this process has the GPU's memory. Safe to call twice;
+        the engine cannot generate afterwards."""
+        if isinstance(self.model_runner, ShutDownRunner):
+            return
         stop = getattr(self.model_runner, "shutdown", None)
         if stop is not None:
             stop()
+        self.model_runner = ShutDownRunner()
+        release_device_memory()
 
     def is_finished(self) -> bool:
         return self.scheduler.is_finished()

@@ -140,6 +140,20 @@ class ModelRunner:
         # Hint: then record it under torch.cuda.graph(graph, pool=...) with the Context set.
         raise NotImplementedError("Lesson 11: implement ModelRunner.capture_decode_graphs in aios/engine/model_runner.py — see exercises/lesson11/README.md, 'What to implement'")
 
+    def release_cuda_graphs(self) -> None:
+        """Drop the captured decode graphs and their static buffers; later decode steps run eagerly.
+
+        A tensor-parallel engine calls this before leaving its NCCL group: the graphs hold
+        the group's collectives, and NCCL waits for them before it frees a communicator.
+        """
+        if not self.graphs:
+            return
+        torch.cuda.synchronize()
+        self.graphs.clear()
+        self.graph_sizes = []
+        self.graph_inputs = None
+        torch.cuda.empty_cache()
+
     def _graph_forward(self, batch_size: int) -> None:
         """The decode forward a graph records: static inputs in, static hidden states out."""
         inputs = self.graph_inputs

@@ -277,10 +277,16 @@ def stop_workers(workers: list[WorkerHandle], timeout: float = STOP_TIMEOUT_S) -
         worker.conn.close()
 
 
-def _shutdown(workers: list[WorkerHandle], stopping: threading.Event) -> None:
-    """Stop the workers and leave the process group (the finalizer of a TensorParallelRunner)."""
+def _shutdown(workers: list[WorkerHandle], stopping: threading.Event, local_runner: list[ModelRunner]) -> None:
+    """Stop the workers, free the driver's CUDA graphs and leave the process group.
+
+    The finalizer of a TensorParallelRunner; ``local_runner`` holds the driver's ModelRunner once built.
+    """
     stopping.set()
     stop_workers(workers)
+    for runner in local_runner:
+        runner.release_cuda_graphs()
+    local_runner.clear()
     distributed.destroy_tensor_parallel()
 
 
@@ -296,12 +302,14 @@ class TensorParallelRunner:
         init_method = f"tcp://127.0.0.1:{distributed.free_port()}"
         self.workers = start_workers(config, init_method)
         self._stopping = threading.Event()
-        self._finalizer = weakref.finalize(self, _shutdown, self.workers, self._stopping)
+        self._local_runner: list[ModelRunner] = []
+        self._finalizer = weakref.finalize(self, _shutdown, self.workers, self._stopping, self._local_runner)
         try:
             await_message(self.workers, "hello", START_TIMEOUT_S)
             self._start_watchdog(config)
             distributed.init_tensor_parallel(0, config.tensor_parallel_size, init_method, config.device)
             self.runner = self._guarded(ModelRunner, config)
+            self._local_runner.append(self.runner)
             await_message(self.workers, "ready", START_TIMEOUT_S)
         except BaseException:
             self.shutdown()

@@ -55,7 +55,7 @@ bench_shape() {
     timeout "${BENCH_TIMEOUT:-280}" python3 -m aios bench --model "$model" --tensor-parallel-size "$tp" --no-progress \
       --json "$OUT/bench_${preset}_tp${tp}.json" > "$OUT/bench_${preset}_tp${tp}.log" 2>&1
     echo "exit code $?"; grep -E "engine ready|throughput|Error|error" "$OUT/bench_${preset}_tp${tp}.log" | tail -4
-    pgrep -f "multiprocessing.spawn" > /dev/null && echo "WARNING: a tensor-parallel worker outlived its driver"
+    pgrep -f "from multiprocessing.spawn import spawn_main" > /dev/null && echo "WARNING: a tensor-parallel worker outlived its driver"
   done
 }
 

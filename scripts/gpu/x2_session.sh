@@ -27,7 +27,7 @@ if [ "${PHASE0:-1}" = 1 ]; then
   say "phase 0: NCCL test"
   OUT="$WORK/tp" timeout "${GPUTEST_TIMEOUT:-180}" bash scripts/gpu/tp.sh gputest > "$WORK/tp/phase0_test.log" 2>&1
   echo "exit code $?"; grep -E "passed|failed|FAILED|ERROR" "$WORK/tp/phase0_test.log" | tail -6
-  pgrep -f "multiprocessing.spawn" > /dev/null && echo "WARNING: a tensor-parallel worker outlived the test"
+  pgrep -f "from multiprocessing.spawn import spawn_main" > /dev/null && echo "WARNING: a tensor-parallel worker outlived the test"
 fi
 
 # The default GPU 0 script: TP=1 benches of both shapes, each cut to the time left.

@@ -190,12 +190,7 @@ def engine_speed(model_dir, lesson: int, workload: dict, max_num_seqs: int, **ov
     try:
         return run_throughput(llm, use_tqdm=False, mode=f"lesson {lesson}", **workload)
     finally:
-        del llm
-        import gc
-
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        llm.shutdown()
 
 
 # ---------------------------------------------------------------- lesson benchmarks (GPU)
