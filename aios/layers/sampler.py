@@ -83,6 +83,24 @@ def apply_top_p(logits: torch.Tensor, top_ps: torch.Tensor) -> torch.Tensor:
     raise NotImplementedError("Lesson 12: implement apply_top_p in aios/layers/sampler.py — see exercises/lesson12/README.md, 'What to implement'")
 
 
+def top_k_candidates(
+    scaled: torch.Tensor, top_ks: torch.Tensor, sampled_rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Narrow the vocabulary to each row's K best tokens when no sampled row can draw beyond them.
+
+    scaled: [rows, vocab]; top_ks: [rows] (<= 0: no limit); sampled_rows: [rows] bool.
+    Returns (values [rows, K] in descending order, their token ids [rows, K]) with K the
+    largest top-k of the sampled rows, or None when some sampled row has no top-k limit.
+    Top-k and top-p then work on K columns instead of sorting the whole vocabulary.
+    """
+    vocab_size = scaled.shape[-1]
+    limited = (top_ks > 0) & (top_ks < vocab_size)
+    if not bool((limited | ~sampled_rows).all()):
+        return None
+    k_max = int(torch.where(sampled_rows, top_ks, torch.ones_like(top_ks)).max())
+    return scaled.topk(k_max, dim=-1)
+
+
 class Sampler:
     """Samples one token per row from softmax(logits / temperature), truncated by top-k then top-p.
 
@@ -103,6 +121,7 @@ class Sampler:
         steps: list[int] | None = None,
     ) -> torch.Tensor:
         # Hint: order matters: divide by the temperature, then top-k, then top-p (on the renormalised rest).
+        # Hint: when every sampled row has a top-k, top_k_candidates narrows the rows to K columns first.
         # Hint: the exponential race in log space: argmax(scaled - log(E)) with E ~ Exponential(1).
         raise NotImplementedError("Lesson 12: implement Sampler.__call__ in aios/layers/sampler.py — see exercises/lesson12/README.md, 'What to implement'")
 

@@ -144,6 +144,22 @@ def test_a_seeded_row_draws_the_same_token_whatever_shares_its_batch():
         assert batch[3] == alone[0]
 
 
+def test_a_seeded_top_k_row_draws_the_same_token_whether_the_batch_narrows_the_vocabulary_or_not():
+    """With top-k (and top-p) a seeded row draws the same token in a batch where every row has a top-k
+    (the sampler may work on K candidates) as in one with an unlimited row (the whole vocabulary)."""
+    torch.manual_seed(6)
+    logits = torch.randn(4, 300) * 3
+    for step in range(20):
+        seeds, steps = [11, 12, 13, 14], [step] * 4
+        top_ps = torch.tensor([1.0, 0.9, 0.8, 0.95])
+        narrowed = Sampler()(logits, torch.ones(4), top_ks=torch.tensor([5, 40, 3, 17]), top_ps=top_ps,
+                             seeds=seeds, steps=steps)
+        whole = Sampler()(logits, torch.ones(4), top_ks=torch.tensor([5, 40, 3, -1]), top_ps=top_ps,
+                          seeds=seeds, steps=steps)
+        assert narrowed[:3].tolist() == whole[:3].tolist()
+        assert logits[2].topk(3).indices.tolist().count(narrowed[2].item()) == 1
+
+
 @pytest.fixture(scope="module")
 def llm(tiny_model_dir):
     return LLM(tiny_model_dir, max_model_len=128, num_kvcache_blocks=64, **ENGINE_OPTIONS)

@@ -117,6 +117,24 @@ def apply_top_p(logits: torch.Tensor, top_ps: torch.Tensor) -> torch.Tensor:
     # END SOLUTION
 
 
+def top_k_candidates(
+    scaled: torch.Tensor, top_ks: torch.Tensor, sampled_rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Narrow the vocabulary to each row's K best tokens when no sampled row can draw beyond them.
+
+    scaled: [rows, vocab]; top_ks: [rows] (<= 0: no limit); sampled_rows: [rows] bool.
+    Returns (values [rows, K] in descending order, their token ids [rows, K]) with K the
+    largest top-k of the sampled rows, or None when some sampled row has no top-k limit.
+    Top-k and top-p then work on K columns instead of sorting the whole vocabulary.
+    """
+    vocab_size = scaled.shape[-1]
+    limited = (top_ks > 0) & (top_ks < vocab_size)
+    if not bool((limited | ~sampled_rows).all()):
+        return None
+    k_max = int(torch.where(sampled_rows, top_ks, torch.ones_like(top_ks)).max())
+    return scaled.topk(k_max, dim=-1)
+
+
 class Sampler:
     """Samples one token per row from softmax(logits / temperature), truncated by top-k then top-p.
 
@@ -143,13 +161,23 @@ class Sampler:
         sampled_rows = temperatures > 0
         safe_temperatures = torch.where(sampled_rows, temperatures, torch.ones_like(temperatures))
         scaled = logits / safe_temperatures.float().unsqueeze(1)
+        num_rows, vocab_size = scaled.shape
+        # Hint: when every sampled row has a top-k, top_k_candidates narrows the rows to K columns first.
+        candidates = top_k_candidates(scaled, top_ks, sampled_rows) if top_ks is not None else None
+        token_ids = None
+        if candidates is not None:
+            scaled, token_ids = candidates
         if top_ks is not None and bool(((top_ks > 0) & (top_ks < scaled.shape[-1])).any()):
             scaled = apply_top_k(scaled, top_ks)
         if top_ps is not None and bool((top_ps < 1).any()):
             scaled = apply_top_p(scaled, top_ps)
         # Hint: the exponential race in log space: argmax(scaled - log(E)) with E ~ Exponential(1).
-        noise = exponential_noise(scaled.shape[0], scaled.shape[1], seeds, steps, scaled.device)
+        noise = exponential_noise(num_rows, vocab_size, seeds, steps, scaled.device)
+        if token_ids is not None:
+            noise = noise.gather(1, token_ids)  # each candidate keeps its own token's noise
         sampled = (scaled - torch.log(noise)).argmax(dim=-1)
+        if token_ids is not None:
+            sampled = token_ids.gather(1, sampled.unsqueeze(1)).squeeze(1)
         return torch.where(sampled_rows, sampled, greedy)
         # END SOLUTION
 
