@@ -46,22 +46,19 @@ from aios.engine.llm_engine import release_device_memory
 #: (docs: 5x for the KV cache, 13x for batching at 32 requests, 1.5x for continuous batching).
 SYLLABUS_SPEEDUP = {4: 5.0, 5: 1.2, 6: 1.0, 7: 13.0, 8: 1.5}
 
-#: The ratios the GPU benchmarks assert. First measured on an H200 on 2026-11-29
-#: (scripts/gpu/lessons4to8.sh, 0.6b shape, bf16; docs/benchmarks.md), where the eager
-#: single-sequence loop costs ~37 ms per token however short the context: the CPU, launching
-#: ~30 small kernels per layer, sets the pace and hides the GPU work.
-#:   4: x1.03 with 384-512-token prompts, so recomputation was hidden behind that CPU time.
-#:      The workload now has ~4k-token prompts, where a no-cache step's GPU work (fp32
-#:      attention scores over 4k x 4k per head) is ~3x the CPU time; 1.5 is an estimate
-#:      from those measured costs, to be confirmed by the next GPU run.
-#:   5: x0.88 (ladder x0.74): pre-allocation saves memory and copies, not time, in a loop the
-#:      CPU bounds; 0.7 guards against a cache that is much slower than the growing one.
-#:   6: x0.82; 7: x4.31 (ladder x3.71); 8: not reached in that run (ladder x0.88).
-#:   8: with lesson 7's attention (a PyTorch loop over the sequences) part of a step's cost is
-#:      paid per sequence, so refilling places gains little on evenly spread output lengths
-#:      (ladder x0.88, tiny model on a CPU x1.07). The workload now has one long request per
-#:      batch (tiny model on a CPU: x1.41; a scheduler that never refills scores ~x1.0);
-#:      1.1 is set from that and the ladder's per-step costs, to be confirmed on a GPU.
+#: The ratios the GPU benchmarks assert, set from H200 runs (scripts/gpu/lessons4to8.sh, 0.6b
+#: shape, bf16; docs/benchmarks.md) where the eager single-sequence loop costs ~37 ms per token
+#: however short the context: the CPU, launching ~30 small kernels per layer, sets the pace.
+#: Measured 2026-11-30 (2026-11-29 in brackets):
+#:   4: x4.03 on ~4k-token prompts, where recomputing the context costs ~4x a cached step's
+#:      CPU time (x1.03 on 384-512-token prompts, where the CPU time hid the recomputation).
+#:   5: x0.875 (x0.88; ladder x0.74): pre-allocation saves memory and copies, not time, in a loop
+#:      the CPU bounds; 0.7 guards against a cache that is much slower than the growing one.
+#:   6: x0.91 (x0.82).   7: x4.32 (x4.31; ladder x3.71).
+#:   8: x1.32 on a workload with one 256-token request per batch of 16. With lesson 7's attention
+#:      (a PyTorch loop over the sequences) part of a step's cost is paid per sequence, so
+#:      refilling places gains little on evenly spread output lengths (ladder x0.88); a
+#:      scheduler that never refills scores ~x1.0 here.
 MIN_SPEEDUP = {4: 1.5, 5: 0.7, 6: 0.5, 7: 3.0, 8: 1.1}
 
 
