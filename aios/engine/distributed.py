@@ -124,7 +124,7 @@ def _run_with_deadline(function, timeout_s: float, what: str) -> None:
     done.start()
     done.join(timeout_s)
     if done.is_alive():
-        warnings.warn(f"{what} did not finish in {timeout_s:.0f} s; leaving it to the process's exit",
+        warnings.warn(f"{what} did not finish in {timeout_s:g} s; leaving it to the process's exit",
                       RuntimeWarning, stacklevel=3)
 
 

@@ -35,3 +35,21 @@ def test_generate_after_shutdown_says_so(tiny_model_dir):
     llm.shutdown()
     with pytest.raises(RuntimeError, match="shut down"):
         llm.generate([[3, 4, 5]], GREEDY, use_tqdm=False)
+
+
+def test_a_teardown_step_that_hangs_is_given_up_with_a_warning():
+    """Leaving an NCCL group runs under a deadline: a call that hangs gives a RuntimeWarning, not a hung process."""
+    import threading
+    import time
+
+    from aios.engine.distributed import _run_with_deadline
+
+    release = threading.Event()
+    start = time.monotonic()
+    with pytest.warns(RuntimeWarning, match="did not finish in 0.2 s"):
+        _run_with_deadline(release.wait, 0.2, "a stuck abort")
+    assert time.monotonic() - start < 5
+    release.set()
+    finished = []
+    _run_with_deadline(lambda: finished.append(True), 5.0, "a quick abort")
+    assert finished == [True]
