@@ -83,34 +83,22 @@ def shared_env(session: nox.Session) -> str:
     return str(python)
 
 
-def _grade_session(lesson: int):
-    """Make the session that grades one lesson."""
+def _lesson_session(command: str, lesson: int, doc: str):
+    """Make the session ``<command>-lesson<N>``: runs ``python -m grader <command> N [posargs]``."""
 
-    def grade_lesson(session: nox.Session) -> None:
+    def lesson_session(session: nox.Session) -> None:
         python = shared_env(session)
-        session.run(python, "-m", "grader", "grade", str(lesson), *session.posargs, external=True)
+        session.run(python, "-m", "grader", command, str(lesson), *session.posargs, external=True)
 
-    grade_lesson.__doc__ = f"Grade lesson {lesson} (visible then hidden tests)."
-    return nox.session(name=f"grade-lesson{lesson}", venv_backend="none")(grade_lesson)
+    lesson_session.__doc__ = doc
+    return nox.session(name=f"{command}-lesson{lesson}", venv_backend="none")(lesson_session)
 
 
 for _lesson in LESSONS:
-    globals()[f"grade_lesson{_lesson}"] = _grade_session(_lesson)
-
-
-def _compare_session(lesson: int):
-    """Make the session that compares one lesson's functions with the reference."""
-
-    def compare_lesson(session: nox.Session) -> None:
-        python = shared_env(session)
-        session.run(python, "-m", "grader", "compare", str(lesson), *session.posargs, external=True)
-
-    compare_lesson.__doc__ = f"Lesson {lesson}: your functions beside the reference's (and both engines' tok/s on a GPU)."
-    return nox.session(name=f"compare-lesson{lesson}", venv_backend="none")(compare_lesson)
-
-
-for _lesson in LESSONS:
-    globals()[f"compare_lesson{_lesson}"] = _compare_session(_lesson)
+    globals()[f"grade_lesson{_lesson}"] = _lesson_session(
+        "grade", _lesson, f"Grade lesson {_lesson} (visible then hidden tests).")
+    globals()[f"compare_lesson{_lesson}"] = _lesson_session(
+        "compare", _lesson, f"Lesson {_lesson}: your functions beside the reference's (and both engines' tok/s on a GPU).")
 
 
 @nox.session(venv_backend="none")
