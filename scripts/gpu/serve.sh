@@ -7,6 +7,7 @@
 #
 #   bash scripts/gpu/serve.sh
 #   PRESET=tiny CONCURRENCY="1 4" INPUT_LEN=32 OUTPUT_LEN=32 bash scripts/gpu/serve.sh   # a CPU dry run
+#   SERVE_MODEL=/path/to/Qwen3-0.6B bash scripts/gpu/serve.sh   # a real checkpoint, its own weights and tokenizer
 #
 # Runs solutions/ (the reference engine). Needs fastapi and uvicorn (prometheus-client and httpx are
 # in the GPU image): when fastapi is missing and .whl/ holds wheels, they are installed into /tmp/site.
@@ -30,12 +31,17 @@ fi
 python3 -c "import torch, fastapi, uvicorn, prometheus_client, httpx; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'fastapi', fastapi.__version__, 'uvicorn', uvicorn.__version__)" \
   | tee -a "$OUT/gpu.txt" || { echo "the server needs fastapi, uvicorn, prometheus-client and httpx"; exit 1; }
 
-section "checkpoint ($PRESET shape; the server uses random weights and reads only config.json and the tokenizer)"
-MODEL=/tmp/aios_serve_$PRESET
-[ -f "$MODEL/config.json" ] || python3 -m aios make-model "$PRESET" "$MODEL" --force || exit 1
+if [ -n "${SERVE_MODEL:-}" ]; then
+  MODEL=$SERVE_MODEL NAME=$(basename "$SERVE_MODEL") LOAD_FORMAT=safetensors
+  section "checkpoint $MODEL (its own weights and tokenizer)"
+else
+  MODEL=/tmp/aios_serve_$PRESET NAME=qwen3-$PRESET LOAD_FORMAT=dummy
+  section "checkpoint ($PRESET shape; the server uses random weights and reads only config.json and the tokenizer)"
+  [ -f "$MODEL/config.json" ] || python3 -m aios make-model "$PRESET" "$MODEL" --force || exit 1
+fi
 
 section "aios serve on 127.0.0.1:$PORT"
-python3 -m aios serve --model "$MODEL" --load-format dummy --port "$PORT" --served-model-name "qwen3-$PRESET" \
+python3 -m aios serve --model "$MODEL" --load-format "$LOAD_FORMAT" --port "$PORT" --served-model-name "$NAME" \
   --log-level warning > "$OUT/server.log" 2>&1 &
 SERVER=$!
 stop_server() { kill "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null; }
@@ -53,7 +59,7 @@ head -5 "$OUT/server.log"
 for C in $CONCURRENCY; do
   N=$(( C * 4 )); [ "$N" -lt 16 ] && N=16; [ "$N" -gt 1024 ] && N=1024
   section "bench-serve: concurrency $C, $N requests, $INPUT_LEN prompt tokens, $OUTPUT_LEN output tokens"
-  timeout 300 python3 -m aios bench-serve --base-url "$BASE" --model "qwen3-$PRESET" --tokenizer "$MODEL" \
+  timeout 300 python3 -m aios bench-serve --base-url "$BASE" --model "$NAME" --tokenizer "$MODEL" \
     --num-prompts "$N" --max-concurrency "$C" --input-len "$INPUT_LEN" --output-len "$OUTPUT_LEN" \
     --duration 240 --request-timeout 240 --no-progress --result-json "$OUT/bench_c$C.json" 2>&1 | tee "$OUT/bench_c$C.log"
   { echo "## concurrency $C ($N requests, in $INPUT_LEN / out $OUTPUT_LEN)"; grep -v "^wrote" "$OUT/bench_c$C.log"; echo; } \
