@@ -80,6 +80,7 @@ def pytest_configure(config):
     """Register the project's markers."""
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped with a reason without one")
     config.addinivalue_line("markers", "benchmark_gpu: a GPU benchmark (pytest-benchmark); skipped without CUDA")
+    config.addinivalue_line("markers", "hint(n): the lesson README's hint n (1-based) addresses this test's failure")
 
 
 def _cuda_available() -> bool:
