@@ -6,6 +6,7 @@
     nox -s selfcheck           # reference passes, stubs fail, aios/ up to date
     nox -s tests               # every visible suite + tests/infra against the reference
     nox -s stubgen             # regenerate aios/ from solutions/aios/ (-- --check to only compare)
+    nox -s mutants             # maintainers: every catalogued bug fails its lesson's tests (docs/mutants.md)
 
 Environment choice: every session shares ONE virtual environment, ``.nox/aios``, made once
 with ``--system-site-packages`` (nox's own per-session environments would each download
@@ -155,3 +156,10 @@ def ladder(session: nox.Session) -> None:
     env = {"PYTHONPATH": str(ROOT / "solutions"), "PYTHONSAFEPATH": "1"}
     session.run(python, "-m", "aios.bench.ladder", "--ladder", "--out", str(VENV.parent / "ladder"),
                 *session.posargs, external=True, env=env)
+
+
+@nox.session(venv_backend="none")
+def mutants(session: nox.Session) -> None:
+    """The mutant catalogue: each planted bug must fail its lesson's tests (-- --lessons 1,6, -- --sample 1 --seed 7)."""
+    python = shared_env(session)
+    session.run(python, "-m", "grader", "mutants", *session.posargs, external=True)

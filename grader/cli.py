@@ -6,6 +6,7 @@
     python -m grader selfcheck [--lessons 1,2]
     python -m grader watch [N]                 (grader/watch.py)
     python -m grader checkout-reference N      (grader/catchup.py; restore-mine N undoes it)
+    python -m grader mutants [--lessons 1,6]   (grader/mutants/run.py; maintainers only)
 
 ``--root DIR`` (or ``$AIOS_ROOT``) points the grader at another checkout.
 Exit status of ``grade``: 0 passed, 1 not passed, 2 refused (locked, coming, unknown).
@@ -278,13 +279,20 @@ def build_parser() -> argparse.ArgumentParser:
 #: Modules that add their own subcommands: each has ``register(subparsers)``, which adds its
 #: parsers and sets ``handler=function(args, curriculum) -> int`` through ``set_defaults``.
 COMMAND_MODULES = ("catchup", "watch", "classroom", "release", "compare")
+#: Maintainer-only command modules, registered when present. grader/release.py ships
+#: COMMAND_MODULES; these never leave the instructor's repository (the mutant catalogue
+#: holds solution code), so the student's grader simply has no such subcommand.
+MAINTAINER_COMMAND_MODULES = ("mutants.run",)
 
 
 def _command_modules() -> list:
-    """Import the modules listed in ``COMMAND_MODULES``."""
+    """Import the modules listed in ``COMMAND_MODULES`` and the maintainer ones that exist."""
     import importlib
+    import importlib.util
 
-    return [importlib.import_module(f"grader.{name}") for name in COMMAND_MODULES]
+    modules = [importlib.import_module(f"grader.{name}") for name in COMMAND_MODULES]
+    present = [n for n in MAINTAINER_COMMAND_MODULES if importlib.util.find_spec(f"grader.{n.split('.')[0]}")]
+    return modules + [importlib.import_module(f"grader.{name}") for name in present]
 
 
 def main(argv: list[str] | None = None) -> int:

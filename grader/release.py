@@ -55,8 +55,10 @@ STUDENT_INFRA_TESTS = ("tests/infra/test_fixtures.py", "tests/infra/test_samplin
 #: Grader modules always shipped; cli.COMMAND_MODULES and every grader module they import join them.
 GRADER_MODULES = ("__init__", "__main__", "cli", "board", "curriculum", "hints", "progress", "runner", "classroom")
 GRADER_DATA = ("grader/curriculum.toml", "grader/_pytest/aios_grader_report.py", "grader/templates")
+#: Maintainer material, in neither tree: the mutant catalogue is solution code with bugs planted.
+MAINTAINER_ONLY = ("grader/mutants/",)
 #: Never in the student tree, whatever the lists above say.
-FORBIDDEN_PREFIXES = ("solutions/", "grader/hidden/")
+FORBIDDEN_PREFIXES = ("solutions/", "grader/hidden/") + MAINTAINER_ONLY
 SKIP_NAMES = {"__pycache__", ".pytest_cache", ".mypy_cache", ".DS_Store"}
 SKIP_SUFFIXES = (".pyc", ".pyo")
 MARKER_LINE = re.compile(r"^\s*#\s*(BEGIN|END) SOLUTION\b", re.M)
@@ -239,6 +241,9 @@ def bundle_files(curriculum: Curriculum) -> dict[str, bytes]:
         paths += [p for p in (lesson.visible, lesson.hidden) if (root / p).exists()]
     files = _collect(root, paths)
     files["README.md"] = (TEMPLATES / "bundle_README.md").read_bytes()
+    forbidden = [p for p in files if p.startswith(MAINTAINER_ONLY)]
+    if forbidden:
+        raise ReleaseError("the bundle's allow-list reaches into maintainer folders: " + ", ".join(sorted(forbidden)))
     return files
 
 

@@ -148,6 +148,18 @@ def check_lesson(curriculum: Curriculum, lesson: Lesson, reference: list[TestRes
     report.row(f"{lesson.id} {lesson.title}", ref, stub_cell, problems, f"lesson {lesson.id}")
 
 
+def mutant_summary(root: Path) -> str:
+    """The mutant catalogue's size and recorded kill rate (grader/mutants); no mutant is run here."""
+    try:
+        from grader.mutants import summary_line
+    except ImportError:  # the student repository has no catalogue
+        return "mutant catalogue: not in this repository"
+    try:
+        return summary_line(root)
+    except Exception as exc:  # a catalogue being edited must not break the honesty checks
+        return f"mutant catalogue: cannot be loaded: {exc}"
+
+
 def run(curriculum: Curriculum, only: list[int] | None = None, skip_infra: bool = False) -> int:
     """Run all checks, print the table, return the exit status."""
     started = time.monotonic()
@@ -170,6 +182,7 @@ def run(curriculum: Curriculum, only: list[int] | None = None, skip_infra: bool 
     for defect in defects:
         out.print("[red]DEFECT[/] ", end="")
         out.print(defect, markup=False, soft_wrap=True)
+    out.print(mutant_summary(curriculum.root), markup=False)
     out.print(f"selfcheck took {time.monotonic() - started:.0f} s")
     print(f"selfcheck: {report.good} passed, {len(defects)} failed")
     return 1 if defects else 0

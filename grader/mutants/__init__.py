@@ -15,11 +15,14 @@ to students nor in the autograder bundle (grader/release.py).
 from __future__ import annotations
 
 import importlib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 CATALOGUE_RE = re.compile(r"^lesson(\d\d)\.py$")
+#: Where ``python -m grader mutants --record`` keeps the last full run of each lesson.
+RESULTS_FILE = "docs/mutants-results.json"
 
 
 class CatalogueError(Exception):
@@ -83,3 +86,32 @@ def load(lessons: list[int] | None = None) -> list[Mutant]:
     if duplicates:
         raise CatalogueError("duplicate mutant names: " + ", ".join(duplicates))
     return mutants
+
+
+def summary_line(root: Path) -> str:
+    """One line for the selfcheck summary: the catalogue's size and the recorded kill rate.
+
+    Reads the results file written by ``--record``; it never runs a mutant.
+    """
+    mutants = load()
+    lessons = sorted({m.lesson for m in mutants})
+    line = f"mutant catalogue: {len(mutants)} mutants in {len(lessons)} lessons"
+    try:
+        recorded = json.loads((root / RESULTS_FILE).read_text(encoding="utf-8"))["lessons"]
+    except (OSError, ValueError, KeyError):
+        return line + f"; no recorded run ({RESULTS_FILE}; python -m grader mutants --record)"
+    runs = [recorded[str(lesson)] for lesson in lessons if str(lesson) in recorded]
+    if not runs:
+        return line + f"; no recorded run of these lessons in {RESULTS_FILE}"
+    killed, total = sum(r["killed"] for r in runs), sum(r["mutants"] for r in runs)
+    dates = sorted({r["date"] for r in runs})
+    when = dates[0] if len(dates) == 1 else f"{dates[0]} .. {dates[-1]}"
+    unrecorded = [str(lesson) for lesson in lessons if str(lesson) not in recorded]
+    stale = [str(lesson) for lesson in lessons if str(lesson) in recorded
+             and recorded[str(lesson)]["mutants"] != sum(m.lesson == lesson for m in mutants)]
+    line += f"; last full run {when}: {killed}/{total} killed ({RESULTS_FILE})"
+    if unrecorded:
+        line += f"; never run in full: lessons {', '.join(unrecorded)}"
+    if stale:
+        line += f"; catalogue changed since: lessons {', '.join(stale)}"
+    return line

@@ -1,30 +1,41 @@
 """``python -m grader mutants``: plant each catalogued bug in a copy of the reference and grade it.
 
-    python -m grader mutants [--lessons 1,6] [--only NAME[,NAME]] [--sample K --seed S] [--json FILE]
+    python -m grader mutants [--lessons 1,6] [--only NAME[,NAME]] [--sample K --seed S]
+                             [--jobs N] [--json FILE] [--record]
 
 For each mutant: copy ``solutions/aios`` to a scratch folder, apply the mutant, and run the
 lesson's visible then hidden suite through the grader's runner (``grader/runner.py``, the
 same per-test timeouts and crash handling as ``grade``), stopping at the first failure.
-A mutant is *killed* when a test fails, errors, times out or crashes; it *survived* when
-every test that ran passed. Exit status: 0 when every mutant run was killed, 1 otherwise,
-2 on bad input.
+Both suites go in one pytest process (visible files first) unless two of their files would
+import under the same module name (``selfcheck.batches``): one interpreter start-up, torch
+imported once. A mutant is *killed* when a test fails, errors, times out or crashes; it
+*survived* when every test that ran passed.
+
+``--sample K --seed S`` runs K mutants per lesson, chosen with seed S (CI runs a rotating
+sample; the seed is printed so that a run can be repeated). ``--record`` writes the figures
+of each lesson run in full to ``docs/mutants-results.json``, which ``selfcheck`` reports.
+
+Exit status: 0 when every mutant run was killed, 1 otherwise, 2 on bad input.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import random
 import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from grader import curriculum as cur
-from grader.mutants import CatalogueError, Mutant, load
+from grader.mutants import RESULTS_FILE, CatalogueError, Mutant, load
 from grader.runner import run_pytest
+from grader.selfcheck import batches
 
 
 @dataclass
@@ -38,6 +49,11 @@ class Outcome:
     message: str = ""
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def lesson(self) -> int:
+        """The lesson number from ``lessonNN/name``."""
+        return int(self.key[6:8])
 
 
 def plant(root: Path, mutant: Mutant, scratch: Path) -> Path:
@@ -54,25 +70,33 @@ def plant(root: Path, mutant: Mutant, scratch: Path) -> Path:
     return tree
 
 
+def _first_line(text: str) -> str:
+    """The last non-blank line of a failure message (pytest's crash line), shortened."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:200] if lines else ""
+
+
 def grade_mutant(curriculum: cur.Curriculum, mutant: Mutant, scratch: Path) -> Outcome:
-    """Run the mutant's lesson suites (visible, then hidden) until a test kills it."""
+    """Run the mutant's lesson suites (visible first, then hidden) until a test kills it."""
     lesson = curriculum.get(mutant.lesson)
-    tree = plant(curriculum.root, mutant, scratch)
+    root = curriculum.root
+    tree = plant(root, mutant, scratch)
     started = time.monotonic()
     outcome = Outcome(mutant.key, mutant.bug, killed=False)
-    for suite in (lesson.visible, lesson.hidden):
-        if not (curriculum.root / suite).exists():
-            continue
-        run = run_pytest(curriculum.root, [suite], impl=str(tree), test_timeout=lesson.test_timeout,
-                         run_timeout=lesson.timeout, extra_args=["-x", "-p", "no:randomly"])
-        bad = [t for t in run.collect_errors + run.tests if not t.ok and t.outcome != "not run"]
-        outcome.notes += run.notes
-        if bad:
-            outcome.killed, outcome.killer = True, bad[0].nodeid
-            outcome.message = bad[0].message.strip().splitlines()[-1][:200] if bad[0].message.strip() else bad[0].outcome
-            break
-    outcome.seconds = time.monotonic() - started
-    shutil.rmtree(tree, ignore_errors=True)
+    suites = [s for s in (lesson.visible, lesson.hidden) if (root / s).exists()]
+    try:
+        for group in batches(root, suites):
+            run = run_pytest(root, group, impl=str(tree), test_timeout=lesson.test_timeout,
+                             run_timeout=lesson.timeout, extra_args=["-x", "-p", "no:randomly"])
+            outcome.notes += run.notes
+            bad = [t for t in run.collect_errors + run.tests if not t.ok and t.outcome != "not run"]
+            if bad:
+                outcome.killed, outcome.killer = True, bad[0].nodeid
+                outcome.message = _first_line(bad[0].message) or bad[0].outcome
+                break
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
+    outcome.seconds = round(time.monotonic() - started, 1)
     return outcome
 
 
@@ -95,11 +119,12 @@ def choose(mutants: list[Mutant], only: str | None, sample: int | None, seed: in
     return chosen
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m grader.mutants``."""
-    parser = argparse.ArgumentParser(prog="python -m grader mutants", description=__doc__.splitlines()[0])
+def register(subparsers) -> None:
+    """Add the ``mutants`` subcommand to ``python -m grader`` (maintainers only: never shipped)."""
+    parser = subparsers.add_parser("mutants", help="maintainers: grade the mutant catalogue (planted bugs)",
+                                   description=__doc__.splitlines()[0])
     add_arguments(parser)
-    return run(parser.parse_args(argv), cur.load(None))
+    parser.set_defaults(handler=run)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -108,38 +133,95 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only", help="comma-separated mutant names (name or lessonNN/name)")
     parser.add_argument("--sample", type=int, help="run this many mutants per lesson, chosen with --seed")
     parser.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
+    parser.add_argument("--jobs", type=int, default=1, help="mutants graded at once (default 1)")
     parser.add_argument("--json", dest="json_file", metavar="FILE", help="write every outcome as JSON")
+    parser.add_argument("--record", action="store_true",
+                        help=f"record the figures of each lesson run in full in {RESULTS_FILE}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m grader.mutants``."""
+    parser = argparse.ArgumentParser(prog="python -m grader mutants", description=__doc__.splitlines()[0])
+    parser.add_argument("--root", help="repository root (default: $AIOS_ROOT or this checkout)")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return run(args, cur.load(args.root))
+
+
+def command_line(args) -> str:
+    """The command that repeats this run (for the printed seed and the record)."""
+    words = ["python -m grader mutants"]
+    for option in ("lessons", "only", "sample"):
+        if getattr(args, option):
+            words.append(f"--{option} {getattr(args, option)}")
+    if args.sample:
+        words.append(f"--seed {args.seed}")
+    return " ".join(words)
 
 
 def run(args, curriculum: cur.Curriculum) -> int:
     """Grade the chosen mutants, print one line each and a summary per lesson."""
     try:
-        lessons = [int(x) for x in args.lessons.split(",")] if args.lessons else None
-        mutants = choose(load(lessons), args.only, args.sample, args.seed)
-    except (CatalogueError, ValueError) as exc:
+        lessons = [int(x) for x in args.lessons.split(",") if x.strip()] if args.lessons else None
+        catalogue = load(lessons)
+        mutants = choose(catalogue, args.only, args.sample, args.seed)
+        for mutant in mutants:
+            curriculum.get(mutant.lesson)
+    except (CatalogueError, ValueError, KeyError) as exc:
         print(f"mutants: {exc}", file=sys.stderr)
         return 2
-    outcomes: list[Outcome] = []
+    print(f"mutants: {len(mutants)} of {len(catalogue)} catalogued; repeat with: {command_line(args)}", flush=True)
     with tempfile.TemporaryDirectory(prefix="aios-mutants-") as scratch:
-        for mutant in mutants:
-            try:
-                outcome = grade_mutant(curriculum, mutant, Path(scratch))
-            except CatalogueError as exc:
-                print(f"mutants: {exc}", file=sys.stderr)
-                return 2
-            outcomes.append(outcome)
+
+        def one(mutant: Mutant) -> Outcome:
+            outcome = grade_mutant(curriculum, mutant, Path(scratch))
             verdict = f"killed by {outcome.killer}" if outcome.killed else "SURVIVED"
-            print(f"{outcome.key:<55} {verdict} ({outcome.seconds:.0f} s)", flush=True)
+            print(f"{outcome.key:<50} {verdict} ({outcome.seconds:.0f} s)", flush=True)
+            return outcome
+
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+                outcomes = list(pool.map(one, mutants))
+        except CatalogueError as exc:
+            print(f"mutants: {exc}", file=sys.stderr)
+            return 2
     summary(outcomes)
     if args.json_file:
-        Path(args.json_file).write_text(json.dumps([o.__dict__ for o in outcomes], indent=2), encoding="utf-8")
+        Path(args.json_file).write_text(json.dumps([asdict(o) for o in outcomes], indent=2) + "\n", encoding="utf-8")
+    if args.record:
+        full = [lesson for lesson in sorted({m.lesson for m in catalogue})
+                if sum(o.lesson == lesson for o in outcomes) == sum(m.lesson == lesson for m in catalogue)]
+        record(curriculum.root / RESULTS_FILE, outcomes, full, command_line(args))
     return 0 if all(o.killed for o in outcomes) else 1
 
 
 def summary(outcomes: list[Outcome]) -> None:
-    """Killed/total per lesson and overall."""
-    lessons = sorted({int(o.key[6:8]) for o in outcomes})
+    """Killed/total per lesson (with the survivors) and overall."""
+    for lesson in sorted({o.lesson for o in outcomes}):
+        mine = [o for o in outcomes if o.lesson == lesson]
+        survivors = [o.key.split("/", 1)[1] for o in mine if not o.killed]
+        extra = f"; survived: {', '.join(survivors)}" if survivors else ""
+        print(f"lesson {lesson:2d}: {sum(o.killed for o in mine)}/{len(mine)} killed{extra}")
+    seconds = sum(o.seconds for o in outcomes)
+    print(f"mutants: {sum(o.killed for o in outcomes)} killed, {sum(not o.killed for o in outcomes)} survived "
+          f"({seconds:.0f} s of grading)")
+
+
+def record(path: Path, outcomes: list[Outcome], lessons: list[int], command: str) -> None:
+    """Merge the figures of the lessons run in full into the results file (other lessons kept)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = {}
+    entries = data.setdefault("lessons", {})
+    today = dt.datetime.now(dt.timezone.utc).date().isoformat()
     for lesson in lessons:
-        mine = [o for o in outcomes if int(o.key[6:8]) == lesson]
-        print(f"lesson {lesson:2d}: {sum(o.killed for o in mine)}/{len(mine)} killed")
-    print(f"mutants: {sum(o.killed for o in outcomes)} killed, {sum(not o.killed for o in outcomes)} survived")
+        mine = [o for o in outcomes if o.lesson == lesson]
+        entries[str(lesson)] = {
+            "date": today, "command": command, "mutants": len(mine), "killed": sum(o.killed for o in mine),
+            "survived": [o.key for o in mine if not o.killed], "seconds": round(sum(o.seconds for o in mine)),
+        }
+    data["lessons"] = dict(sorted(entries.items(), key=lambda kv: int(kv[0])))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    print(f"mutants: recorded lessons {', '.join(map(str, lessons)) or '(none run in full)'} in {path}")

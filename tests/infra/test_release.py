@@ -125,6 +125,13 @@ def test_bundle_holds_the_hidden_suites_and_the_archive_matches(released):
     assert members == {f"autograder/{rel}": p.read_bytes() for rel, p in bundle.items()}
 
 
+def test_mutant_catalogue_ships_in_neither_tree(released):
+    """grader/mutants/ (solution code with planted bugs) stays in the instructor's repository."""
+    assert (REPO / "grader" / "mutants" / "__init__.py").is_file()
+    for tree in ("student", "autograder"):
+        assert not [p for p in files_under(released / tree) if p.startswith("grader/mutants")], tree
+
+
 def test_archive_is_reproducible(released):
     files = {rel: p.read_bytes() for rel, p in files_under(released / "autograder").items()}
     assert release.pack(files, "autograder") == (released / "autograder.tar.gz").read_bytes()
