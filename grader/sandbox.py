@@ -3,8 +3,8 @@
 The interface the grader uses (the learner worker of grader/remote/ and the runner's child
 pytest alike)::
 
-    proc = sandbox.spawn(argv, cwd=DIR, env=ENV, writable=(SCRATCH,), readable=(TREE,),
-                         hidden=(BUNDLE, WORKSPACE), stdin=..., stdout=..., stderr=...)
+    proc = sandbox.spawn(argv, cwd=SCRATCH, env=ENV, writable=(SCRATCH,), readable=(TREE,),
+                         hidden=(BUNDLE, WORKSPACE), pass_fds=(fd,), stdin=..., stdout=..., stderr=...)
     ...
     sandbox.kill_tree(proc)     # every process the command started is gone when this returns
     sandbox.describe()          # one line for the output: what isolation is in force
@@ -207,11 +207,13 @@ def _set_limits(limits: dict[str, int]) -> None:
 
 
 def spawn(argv: list[str], *, cwd: str | os.PathLike, env: dict[str, str], writable=(), readable=(), hidden=(),
-          as_learner: bool = True, stdin=None, stdout=None, stderr=None) -> subprocess.Popen:
+          as_learner: bool = True, pass_fds=(), stdin=None, stdout=None, stderr=None) -> subprocess.Popen:
     """Start ``argv`` in the sandbox (see the module docstring); return its Popen.
 
     ``env`` is the whole environment of the command (nothing is inherited). ``cwd`` should be
-    one of ``writable`` when ``as_learner``.
+    one of ``writable`` when ``as_learner``. ``pass_fds`` stay open in the command, like
+    Popen's: a ``socket.socketpair()`` end is the way to talk to it (the network namespace
+    has no route to the grader's TCP ports; a Unix socket file in a ``readable`` folder works too).
     """
     iso = probe()
     limits = _limits()
@@ -229,12 +231,12 @@ def spawn(argv: list[str], *, cwd: str | os.PathLike, env: dict[str, str], writa
                 os.setgid(iso.gid)
                 os.setuid(iso.uid)
         return subprocess.Popen(argv, cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr,
-                                start_new_session=True, preexec_fn=preexec)
+                                pass_fds=pass_fds, start_new_session=True, preexec_fn=preexec)
     plan = {"limits": limits, "hidden": [str(Path(h).resolve()) for h in hidden], "cwd": str(cwd),
             "uid": iso.uid if learner else None, "gid": iso.gid if learner else None}
     launcher = [*UNSHARE, "--", sys.executable, "-I", str(Path(__file__).resolve()), json.dumps(plan), *argv]
     return subprocess.Popen(launcher, cwd="/", env=env, stdin=stdin, stdout=stdout, stderr=stderr,
-                            start_new_session=True)
+                            pass_fds=pass_fds, start_new_session=True)
 
 
 def _children(pid: int) -> list[int]:
