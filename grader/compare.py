@@ -34,9 +34,10 @@ BENCH_TIMEOUT_S = 600
 
 IDENTICAL = "identical"
 SAME_CODE = "same code as the reference (layout or comments differ)"
+SAME_LOGIC = "same logic as the reference, different names"
 DIFFERS = "differs from the reference"
 STUB = "still a stub"
-STATUS_STYLES = {IDENTICAL: "green", SAME_CODE: "green", DIFFERS: "yellow", STUB: "magenta"}
+STATUS_STYLES = {IDENTICAL: "green", SAME_CODE: "green", SAME_LOGIC: "green", DIFFERS: "yellow", STUB: "magenta"}
 
 
 @dataclass
@@ -87,6 +88,63 @@ def _same_ast(a: list[str], b: list[str]) -> bool:
         return False
 
 
+class _LocalRenamer(ast.NodeTransformer):
+    """Renames a function's local variables ``_v0, _v1, ...`` in order of first binding.
+
+    Parameters, globals, builtins and attribute names keep their names: only what the
+    function itself binds (assignments, loop and comprehension targets, ``with ... as``,
+    ``except ... as``) is a local whose name is the author's choice.
+    """
+
+    def __init__(self, locals_: list[str]):
+        self.names = {name: f"_v{i}" for i, name in enumerate(locals_)}
+
+    def visit_Name(self, node: ast.Name) -> ast.Name:
+        node.id = self.names.get(node.id, node.id)
+        return node
+
+    def visit_ExceptHandler(self, node: ast.ExceptHandler) -> ast.ExceptHandler:
+        node.name = self.names.get(node.name, node.name) if node.name else None
+        return self.generic_visit(node)
+
+
+def _bound_locals(function: ast.AST) -> list[str]:
+    """Names the function binds, in order of first binding (its parameters excluded)."""
+    params = {a.arg for a in ast.walk(function.args) if isinstance(a, ast.arg)} if hasattr(function, "args") else set()
+    order: list[str] = []
+    for node in ast.walk(function):
+        name = None
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            name = node.id
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            name = node.name
+        if name and name not in params and name not in order:
+            order.append(name)
+    return order
+
+
+def _logic_dump(lines: list[str]) -> str | None:
+    """The function's syntax tree with its docstring dropped and its locals renamed (None if it does not parse)."""
+    try:
+        tree = ast.parse("\n".join(lines))
+    except SyntaxError:
+        return None
+    function = next((n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))), None)
+    if function is None:
+        return None
+    body = function.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
+            and isinstance(body[0].value.value, str):
+        function.body = body[1:] or [ast.Pass()]
+    return ast.dump(_LocalRenamer(_bound_locals(function)).visit(tree))
+
+
+def _same_logic(a: list[str], b: list[str]) -> bool:
+    """Whether two function texts differ only in their locals' names (and docstring, comments, layout)."""
+    dump_a = _logic_dump(a)
+    return dump_a is not None and dump_a == _logic_dump(b)
+
+
 def compare_function(symbol: str, lesson: int, learner_root: Path, reference_root: Path) -> FunctionComparison:
     """Compare one ``aios/path.py::qualname`` of the learner's tree with the reference tree."""
     path, _, qualname = symbol.partition("::")
@@ -108,6 +166,8 @@ def compare_function(symbol: str, lesson: int, learner_root: Path, reference_roo
         status = IDENTICAL
     elif _same_ast(learner, reference):
         status = SAME_CODE
+    elif _same_logic(learner, reference):
+        status = SAME_LOGIC
     else:
         status = DIFFERS
     return FunctionComparison(symbol, status, learner, reference)

@@ -129,3 +129,33 @@ def test_gpu_part_times_both_trees_and_prints_the_ratio(capsys, monkeypatch, lea
     assert calls == [(learner_tree, str(learner_tree), 7), (ROOT / "solutions", "reference", 7)]
     assert "yours     50.0 tok/s" in out and "reference 200.0 tok/s" in out
     assert "yours / reference = x0.25" in out
+
+
+LAYERNORM = "aios/layers/layernorm.py"
+
+
+def test_renamed_locals_are_the_same_logic(capsys, learner_tree):
+    """Only the names of local variables differ: 'same logic, different names', not 'differs'."""
+    copy_reference_file(learner_tree, LAYERNORM)
+    path = learner_tree / LAYERNORM
+    source = path.read_text()
+    for old, new in (("input_dtype", "orig_dtype"), ("variance", "mean_square"), ("normed", "y")):
+        assert old in source
+        source = source.replace(old, new)
+    path.write_text(source)
+    _, out, _ = run_compare(capsys, "1", "--impl", str(learner_tree), "--plain", "--no-bench")
+    assert f"=== {LAYERNORM}::rms_norm: same logic as the reference, different names" in out
+
+
+def test_a_changed_expression_or_a_renamed_parameter_is_still_a_difference(capsys, learner_tree):
+    """Casting the weight instead of the result changes the logic; parameters are part of the contract."""
+    copy_reference_file(learner_tree, LAYERNORM)
+    path = learner_tree / LAYERNORM
+    source = path.read_text()
+    path.write_text(source.replace("return weight * normed.to(input_dtype)", "return weight.to(input_dtype) * normed", 1))
+    _, out, _ = run_compare(capsys, "1", "--impl", str(learner_tree), "--plain", "--no-bench")
+    assert f"=== {LAYERNORM}::rms_norm: differs from the reference" in out
+    path.write_text(source.replace("def rms_norm(x: torch.Tensor", "def rms_norm(hidden: torch.Tensor", 1)
+                    .replace("input_dtype = x.dtype\n    x32 = x.float()", "input_dtype = hidden.dtype\n    x32 = hidden.float()", 1))
+    _, out, _ = run_compare(capsys, "1", "--impl", str(learner_tree), "--plain", "--no-bench")
+    assert f"=== {LAYERNORM}::rms_norm: differs from the reference" in out
