@@ -12,11 +12,19 @@ from aios.engine.block_manager import BlockManager
 from aios.engine.tp_runner import create_model_runner
 from aios.engine.scheduler import Scheduler
 from aios.engine.sequence import Sequence
+from aios.layers.sampler import sampling_tensors
 from aios.sampling_params import SamplingParams
 
 
 class RequestError(ValueError):
-    """A request the engine cannot serve (too long, empty, never fits in the KV cache)."""
+    """A request the engine cannot serve (too long, empty, never fits in the KV cache).
+
+    ``param`` names the request field at fault ("prompt", "top_k", ...), for the server's error reply.
+    """
+
+    def __init__(self, message: str, param: str = "prompt"):
+        super().__init__(message)
+        self.param = param
 
 
 def load_tokenizer(model_dir: str):
@@ -85,6 +93,9 @@ class LLMEngine:
         bad = [t for t in token_ids if not isinstance(t, int) or not 0 <= t < vocab]
         if bad:
             raise RequestError(f"token id(s) {bad[:5]} are outside the vocabulary [0, {vocab})")
+        if params.top_k > vocab:
+            raise RequestError(f"top_k is {params.top_k}, but the vocabulary has {vocab} tokens: use at most "
+                               f"{vocab}, or -1 for no limit", param="top_k")
         # The last generated token is never fed back, so it needs no cache slot.
         cached = min(len(token_ids) + params.max_tokens, limit) - 1
         blocks = math.ceil(cached / self.config.kvcache_block_size)
@@ -95,14 +106,38 @@ class LLMEngine:
                 "lower max_tokens or give the engine more KV-cache blocks (num_kvcache_blocks)"
             )
 
-    def add_request(self, prompt: str | list[int], sampling_params: SamplingParams | None = None) -> Sequence:
-        """Validate and queue one request; returns its Sequence."""
+    def add_request(self, prompt: str | list[int], sampling_params: SamplingParams | None = None,
+                    priority: int = 0) -> Sequence:
+        """Validate and queue one request; returns its Sequence.
+
+        priority: lower values are admitted first (vLLM's convention); equal priorities keep arrival order.
+        """
         params = sampling_params or SamplingParams()
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise RequestError(f"priority must be an integer, got {priority!r}", param="priority")
         token_ids = self.tokenize(prompt)
         self.check_request(token_ids, params)
-        seq = Sequence(token_ids, params, self.config.kvcache_block_size)
+        seq = Sequence(token_ids, params, self.config.kvcache_block_size, priority=priority)
         self.scheduler.add(seq)
         return seq
+
+    def request_fault(self, seq: Sequence) -> str | None:
+        """Why ``seq`` on its own cannot be stepped, or None if nothing is wrong with it.
+
+        After a step raised, the server asks this of every sequence in the batch: a request whose
+        settings fail the engine's checks, or cannot be turned into the sampler's tensors, is at
+        fault, and only it needs to end; the others go on.
+        """
+        try:
+            self.check_request(seq.token_ids[: seq.num_prompt_tokens], seq.sampling_params)
+            sampling_tensors([seq.sampling_params], [seq.num_completion_tokens], "cpu")
+        except Exception as exc:  # noqa: BLE001 - any failure here is this request's own
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    def requeue_running(self) -> None:
+        """Send every running sequence back to the waiting queue (its blocks freed, recomputed when re-admitted)."""
+        self.scheduler.requeue_running()
 
     def step(self) -> tuple[list[Sequence], int]:
         """Run one scheduled batch. Returns (sequences that finished, tokens processed: positive for prefill, negative for decode)."""

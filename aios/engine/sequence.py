@@ -26,8 +26,10 @@ class Sequence:
 
     _ids = count()
 
-    def __init__(self, token_ids: list[int], sampling_params: SamplingParams | None = None, block_size: int = 16):
+    def __init__(self, token_ids: list[int], sampling_params: SamplingParams | None = None, block_size: int = 16,
+                 priority: int = 0):
         self.seq_id = next(Sequence._ids)
+        self.priority = priority  # lower is served earlier (the scheduler's waiting queue is ordered by it)
         self.status = SequenceStatus.WAITING
         self.token_ids = list(token_ids)
         self.num_prompt_tokens = len(token_ids)

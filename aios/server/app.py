@@ -5,24 +5,31 @@
     GET  /v1/models             the one model this server serves
     GET  /health                200 while the engine loop runs and its steps succeed, else 503
     GET  /metrics               Prometheus text format (see aios.server.metrics)
+    GET  /openapi.json          the API's OpenAPI document, request bodies included (protocol.py's schemas)
 
 A request's path: read and check the JSON body (protocol.py), tokenize the prompt,
 turn its fields into SamplingParams, submit it to the engine loop (async_engine.py),
 then either collect every token and answer once, or stream text pieces as they come
 (streaming.py). The tokenizer is only used here, on the event loop's thread; the
 engine thread only sees token ids.
+
+Around the handlers, ``GuardMiddleware`` checks the API key and that key's limits
+(tenants.py), refuses work while the server drains, counts every answer in the metrics,
+and turns any unexpected exception into one logged, counted 500 with a request id.
+On SIGTERM (launcher.py) the server drains: new requests get 503, running ones have
+``shutdown_timeout`` seconds to finish, then end with an error event or a JSON error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -33,8 +40,12 @@ from aios.engine.llm_engine import RequestError
 from aios.server import streaming
 from aios.server.async_engine import AsyncEngine, EngineError, RequestOutput
 from aios.server.metrics import RequestTimer, ServerMetrics
-from aios.server.protocol import (APIError, GenerationRequest, bad_request, parse_chat_request,
-                                  parse_completion_request, sampling_params_from_request)
+from aios.server.protocol import (CHAT_REQUEST_SCHEMA, COMPLETION_REQUEST_SCHEMA, APIError, GenerationRequest,
+                                  bad_request, parse_chat_request, parse_completion_request, parse_json,
+                                  sampling_params_from_request)
+from aios.server.tenants import APIKey, KeyRing, LimitExceeded
+
+logger = logging.getLogger("aios.server")
 
 #: Default ``max_tokens`` of /v1/completions when the request gives none (OpenAI's default).
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
@@ -46,14 +57,23 @@ class ServerSettings:
 
     served_model_name: the id clients put in ``model`` (``aios serve`` uses the checkpoint folder's name).
     api_key:           when set, every /v1 request needs ``Authorization: Bearer <api_key>``.
+    api_keys:          more keys, each with optional limits (tenants.py); any key given opens /v1.
     max_body_bytes:    larger request bodies get 413.
     max_tokens_limit:  the most ``max_tokens`` one request may ask for (default: the context length).
+    body_timeout:      seconds a client has to send a request's whole body (then 408).
+    shutdown_timeout:  on SIGTERM, seconds running requests have to finish before they are ended.
     """
 
     served_model_name: str
     api_key: str | None = None
+    api_keys: list[APIKey] = field(default_factory=list)
     max_body_bytes: int = 4 * 1024 * 1024
     max_tokens_limit: int | None = None
+    body_timeout: float = 30.0
+    shutdown_timeout: float = 30.0
+
+    def all_keys(self) -> list[APIKey]:
+        return ([APIKey(self.api_key, "api-key")] if self.api_key else []) + list(self.api_keys)
 
 
 @dataclass
@@ -62,32 +82,56 @@ class Job:
 
     token_ids: list[int]
     params: object  # SamplingParams
+    priority: int = 0
+
+
+class ErrorResponse(JSONResponse):
+    """An error object as ASCII JSON: text echoed from the request (even a lone surrogate) cannot break it."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 def error_response(error: APIError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status)
+    return ErrorResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
-async def read_json_body(request: Request, limit: int) -> dict:
-    """The request body as a JSON object: 413 when it is larger than ``limit`` bytes, 400 when it is not JSON."""
+#: How each kind of EngineError is answered: (HTTP status, error type, error code).
+ENGINE_ERROR_REPLIES = {"engine": (500, "internal_server_error", "engine_error"),
+                        "request": (400, "invalid_request_error", "request_failed"),
+                        "shutdown": (503, "service_unavailable", "server_shutting_down")}
+
+
+def engine_error_reply(error: EngineError) -> APIError:
+    status, kind, code = ENGINE_ERROR_REPLIES.get(error.kind, ENGINE_ERROR_REPLIES["engine"])
+    return APIError(status, str(error), kind, None, code)
+
+
+async def read_json_body(request: Request, limit: int, timeout: float = 30.0) -> dict:
+    """The request body as a JSON object: 413 when it is larger than ``limit`` bytes, 400 when it is not
+    JSON (protocol.parse_json), 408 when the client takes more than ``timeout`` seconds to send it."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise APIError(413, f"the request body has {declared} bytes; the limit is {limit}",
                        "invalid_request_error", None, "request_too_large")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise APIError(413, f"the request body is larger than the limit of {limit} bytes",
-                           "invalid_request_error", None, "request_too_large")
-        chunks.append(chunk)
     try:
-        body = json.loads(b"".join(chunks))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise bad_request(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise bad_request("the request body must be a JSON object", code="invalid_json")
-    return body
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise APIError(413, f"the request body is larger than the limit of {limit} bytes",
+                                   "invalid_request_error", None, "request_too_large")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise APIError(408, f"the request body did not arrive within {timeout:g} s", "invalid_request_error",
+                       None, "request_timeout") from None
+    return parse_json(b"".join(chunks))
+
+
+def request_id_of(request: Request) -> str:
+    """The id GuardMiddleware gave this request (in logs, ``X-Request-Id`` and the response's ``id``)."""
+    return request.scope.get("aios.request_id") or uuid.uuid4().hex
 
 
 async def wait_for_disconnect(request: Request) -> None:
@@ -161,10 +205,31 @@ class OpenAIServer:
         self.max_model_len = self.engine.config.max_model_len
         self.max_tokens_limit = settings.max_tokens_limit or self.max_model_len - 1
         self.created = int(time.time())
+        self.draining = False
+        self.loop: asyncio.AbstractEventLoop | None = None  # the server's event loop, once started
+
+    def begin_drain(self) -> None:
+        """Stop taking requests (503) and give the running ones ``shutdown_timeout`` seconds, then end them.
+
+        Called from uvicorn's signal handler (launcher.AiosServer), so it only sets a flag and
+        hands the rest to the event loop.
+        """
+        if self.draining or self.loop is None:
+            return
+        self.draining = True
+        self.loop.call_soon_threadsafe(self._start_drain_deadline)
+
+    def _start_drain_deadline(self) -> None:
+        timeout = self.settings.shutdown_timeout
+        logger.warning("shutting down: refusing new requests; %d running get %g s to finish",
+                       self.async_engine.num_active_requests, timeout)
+        self.loop.call_later(timeout, self.async_engine.abort_all,
+                             f"the server shut down before this request finished (grace period {timeout:g} s)")
 
     # ------------------------------------------------------------ preparing requests
 
-    def make_job(self, prompt: str | list[int], sampling: dict, default_max_tokens: int | None) -> Job:
+    def make_job(self, prompt: str | list[int], sampling: dict, default_max_tokens: int | None,
+                 priority: int = 0) -> Job:
         """Tokenize one prompt, build its SamplingParams and check the engine can serve it (400 otherwise)."""
         token_ids = self.engine.tokenize(prompt)
         if not token_ids:
@@ -174,8 +239,8 @@ class OpenAIServer:
         try:
             self.engine.check_request(token_ids, params)
         except RequestError as error:
-            raise bad_request(str(error), param="prompt") from None
-        return Job(token_ids, params)
+            raise bad_request(str(error), param=error.param) from None
+        return Job(token_ids, params, priority)
 
     def chat_prompt(self, messages: list[dict]) -> str:
         """The checkpoint's chat template applied to ``messages``, ending with the assistant's turn."""
@@ -195,7 +260,7 @@ class OpenAIServer:
         detokenizer = streaming.IncrementalDetokenizer(self.tokenizer)
         reason = "abort"
         try:
-            async with contextlib.aclosing(self.async_engine.generate(job.token_ids, job.params)) as outputs:
+            async with contextlib.aclosing(self.async_engine.generate(job.token_ids, job.params, job.priority)) as outputs:
                 async for output in outputs:
                     timer.tokens(len(output.new_token_ids), time.perf_counter())
                     text = detokenizer.step(output.new_token_ids)
@@ -221,32 +286,42 @@ class OpenAIServer:
         try:
             return await unless_disconnected(request, asyncio.gather(*(self.collect(j, arrival) for j in jobs)))
         except EngineError as error:
-            raise APIError(500, str(error), "internal_server_error", None, "engine_error") from None
+            self.log_failure(request_id_of(request), error)
+            raise engine_error_reply(error) from None
+
+    @staticmethod
+    def log_failure(request_id: str, error: EngineError) -> None:
+        """One line per request that ended with an error (the engine logged its own failures already)."""
+        if error.kind == "shutdown":
+            logger.warning("request %s aborted: %s", request_id, error)
+        elif error.kind == "request":
+            logger.info("request %s failed: %s", request_id, error)
 
     def decode(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
-    async def sse(self, events: AsyncIterator[dict]) -> AsyncIterator[str]:
-        """Frame ``events`` as SSE, then ``[DONE]``; an engine failure becomes an error event."""
+    async def sse(self, events: AsyncIterator[dict], request_id: str = "") -> AsyncIterator[str]:
+        """Frame ``events`` as SSE, then ``[DONE]``; a failed request becomes an error event."""
         try:
             async for event in events:
                 yield streaming.sse_event(event)
         except EngineError as error:
-            yield streaming.sse_event(APIError(500, str(error), "internal_server_error", None,
-                                               "engine_error").body())
+            self.log_failure(request_id, error)
+            yield streaming.sse_event(engine_error_reply(error).body())
         yield streaming.sse_event("[DONE]")
 
     # ------------------------------------------------------------ endpoints
 
     async def completions(self, request: Request) -> Response:
         arrival = time.perf_counter()
-        body = await read_json_body(request, self.settings.max_body_bytes)
+        body = await read_json_body(request, self.settings.max_body_bytes, self.settings.body_timeout)
         parsed = parse_completion_request(body, self.settings.served_model_name)
-        jobs = [self.make_job(p, parsed.sampling, COMPLETIONS_DEFAULT_MAX_TOKENS) for p in parsed.prompts]
-        request_id, model = f"cmpl-{uuid.uuid4().hex}", self.settings.served_model_name
+        jobs = [self.make_job(p, parsed.sampling, COMPLETIONS_DEFAULT_MAX_TOKENS, parsed.priority)
+                for p in parsed.prompts]
+        request_id, model = f"cmpl-{request_id_of(request)}", self.settings.served_model_name
         if parsed.stream:
             events = self.completion_events(request_id, model, jobs, parsed, arrival)
-            return StreamingResponse(self.sse(events), media_type="text/event-stream",
+            return StreamingResponse(self.sse(events, request_id_of(request)), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
         results = await self.collect_all(request, jobs, arrival)
         texts = [self.decode(ids) for ids, _ in results]
@@ -267,14 +342,14 @@ class OpenAIServer:
 
     async def chat_completions(self, request: Request) -> Response:
         arrival = time.perf_counter()
-        body = await read_json_body(request, self.settings.max_body_bytes)
+        body = await read_json_body(request, self.settings.max_body_bytes, self.settings.body_timeout)
         messages, parsed = parse_chat_request(body, self.settings.served_model_name)
         prompt_ids = self.tokenizer.encode(self.chat_prompt(messages), add_special_tokens=False)
-        job = self.make_job(prompt_ids, parsed.sampling, default_max_tokens=None)
-        request_id, model = f"chatcmpl-{uuid.uuid4().hex}", self.settings.served_model_name
+        job = self.make_job(prompt_ids, parsed.sampling, None, parsed.priority)
+        request_id, model = f"chatcmpl-{request_id_of(request)}", self.settings.served_model_name
         if parsed.stream:
             events = self.chat_events(request_id, model, job, parsed, arrival)
-            return StreamingResponse(self.sse(events), media_type="text/event-stream",
+            return StreamingResponse(self.sse(events, request_id_of(request)), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
         [(token_ids, reason)] = await self.collect_all(request, [job], arrival)
         usage = streaming.usage(len(job.token_ids), len(token_ids))
@@ -304,11 +379,13 @@ class OpenAIServer:
 
     def health(self) -> Response:
         engine = self.async_engine
-        status = {"status": "ok" if engine.healthy else "unhealthy", "engine_loop_running": engine.is_running,
+        healthy = engine.healthy and not self.draining
+        status = {"status": "draining" if self.draining else "ok" if engine.healthy else "unhealthy",
+                  "engine_loop_running": engine.is_running,
                   "engine_steps": engine.num_steps, "engine_errors": engine.num_errors,
                   "consecutive_errors": engine.consecutive_errors, "last_error": engine.last_error,
                   "active_requests": engine.num_active_requests}
-        return JSONResponse(status, status_code=200 if engine.healthy else 503)
+        return JSONResponse(status, status_code=200 if healthy else 503)
 
     @staticmethod
     def created_now() -> int:
@@ -319,13 +396,15 @@ def build_app(async_engine: AsyncEngine, settings: ServerSettings, metrics: Serv
     """The FastAPI app. Its lifespan starts the engine loop and, when the server stops, stops the
     loop and then the engine (its tensor-parallel workers, if any: none may outlive the server).
 
-    ``app.state`` holds ``async_engine``, ``metrics`` and ``settings`` (the tests look at them).
+    ``app.state`` holds ``async_engine``, ``metrics``, ``settings`` and ``server`` (the OpenAIServer:
+    launcher.AiosServer calls its ``begin_drain`` on SIGTERM).
     """
     metrics = metrics or ServerMetrics(async_engine)
     server = OpenAIServer(async_engine, settings, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        server.loop = asyncio.get_running_loop()
         async_engine.start()
         try:
             yield
@@ -335,8 +414,9 @@ def build_app(async_engine: AsyncEngine, settings: ServerSettings, metrics: Serv
             await loop.run_in_executor(None, async_engine.engine.shutdown)
 
     app = FastAPI(title="AIOS OpenAI-compatible server", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+                  openapi_url="/openapi.json")
     app.state.async_engine, app.state.metrics, app.state.settings = async_engine, metrics, settings
+    app.state.server = server
 
     @app.exception_handler(APIError)
     async def on_api_error(request: Request, error: APIError):
@@ -352,15 +432,13 @@ def build_app(async_engine: AsyncEngine, settings: ServerSettings, metrics: Serv
         return JSONResponse({"error": {"message": "client closed the request", "type": "client_closed",
                                        "param": None, "code": None}}, status_code=499)
 
-    @app.exception_handler(Exception)
-    async def on_unexpected(request: Request, error: Exception):
-        return error_response(APIError(500, f"internal server error: {type(error).__name__}: {error}",
-                                       "internal_server_error"))
+    app.add_middleware(GuardMiddleware, settings=settings, metrics=metrics, server=server)
 
-    app.add_middleware(AuthAndMetricsMiddleware, settings=settings, metrics=metrics)
+    def json_body(schema: dict) -> dict:
+        return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
-    app.post("/v1/completions")(server.completions)
-    app.post("/v1/chat/completions")(server.chat_completions)
+    app.post("/v1/completions", openapi_extra=json_body(COMPLETION_REQUEST_SCHEMA))(server.completions)
+    app.post("/v1/chat/completions", openapi_extra=json_body(CHAT_REQUEST_SCHEMA))(server.chat_completions)
 
     @app.get("/v1/models")
     async def list_models():
@@ -384,42 +462,73 @@ def build_app(async_engine: AsyncEngine, settings: ServerSettings, metrics: Serv
     return app
 
 
-KNOWN_PATHS = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics"}
+KNOWN_PATHS = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "/openapi.json"}
 
 
-class AuthAndMetricsMiddleware:
-    """Checks the API key on /v1 paths and counts every answer by endpoint and status.
+class GuardMiddleware:
+    """Everything every request passes first: API key and its limits, draining, metrics, unexpected errors.
 
-    A plain ASGI middleware (not FastAPI's ``@app.middleware``), so that streamed
-    responses and client disconnects pass through it untouched.
+    /v1 paths need a known key (when the server has any) within its limits (429 and Retry-After
+    otherwise), and get 503 while the server drains. Every answer is counted by endpoint and
+    status. An exception no handler turned into an answer is logged once with the request's id
+    and answered 500 (if nothing was sent yet). A plain ASGI middleware (not FastAPI's
+    ``@app.middleware``), so that streamed responses and client disconnects pass through untouched.
     """
 
-    def __init__(self, app, settings: ServerSettings, metrics: ServerMetrics):
+    def __init__(self, app, settings: ServerSettings, metrics: ServerMetrics, server: OpenAIServer):
         self.app = app
-        self.settings = settings
         self.metrics = metrics
+        self.server = server
+        self.keys = KeyRing(settings.all_keys())
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope["path"]
+        path, request_id = scope["path"], uuid.uuid4().hex
+        scope["aios.request_id"] = request_id
         endpoint = path if path in KNOWN_PATHS else "other"
+        started = False
 
         async def counting_send(message):
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
                 self.metrics.http_requests.labels(endpoint=endpoint, status=str(message["status"])).inc()
             await send(message)
 
-        api_key = self.settings.api_key
-        if api_key and path.startswith("/v1/") and not _authorized(Headers(scope=scope), api_key):
-            response = error_response(APIError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
-                                               "authentication_error", None, "invalid_api_key"))
-            await response(scope, receive, counting_send)
-            return
-        await self.app(scope, receive, counting_send)
+        key = None
+        try:
+            if path.startswith("/v1/"):
+                key = self.admit(Headers(scope=scope))
+            await self.app(scope, receive, counting_send)
+        except APIError as error:  # refused before the app saw it
+            await error_response(error)(scope, receive, counting_send)
+        except Exception as exc:  # noqa: BLE001 - a bug: answer it, count it, log it once
+            logger.error("request %s (%s %s) failed: %s: %s", request_id, scope.get("method"), path,
+                         type(exc).__name__, exc, exc_info=exc)
+            if not started:
+                error = APIError(500, f"internal server error (request id {request_id})", "internal_server_error")
+                await error_response(error)(scope, receive, counting_send)
+        finally:
+            if key is not None:
+                self.keys.release(key)
 
-
-def _authorized(headers: Headers, api_key: str) -> bool:
-    scheme, _, token = headers.get("authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())
+    def admit(self, headers: Headers) -> APIKey | None:
+        """Check a /v1 request's key and count it against the key's limits (APIError if refused)."""
+        if self.server.draining:
+            raise APIError(503, "the server is shutting down", "service_unavailable", None, "server_shutting_down")
+        if not self.keys.keys:
+            return None
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        key = self.keys.find(token.strip()) if scheme.lower() == "bearer" else None
+        if key is None:
+            raise APIError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                           "authentication_error", None, "invalid_api_key")
+        try:
+            self.keys.acquire(key)
+        except LimitExceeded as exceeded:
+            raise APIError(429, f"{exceeded}; retry after {exceeded.retry_after} s", "rate_limit_error", None,
+                           "rate_limit_exceeded", {"Retry-After": str(exceeded.retry_after)}) from None
+        return key

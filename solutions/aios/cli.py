@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -97,14 +98,20 @@ def run_make_model(args: argparse.Namespace) -> int:
 
 
 def _args_serve(parser: argparse.ArgumentParser) -> None:
-    import os
-
     parser.add_argument("--model", required=True, type=Path, metavar="DIR", help="Qwen3 checkpoint folder")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default: 127.0.0.1, this machine only; 0.0.0.0 opens it to the network)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000; 0 picks a free one)")
-    parser.add_argument("--api-key", default=os.environ.get("AIOS_API_KEY"),
-                        help="require 'Authorization: Bearer KEY' on /v1 requests (default: $AIOS_API_KEY, else none)")
+    parser.add_argument("--api-key", action="append", metavar="KEY",
+                        help="require 'Authorization: Bearer KEY' on /v1 requests; repeat for several keys "
+                             "(default: $AIOS_API_KEY, else none)")
+    parser.add_argument("--api-key-file", type=Path, metavar="FILE",
+                        help="more keys, one a line, each with optional limits: "
+                             "'KEY [name=NAME] [rate=REQUESTS_PER_MINUTE] [max-concurrency=N]' (429 beyond them)")
+    parser.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="S",
+                        help="on SIGTERM, seconds running requests get to finish before they are ended (default: 30)")
+    parser.add_argument("--client-timeout", type=float, default=30.0, metavar="S",
+                        help="seconds a client gets to send a request's headers, and again its body (default: 30)")
     parser.add_argument("--served-model-name", metavar="NAME",
                         help="the model id clients send (default: the checkpoint folder's name)")
     parser.add_argument("--max-tokens-limit", type=int, metavar="N",
@@ -139,19 +146,20 @@ SERVE_ENGINE_OPTIONS = ("load_format", "dtype", "device", "max_model_len", "max_
 def run_serve(args: argparse.Namespace) -> int:
     """Serve the model over an OpenAI-compatible HTTP API until interrupted (Ctrl-C)."""
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401 - checked here for the message below
 
         from aios.server.app import ServerSettings
-        from aios.server.launcher import create_app
+        from aios.server.launcher import AiosServer, create_app, server_config
     except ImportError as exc:
         raise CliError(f"{exc.name} is missing: pip install fastapi uvicorn prometheus-client") from exc
     if not args.model.is_dir():
         raise CliError(f"{args.model} is not a folder; make a checkpoint with `python -m aios make-model tiny DIR`")
     options = {name: getattr(args, name) for name in SERVE_ENGINE_OPTIONS if getattr(args, name) is not None}
     name = args.served_model_name or args.model.resolve().name
-    settings = ServerSettings(served_model_name=name, api_key=args.api_key, max_body_bytes=args.max_body_bytes,
-                              max_tokens_limit=args.max_tokens_limit)
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
+    settings = ServerSettings(served_model_name=name, api_keys=_api_keys(args), max_body_bytes=args.max_body_bytes,
+                              max_tokens_limit=args.max_tokens_limit, body_timeout=args.client_timeout,
+                              shutdown_timeout=args.shutdown_timeout)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_keys:
         print(f"warning: serving on {args.host} without --api-key: anyone who can reach it may use it", file=sys.stderr)
     try:
         app = create_app(args.model, settings, **options)
@@ -160,9 +168,26 @@ def run_serve(args: argparse.Namespace) -> int:
     config = app.state.async_engine.engine.config
     print(f"serving {name!r} ({config.device}, {config.dtype}, max_model_len {config.max_model_len}, "
           f"{config.num_kvcache_blocks} KV blocks) at http://{args.host}:{args.port}/v1", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,
-                timeout_graceful_shutdown=5)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+    AiosServer(server_config(app, args.host, args.port, head_timeout=args.client_timeout, log_level=args.log_level,
+                             access_log=args.access_log)).run()
     return 0
+
+
+def _api_keys(args: argparse.Namespace) -> list:
+    """Every key of ``--api-key`` (or $AIOS_API_KEY) and ``--api-key-file``."""
+    import os
+
+    from aios.server.tenants import APIKey, KeyFileError, read_key_file
+
+    given = args.api_key or ([os.environ["AIOS_API_KEY"]] if os.environ.get("AIOS_API_KEY") else [])
+    keys = [APIKey(key, f"api-key-{i + 1}") for i, key in enumerate(given)]
+    if args.api_key_file is not None:
+        try:
+            keys += read_key_file(args.api_key_file)
+        except (OSError, KeyFileError) as exc:
+            raise CliError(str(exc)) from exc
+    return keys
 
 
 def _args_bench_serve(parser: argparse.ArgumentParser) -> None:

@@ -27,11 +27,11 @@ class SamplingParams:
 
     def __post_init__(self):
         problems = []
-        if not _is_number(self.temperature) or not 0 <= self.temperature < math.inf:
+        if not _is_finite(self.temperature) or self.temperature < 0:
             problems.append(f"temperature must be a finite number >= 0 (0 means greedy), got {self.temperature!r}")
         if not _is_int(self.top_k) or self.top_k < -1:
             problems.append(f"top_k must be -1 or 0 (no limit) or a positive integer, got {self.top_k!r}")
-        if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
+        if not _is_finite(self.top_p) or not 0 < self.top_p <= 1:
             problems.append(f"top_p must be in (0, 1] (1 means no limit), got {self.top_p!r}")
         if not _is_int(self.max_tokens) or self.max_tokens < 1:
             problems.append(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
@@ -53,3 +53,11 @@ def _is_int(value) -> bool:
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_finite(value) -> bool:
+    """A number that is a finite float: not NaN or infinity, and not an int too large for a float (10**400)."""
+    try:
+        return _is_number(value) and math.isfinite(value)
+    except OverflowError:
+        return False

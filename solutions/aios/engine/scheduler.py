@@ -25,7 +25,19 @@ class Scheduler:
         self.num_preemptions = 0
 
     def add(self, seq: Sequence) -> None:
-        self.waiting.append(seq)
+        """Queue ``seq`` behind every waiting sequence of the same or a more urgent (lower) priority.
+
+        With every priority at its default 0 this is ``waiting.append``: arrival order.
+        """
+        position = len(self.waiting)
+        while position and self.waiting[position - 1].priority > seq.priority:
+            position -= 1
+        self.waiting.insert(position, seq)
+
+    def requeue_running(self) -> None:
+        """Preempt every running sequence, keeping their order at the front of the waiting queue."""
+        while self.running:
+            self.preempt(self.running.pop())
 
     def is_finished(self) -> bool:
         return not self.waiting and not self.running
@@ -33,8 +45,8 @@ class Scheduler:
     def schedule(self) -> tuple[list[Sequence], bool]:
         """Pick the next batch. Returns (sequences, is_prefill).
 
-        Prefill first: admit waiting sequences in arrival order (they become RUNNING and get
-        their blocks) while the running count stays <= max_num_seqs, the prefill's tokens
+        Prefill first: admit waiting sequences in queue order (arrival order, or priority: see ``add``;
+        they become RUNNING and get their blocks) while the running count stays <= max_num_seqs, the prefill's tokens
         <= max_num_batched_tokens and the blocks can be allocated; stop at the first one that
         does not fit (no overtaking). If nobody was admitted, decode: every running sequence
         gets room for one more token, preempting the newest running sequences while blocks

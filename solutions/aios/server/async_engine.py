@@ -15,8 +15,10 @@ directly: it asks the loop to run ``put_nowait`` for it.
 
 A client that goes away closes its ``generate`` iterator; that sends an abort, and
 the engine thread removes the sequence and frees its KV-cache blocks. An exception
-inside a step fails the requests that were running (their iterators raise
-``EngineError``) and the loop goes on with the others.
+inside a step is first blamed on the requests that cannot be stepped on their own
+(``LLMEngine.request_fault``): only those fail, the others are requeued. If no request
+is at fault, the engine is: every running request fails (their iterators raise
+``EngineError``), the failure counts against ``healthy``, and the loop goes on.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from aios.engine.llm_engine import LLMEngine
+from aios.engine.llm_engine import LLMEngine, RequestError
 from aios.engine.sequence import Sequence, SequenceStatus
 from aios.sampling_params import SamplingParams
 
@@ -37,7 +39,16 @@ logger = logging.getLogger("aios.server")
 
 
 class EngineError(RuntimeError):
-    """The engine failed while serving this request (answered as HTTP 500)."""
+    """The request ended with an error instead of a finish reason.
+
+    kind: "engine"   the engine failed (HTTP 500),
+          "request"  this request could not be served (HTTP 400),
+          "shutdown" the server stopped before the request finished (HTTP 503).
+    """
+
+    def __init__(self, message: str, kind: str = "engine"):
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass
@@ -47,12 +58,14 @@ class RequestOutput:
     new_token_ids: tokens generated since the previous output (usually one).
     finish_reason: None while the request runs; then "stop" (EOS), "length" (max_tokens or
                    the context length) or "abort" (cancelled).
-    error:         set when the engine failed; the request is over.
+    error:         set when the request failed; the request is over.
+    error_kind:    EngineError's kind of that failure.
     """
 
     new_token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     error: str | None = None
+    error_kind: str = "engine"
 
     @property
     def finished(self) -> bool:
@@ -62,15 +75,18 @@ class RequestOutput:
 class RequestStream:
     """One request's side of the loop: its prompt and params, its Sequence once added, its queue."""
 
-    def __init__(self, token_ids: list[int], params: SamplingParams, loop: asyncio.AbstractEventLoop):
+    def __init__(self, token_ids: list[int], params: SamplingParams, loop: asyncio.AbstractEventLoop,
+                 priority: int = 0):
         self.token_ids = token_ids
         self.params = params
+        self.priority = priority
         self.loop = loop
         self.queue: asyncio.Queue[RequestOutput] = asyncio.Queue()
         self.seq: Sequence | None = None
         self.num_sent = 0  # completion tokens already put in the queue
         self.closed = False  # the last output was put (or the request was aborted)
         self.error: str | None = None  # set by the engine thread when it fails the request
+        self.error_kind = "engine"
 
     def put(self, output: RequestOutput) -> None:
         """Hand ``output`` to the request's queue. Called from the engine thread."""
@@ -142,15 +158,17 @@ class AsyncEngine:
 
     # ------------------------------------------------------------ the handlers' side
 
-    async def generate(self, token_ids: list[int], params: SamplingParams) -> AsyncIterator[RequestOutput]:
+    async def generate(self, token_ids: list[int], params: SamplingParams,
+                       priority: int = 0) -> AsyncIterator[RequestOutput]:
         """Submit one request and yield its outputs until it finishes.
 
         Leaving the loop early (break, cancellation, a closed connection) aborts the
-        request and frees its blocks. Raises EngineError if the engine failed on it.
+        request and frees its blocks. Raises EngineError if the request failed.
+        priority: lower is admitted first (see Scheduler.add).
         """
         if not self.is_running:
             raise EngineError("the engine loop is not running")
-        stream = RequestStream(list(token_ids), params, asyncio.get_running_loop())
+        stream = RequestStream(list(token_ids), params, asyncio.get_running_loop(), priority)
         self._submit(("add", stream))
         try:
             while True:
@@ -159,12 +177,12 @@ class AsyncEngine:
                         output = await stream.queue.get()
                 except TimeoutError:  # nothing yet: still alive?
                     if stream.error is not None:
-                        raise EngineError(stream.error) from None
+                        raise EngineError(stream.error, stream.error_kind) from None
                     if not self.is_running:
                         raise EngineError("the engine loop is not running") from None
                     continue
                 if output.error is not None:
-                    raise EngineError(output.error)
+                    raise EngineError(output.error, output.error_kind)
                 yield output
                 if output.finished:
                     return
@@ -175,6 +193,13 @@ class AsyncEngine:
     def _submit(self, message: tuple) -> None:
         self._inbox.put(message)
         self._wakeup.set()
+
+    def abort_all(self, message: str = "the server is shutting down") -> None:
+        """End every request in the engine with a "shutdown" error (the server's drain deadline passed).
+
+        Safe from any thread: the engine thread does it between two steps.
+        """
+        self._submit(("abort_all", message))
 
     # ------------------------------------------------------------ the engine thread
 
@@ -189,13 +214,17 @@ class AsyncEngine:
                 self.engine.step()
                 self._dispatch()
             except Exception as exc:  # noqa: BLE001 - one bad step must not take the server down
-                self._fail_running(exc)
+                if not self._fail_culprits():
+                    self._fail_running(exc)
                 continue
             self.num_steps += 1
             self.consecutive_errors = 0
         self._drain_inbox()
+        self._fail_all("the server is shutting down")
+
+    def _fail_all(self, message: str) -> None:
         for stream in list(self._streams.values()):
-            self._fail(stream, "the server is shutting down")
+            self._fail(stream, message, "shutdown")
 
     def _drain_inbox(self) -> None:
         """Apply every pending add and abort (engine thread only)."""
@@ -204,11 +233,16 @@ class AsyncEngine:
                 action, stream = self._inbox.get_nowait()
             except queue.Empty:
                 return
+            if action == "abort_all":
+                self._fail_all(stream)  # here ``stream`` is the message
+                continue
             try:
                 if action == "add":
                     self._add(stream)
                 else:
                     self._abort(stream)
+            except RequestError as exc:  # checked by the server already; an offline caller may get here
+                self._fail(stream, str(exc), "request")
             except Exception as exc:  # noqa: BLE001 - keep serving the others
                 logger.exception("engine loop: %s failed", action)
                 self._fail(stream, f"internal engine error during {action}: {type(exc).__name__}: {exc}")
@@ -216,7 +250,7 @@ class AsyncEngine:
     def _add(self, stream: RequestStream) -> None:
         if stream.closed:  # aborted before it was added
             return
-        stream.seq = self.engine.add_request(stream.token_ids, stream.params)
+        stream.seq = self.engine.add_request(stream.token_ids, stream.params, stream.priority)
         self._streams[stream.seq.seq_id] = stream
 
     def _abort(self, stream: RequestStream) -> None:
@@ -240,8 +274,9 @@ class AsyncEngine:
                 del self._streams[seq_id]
         # END SOLUTION
 
-    def _fail(self, stream: RequestStream, message: str) -> None:
+    def _fail(self, stream: RequestStream, message: str, kind: str = "engine") -> None:
         """End ``stream`` with an error: remove its sequence from the engine if possible, then tell the client."""
+        stream.error_kind = kind
         stream.error = message  # seen by generate() even if the queue hand-off below fails
         if stream.seq is not None:
             self._streams.pop(stream.seq.seq_id, None)
@@ -251,9 +286,30 @@ class AsyncEngine:
                 logger.exception("could not abort sequence %d", stream.seq.seq_id)
         stream.closed = True
         try:
-            stream.put(RequestOutput(error=message))
+            stream.put(RequestOutput(error=message, error_kind=kind))
         except Exception:  # noqa: BLE001
             logger.exception("could not hand the error to request %s", stream.seq)
+
+    def _fail_culprits(self) -> bool:
+        """After a failed step: fail only the running requests the engine finds at fault, requeue the rest.
+
+        Returns False when no request is at fault (then the engine is, and ``_fail_running`` handles it).
+        A request's own bad input is no sign of the engine's health: it does not count as an engine error.
+        """
+        faults = {}
+        for stream in self._streams.values():
+            if stream.seq.status is not SequenceStatus.WAITING:
+                fault = self.engine.request_fault(stream.seq)
+                if fault is not None:
+                    faults[stream.seq.seq_id] = (stream, fault)
+        if not faults:
+            return False
+        for stream, fault in faults.values():
+            logger.warning("request (sequence %d) failed on its own settings and was removed: %s",
+                           stream.seq.seq_id, fault)
+            self._fail(stream, f"this request cannot be served: {fault}", "request")
+        self.engine.requeue_running()
+        return True
 
     def _fail_running(self, exc: Exception) -> None:
         """A step raised: fail every request that was running or just finished (its state is suspect or its

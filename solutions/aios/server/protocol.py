@@ -5,9 +5,13 @@ answers mistakes the way OpenAI's API does, with an HTTP status and a body like
 
     {"error": {"message": "...", "type": "invalid_request_error", "param": "temperature", "code": null}}
 
+The body is parsed with limits first (``parse_json``: nesting depth, number length,
+finite numbers, no lone surrogates), so that hostile JSON is a 400 and never reaches
+the tokenizer or the engine.
+
 Fields fall into three groups: the ones the engine serves (``prompt``,
 ``messages``, ``max_tokens``, ``temperature``, ``top_p``, ``seed``, ``stream``, and
-the extensions ``top_k`` and ``ignore_eos`` that vLLM also accepts); OpenAI
+the extensions ``top_k``, ``ignore_eos`` and ``priority`` that vLLM also accepts); OpenAI
 fields the engine does not implement (``n``, ``stop``, ``logprobs``, penalties,
 ...), accepted only at their "off" value and otherwise refused by name; and
 anything else, refused as unrecognized.
@@ -15,6 +19,7 @@ anything else, refused as unrecognized.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -27,8 +32,9 @@ class APIError(Exception):
     """An error answered to the client as OpenAI-style JSON with an HTTP status."""
 
     def __init__(self, status: int, message: str, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None):
+                 param: str | None = None, code: str | None = None, headers: dict | None = None):
         super().__init__(message)
+        self.headers = headers  # extra response headers (Retry-After of a 429)
         self.status = status
         self.message = message
         self.type = type
@@ -43,6 +49,72 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     return APIError(400, message, "invalid_request_error", param, code)
 
 
+# ---------------------------------------------------------------- parsing JSON with limits
+
+#: Deepest nesting of arrays and objects a body may have (a chat request needs 4).
+MAX_JSON_DEPTH = 16
+#: Longest number literal: seeds need 20 digits; a 400-digit integer is an attack, not a setting.
+MAX_NUMBER_CHARS = 40
+
+
+def _parse_number(text: str, convert):
+    if len(text) > MAX_NUMBER_CHARS:
+        raise ValueError(f"a number has {len(text)} characters; at most {MAX_NUMBER_CHARS} are allowed")
+    value = convert(text)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"the number {text} is out of range")
+    return value
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json(raw: bytes) -> dict:
+    """The request body as a JSON object, or APIError(400, code "invalid_json").
+
+    Refuses what the standard parser lets through: NaN and Infinity, numbers too long
+    (Python's int size limit would raise) or out of a float's range, nesting deeper than
+    MAX_JSON_DEPTH, and strings (keys too) holding lone UTF-16 surrogates like "\\ud800",
+    which cannot be encoded as UTF-8 (the tokenizer would fail on them).
+    """
+    try:
+        body = json.loads(raw, parse_int=lambda t: _parse_number(t, int),
+                          parse_float=lambda t: _parse_number(t, float), parse_constant=_no_constant)
+        check_json_value(body)
+    except RecursionError:
+        raise bad_request(f"the request body is nested too deeply (at most {MAX_JSON_DEPTH} levels)",
+                          code="invalid_json") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors too
+        raise bad_request(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object", code="invalid_json")
+    return body
+
+
+def check_json_value(value) -> None:
+    """Raise ValueError for nesting deeper than MAX_JSON_DEPTH or a string that is not valid Unicode text."""
+    pending = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, str):
+            if not _encodable(item):
+                raise ValueError("a string holds a lone UTF-16 surrogate (not valid Unicode text)")
+        elif isinstance(item, (list, dict)):
+            if depth >= MAX_JSON_DEPTH:
+                raise ValueError(f"nesting deeper than {MAX_JSON_DEPTH} levels")
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 # ---------------------------------------------------------------- fields
 
 #: A list of prompts becomes that many engine requests; more than this in one body is refused.
@@ -50,7 +122,10 @@ MAX_PROMPTS_PER_REQUEST = 256
 
 #: Fields every generation request may carry and the engine serves.
 SERVED_FIELDS = {"model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stream", "stream_options",
-                 "ignore_eos", "user"}
+                 "ignore_eos", "user", "priority"}
+
+#: ``priority`` (lower is served earlier, as in vLLM) must lie in this range.
+PRIORITY_RANGE = (-(2**31), 2**31 - 1)
 
 #: OpenAI fields the engine does not implement -> the values that mean "feature off" (accepted and ignored).
 UNSUPPORTED_COMPLETION_FIELDS = {
@@ -131,6 +206,18 @@ class GenerationRequest:
     stream: bool = False
     include_usage: bool = False
     sampling: dict = field(default_factory=dict)
+    priority: int = 0
+
+
+def _priority(body: dict) -> int:
+    """The request's ``priority`` (default 0; lower is admitted first)."""
+    value = body.get("priority")
+    if value is None:
+        return 0
+    low, high = PRIORITY_RANGE
+    if not _integer(value) or not low <= value <= high:
+        raise bad_request(f"'priority' must be an integer in [{low}, {high}], got {value!r}", param="priority")
+    return value
 
 
 def _is_token_list(value) -> bool:
@@ -159,7 +246,7 @@ def parse_completion_request(body: dict, served_model_name: str) -> GenerationRe
     stream, include_usage = _stream_flags(body)
     sampling = {k: body[k] for k in ("max_tokens", "temperature", "top_p", "top_k", "seed", "ignore_eos")
                 if k in body}
-    return GenerationRequest(prompts, stream, include_usage, sampling)
+    return GenerationRequest(prompts, stream, include_usage, sampling, _priority(body))
 
 
 def message_text(content, index: int) -> str:
@@ -200,14 +287,18 @@ def parse_chat_request(body: dict, served_model_name: str) -> tuple[list[dict], 
                 if k in body}
     if body.get("max_completion_tokens") is not None:
         sampling["max_tokens"] = body["max_completion_tokens"]
-    return messages, GenerationRequest([], stream, include_usage, sampling)
+    return messages, GenerationRequest([], stream, include_usage, sampling, _priority(body))
 
 
 # ---------------------------------------------------------------- sampling
 
 
 def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A JSON number that is a finite float (an integer too large for a float is not)."""
+    try:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _integer(value) -> bool:
@@ -263,3 +354,46 @@ def sampling_params_from_request(sampling: dict, prompt_len: int, max_model_len:
                       if name in message), None)
         raise bad_request(message, param=param) from None
     # END SOLUTION
+
+
+# ---------------------------------------------------------------- the request bodies as JSON Schema
+
+def _nullable(schema: dict) -> dict:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+_SERVED_SCHEMA = {
+    "model": {"type": "string"},
+    "max_tokens": _nullable({"type": "integer", "minimum": 1}),
+    "temperature": _nullable({"type": "number", "minimum": 0}),
+    "top_p": _nullable({"type": "number", "exclusiveMinimum": 0, "maximum": 1}),
+    "top_k": _nullable({"type": "integer", "minimum": -1}),
+    "seed": _nullable({"type": "integer", "minimum": 0, "maximum": 2**64 - 1}),
+    "stream": _nullable({"type": "boolean"}),
+    "stream_options": _nullable({"type": "object", "properties": {"include_usage": {"type": "boolean"}},
+                                 "additionalProperties": False}),
+    "ignore_eos": _nullable({"type": "boolean"}),
+    "user": {"type": "string"},
+    "priority": _nullable({"type": "integer", "minimum": PRIORITY_RANGE[0], "maximum": PRIORITY_RANGE[1]}),
+}
+_TOKEN_IDS = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}
+
+#: ``POST /v1/completions`` (published in the server's OpenAPI document, used by the fuzz tests).
+COMPLETION_REQUEST_SCHEMA = {
+    "type": "object", "required": ["model", "prompt"], "additionalProperties": False,
+    "properties": {**_SERVED_SCHEMA, "prompt": {"anyOf": [
+        {"type": "string"}, _TOKEN_IDS,
+        {"type": "array", "minItems": 1, "maxItems": MAX_PROMPTS_PER_REQUEST,
+         "items": {"anyOf": [{"type": "string"}, _TOKEN_IDS]}}]}},
+}
+#: ``POST /v1/chat/completions``.
+CHAT_REQUEST_SCHEMA = {
+    "type": "object", "required": ["model", "messages"], "additionalProperties": False,
+    "properties": {**_SERVED_SCHEMA, "max_completion_tokens": _nullable({"type": "integer", "minimum": 1}),
+                   "messages": {"type": "array", "minItems": 1, "items": {
+                       "type": "object", "required": ["role", "content"], "properties": {
+                           "role": {"enum": ["system", "developer", "user", "assistant"]},
+                           "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": {
+                               "type": "object", "required": ["type", "text"],
+                               "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}}]}}}}},
+}
