@@ -8,7 +8,7 @@ from aios.engine.model_runner import graph_batch_sizes
 from aios.llm import LLM
 from aios.sampling_params import SamplingParams
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.hint(4)]
 
 
 def engine(model_dir, **options):

@@ -7,7 +7,7 @@ from aios.config import features_up_to
 from aios.llm import LLM
 from aios.sampling_params import SamplingParams
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.hint(4)]
 
 
 def tokens(model_dir, **options):

@@ -10,6 +10,7 @@ from aios.sampling_params import SamplingParams
 from aios.utils.context import Context, using_context
 
 
+@pytest.mark.hint(1)
 @pytest.mark.parametrize("max_num_seqs,expected_tail", [(16, [8, 16]), (17, [16, 17]), (100, [80, 96, 100]),
                                                         (2, [1, 2])])
 def test_graph_batch_sizes_other_maxima(max_num_seqs, expected_tail):
@@ -19,6 +20,7 @@ def test_graph_batch_sizes_other_maxima(max_num_seqs, expected_tail):
     assert sizes[-len(expected_tail):] == expected_tail
 
 
+@pytest.mark.hint(1)
 def test_graph_batch_size_for_exact_sizes():
     """A batch whose size was captured replays exactly that graph (no padding at all)."""
     sizes = graph_batch_sizes(64)
@@ -38,6 +40,7 @@ def step(num_seqs, width, base):
     return torch.full((num_seqs,), base), torch.full((num_seqs,), base - 1), context
 
 
+@pytest.mark.hint(3)
 def test_fill_graph_inputs_resets_rows_of_a_previous_larger_step():
     """When the batch shrinks, rows that held real sequences last step become padding again (slot -1, length 0)."""
     inputs = DecodeGraphInputs.allocate(8, 4, hidden_size=2, dtype=torch.float32, device="cpu")
@@ -63,6 +66,7 @@ class EagerReplay:
         self.replays += 1
 
 
+@pytest.mark.hint(5)
 def test_batches_beyond_the_largest_graph_run_eagerly(tiny_model_dir):
     """With graphs only for 1 and 2 sequences, a 3-sequence step runs eagerly and the tokens still match."""
     options = {**features_up_to(11), "max_num_seqs": 3, "max_model_len": 64, "kvcache_block_size": 8,
