@@ -1,0 +1,255 @@
+"""The server under hostile input (issue 12): each reproduction of the report is a test here.
+
+A real server on a free loopback port with the tiny model, no API key (anyone may send
+anything), short client timeouts. Every bad body must be a 400 with OpenAI's error
+object, never a 500; one request's bad settings must not touch the others or /health;
+half-sent requests must be closed without holding up other clients.
+"""
+
+import asyncio
+import json
+import logging
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+from test_server_api import error_of
+
+from aios.config import features_up_to
+
+MODEL = "tiny"
+OPTIONS = {**features_up_to(15), "attention_backend": "auto", "num_kvcache_blocks": 128, "max_model_len": 256}
+CLIENT_TIMEOUT = 1.0  # seconds a client has to send its request head, and again its body
+
+
+@pytest.fixture(scope="module")
+def live(tiny_model_dir):
+    from aios.engine.llm_engine import LLMEngine
+    from aios.server.app import ServerSettings, build_app
+    from aios.server.async_engine import AsyncEngine
+    from aios.server.launcher import ServerThread
+
+    async_engine = AsyncEngine(LLMEngine(str(tiny_model_dir), **OPTIONS), poll_interval=0.2)
+    settings = ServerSettings(served_model_name=MODEL, max_tokens_limit=200, body_timeout=CLIENT_TIMEOUT)
+    app = build_app(async_engine, settings)
+    with ServerThread(app, head_timeout=CLIENT_TIMEOUT) as base_url:
+        with httpx.Client(base_url=base_url, timeout=30) as http:
+            yield base_url, http, app
+
+
+def ok_completion(http, **extra) -> dict:
+    body = {"model": MODEL, "prompt": "hi", "max_tokens": 3, "temperature": 0, **extra}
+    response = http.post("/v1/completions", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def post_raw(http, path: str, text: str | bytes) -> httpx.Response:
+    content = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
+    return http.post(path, content=content, headers={"Content-Type": "application/json"})
+
+
+def status_count(app, status: str) -> float:
+    registry = app.state.metrics.registry
+    return sum(registry.get_sample_value("aios_http_requests_total", {"endpoint": endpoint, "status": status}) or 0
+               for endpoint in ("/v1/completions", "/v1/chat/completions", "other"))
+
+
+# ---------------------------------------------------------------- finding 1: one request breaks everyone's step
+
+
+def stream_events(http, body: dict) -> list[str]:
+    response = http.post("/v1/completions", json={**body, "stream": True})
+    assert response.status_code == 200, response.text
+    return [line[len("data: "):] for line in response.text.splitlines() if line.startswith("data: ")]
+
+
+def test_top_k_beyond_int64_is_400_and_running_streams_go_on(live):
+    _, http, app = live
+    vocab = app.state.async_engine.engine.config.hf_config.vocab_size
+    long_body = {"model": MODEL, "prompt": "a long one", "max_tokens": 150, "ignore_eos": True, "temperature": 0.8}
+    results = []
+    runner = threading.Thread(target=lambda: results.append(stream_events(http, long_body)))
+    runner.start()
+    for top_k in (9223372036854775808, vocab + 1):
+        for _ in range(4):
+            body = {"model": MODEL, "prompt": "hi", "max_tokens": 2, "top_k": top_k}
+            error = error_of(http.post("/v1/completions", json=body), 400)
+            assert error["param"] == "top_k"
+    runner.join(60)
+    events = results[0]
+    assert events[-1] == "[DONE]" and all("error" not in json.loads(e) for e in events[:-1])
+    assert sum(len(json.loads(e)["choices"]) for e in events[:-1]) >= 1
+    assert http.get("/health").status_code == 200
+    ok_completion(http, top_k=vocab, temperature=1.0)
+
+
+def test_a_request_failing_in_the_step_fails_alone(live, monkeypatch):
+    """Even if a bad setting slips past validation into a batch, only its own request ends (a 400),
+    the batch's other requests finish normally, and /health stays 200: a client's input is not
+    the engine's health."""
+    _, http, app = live
+    from aios.sampling_params import SamplingParams
+    from aios.server.async_engine import EngineError
+
+    async_engine = app.state.async_engine
+    engine = async_engine.engine
+    errors_before = async_engine.num_errors
+    monkeypatch.setattr(engine, "check_request", lambda token_ids, params: None)  # what a missed check would be
+
+    async def run(params: SamplingParams) -> list:
+        outputs = []
+        async for output in async_engine.generate(engine.tokenize("hello there"), params):
+            outputs.append(output)
+        return outputs
+
+    async def batch():
+        bad = SamplingParams(temperature=1.0, max_tokens=5)
+        bad.top_k = 2**63  # no int64 holds it: preparing the sampler's tensors fails
+        good = [run(SamplingParams(temperature=0.7, max_tokens=20, ignore_eos=True, seed=i)) for i in range(3)]
+        return await asyncio.gather(run(bad), *good, return_exceptions=True)
+
+    for _ in range(async_engine.unhealthy_after + 1):
+        bad, *good = asyncio.run(batch())
+        assert isinstance(bad, EngineError) and bad.kind == "request" and "Overflow" in str(bad)
+        for outputs in good:
+            assert outputs[-1].finish_reason == "length"
+            assert sum(len(o.new_token_ids) for o in outputs) == 20
+    assert async_engine.num_errors == errors_before and async_engine.healthy
+    assert http.get("/health").status_code == 200
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+
+
+# ---------------------------------------------------------------- finding 2: 500 instead of 400
+
+HUGE = "1" + "0" * 400
+HOSTILE_BODIES = {
+    "huge temperature": ("/v1/completions", f'{{"model":"tiny","prompt":"hi","temperature":{HUGE}}}', "invalid_json"),
+    "huge top_p": ("/v1/completions", f'{{"model":"tiny","prompt":"hi","top_p":{HUGE}}}', "invalid_json"),
+    "4301-digit max_tokens": ("/v1/completions", '{"model":"tiny","prompt":"hi","max_tokens":' + "9" * 4301 + "}",
+                              "invalid_json"),
+    "float out of range": ("/v1/completions", '{"model":"tiny","prompt":"hi","temperature":1e400}', "invalid_json"),
+    "NaN": ("/v1/completions", '{"model":"tiny","prompt":"hi","temperature":NaN}', "invalid_json"),
+    "-Infinity": ("/v1/completions", '{"model":"tiny","prompt":"hi","top_p":-Infinity}', "invalid_json"),
+    "surrogate in prompt": ("/v1/completions", '{"model":"tiny","prompt":"\\ud800"}', "invalid_json"),
+    "surrogate in chat content": ("/v1/chat/completions",
+                                  '{"model":"tiny","messages":[{"role":"user","content":"a\\udfff"}]}', "invalid_json"),
+    "surrogate in model": ("/v1/completions", '{"model":"\\ud800","prompt":"hi"}', "invalid_json"),
+    "surrogate in a field name": ("/v1/completions", '{"model":"tiny","prompt":"hi","\\ud800":1}', "invalid_json"),
+    "raw surrogate bytes": ("/v1/completions", '{"model":"tiny","prompt":"\ud800"}', "invalid_json"),
+    "deep nesting": ("/v1/completions", '{"model":"tiny","prompt":' + "[" * 100000 + "]" * 100000 + "}",
+                     "invalid_json"),
+    "moderate nesting": ("/v1/chat/completions", '{"model":"tiny","messages":' + "[" * 40 + "]" * 40 + "}",
+                         "invalid_json"),
+    "not UTF-8": ("/v1/completions", b'{"model":"tiny","prompt":"\xff"}', "invalid_json"),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_BODIES))
+def test_hostile_bodies_are_400_with_the_error_object(live, name):
+    _, http, app = live
+    path, text, code = HOSTILE_BODIES[name]
+    before_500 = status_count(app, "500")
+    error = error_of(post_raw(http, path, text), 400)
+    assert error["code"] == code
+    assert status_count(app, "500") == before_500
+    ok_completion(http)
+
+
+def test_errors_echoing_a_surrogate_are_written(live):
+    """An error message that quotes the client's text is valid JSON, whatever that text holds."""
+    from aios.server.app import error_response
+    from aios.server.protocol import APIError
+
+    response = error_response(APIError(404, "The model '\ud800' does not exist", param="model"))
+    assert json.loads(response.body)["error"]["message"] == "The model '\ud800' does not exist"
+
+
+def test_a_remaining_500_is_counted_and_logged_once_with_its_request_id(live, monkeypatch, caplog):
+    _, http, app = live
+
+    def broken(messages):
+        raise RuntimeError("a bug in the chat path")
+
+    monkeypatch.setattr(app.state.server, "chat_prompt", broken)
+    before = app.state.metrics.registry.get_sample_value(
+        "aios_http_requests_total", {"endpoint": "/v1/chat/completions", "status": "500"}) or 0
+    with caplog.at_level(logging.ERROR, logger="aios.server"):
+        response = http.post("/v1/chat/completions",
+                             json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    error = error_of(response, 500)
+    request_id = response.headers["x-request-id"]
+    assert request_id in error["message"] and "a bug" not in error["message"], "no internals in the reply"
+    after = app.state.metrics.registry.get_sample_value(
+        "aios_http_requests_total", {"endpoint": "/v1/chat/completions", "status": "500"})
+    assert after == before + 1
+    logged = [r for r in caplog.records if request_id in r.getMessage()]
+    assert len(logged) == 1 and "a bug in the chat path" in logged[0].getMessage()
+
+
+# ---------------------------------------------------------------- finding 4: half-sent requests
+
+
+def connect(base_url: str) -> socket.socket:
+    host, port = base_url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    return sock
+
+
+def read_until_closed(sock: socket.socket, limit: float) -> tuple[bytes, float]:
+    """Everything the server sends until it closes the connection; and how long that took."""
+    start, data = time.monotonic(), b""
+    sock.settimeout(limit)
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            pytest.fail(f"the server kept a half-sent request open for more than {limit} s")
+        if not chunk:
+            return data, time.monotonic() - start
+        data += chunk
+
+
+def test_half_sent_requests_are_closed_and_others_are_served(live):
+    base_url, http, _ = live
+    heads = [connect(base_url) for _ in range(60)]
+    bodies = [connect(base_url) for _ in range(20)]
+    try:
+        for sock in heads:
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: appl")
+        for sock in bodies:
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{\"model\": \"tiny\"")
+        ok_completion(http)  # served while the others hang
+        for sock in heads:
+            data, _ = read_until_closed(sock, limit=20 * CLIENT_TIMEOUT)
+            assert data == b""
+        for sock in bodies:
+            data, _ = read_until_closed(sock, limit=20 * CLIENT_TIMEOUT)
+            head, _, body = data.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 408"), data
+            assert json.loads(body)["error"]["code"] == "request_timeout"
+    finally:
+        for sock in heads + bodies:
+            sock.close()
+    ok_completion(http)
+
+
+def test_a_slow_but_steady_client_is_still_cut_off(live):
+    """A client dribbling one header byte at a time (slowloris) does not reset the head deadline."""
+    base_url, _, _ = live
+    request = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 1000
+    with connect(base_url) as sock:
+        start = time.monotonic()
+        try:
+            for byte in request:
+                sock.sendall(bytes([byte]))
+                time.sleep(CLIENT_TIMEOUT / 10)
+                if time.monotonic() - start > 20 * CLIENT_TIMEOUT:
+                    pytest.fail("a slowloris client kept its connection")
+        except (BrokenPipeError, ConnectionResetError):
+            return
+        data, _ = read_until_closed(sock, limit=20 * CLIENT_TIMEOUT)
+        assert data == b""
