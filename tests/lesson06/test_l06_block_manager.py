@@ -13,6 +13,7 @@ def seq_of(length: int, block_size: int = 4) -> Sequence:
     return Sequence(list(range(length)), block_size=block_size)
 
 
+@pytest.mark.hint(3)
 def test_allocate_covers_every_token():
     """allocate gives a sequence ceil(len / block_size) distinct blocks, taken from the free ones."""
     manager = BlockManager(num_blocks=10, block_size=4)
@@ -23,6 +24,7 @@ def test_allocate_covers_every_token():
     assert manager.num_free_blocks == 7
 
 
+@pytest.mark.hint(3)
 def test_deallocate_returns_every_block():
     """deallocate empties the block table and every block is free again (and can be handed out again)."""
     manager = BlockManager(num_blocks=6, block_size=4)
@@ -39,6 +41,7 @@ def test_deallocate_returns_every_block():
     assert sorted(again.block_table) == list(range(6))
 
 
+@pytest.mark.hint(3)
 def test_allocation_fails_cleanly_when_blocks_run_out():
     """Without enough free blocks, can_allocate is False and allocate raises OutOfBlocksError, changing nothing."""
     manager = BlockManager(num_blocks=4, block_size=4)
@@ -52,6 +55,7 @@ def test_allocation_fails_cleanly_when_blocks_run_out():
     assert manager.can_allocate(seq_of(4))
 
 
+@pytest.mark.hint(2)
 def test_a_new_block_only_when_the_last_one_is_full():
     """may_append adds a block exactly when the newest token is the first of a new block."""
     manager = BlockManager(num_blocks=3, block_size=4)
@@ -69,6 +73,7 @@ def test_a_new_block_only_when_the_last_one_is_full():
     assert manager.num_free_blocks == 1
 
 
+@pytest.mark.hint(2)
 def test_cannot_append_without_a_free_block():
     """can_append is False when the newest token needs a block and none is free."""
     manager = BlockManager(num_blocks=2, block_size=2)
@@ -84,6 +89,48 @@ def test_slot_mapping_by_hand():
     """slot = block_table[p // block_size] * block_size + p % block_size."""
     assert slot_mapping([7, 2], [0, 1, 2, 3, 4, 5], 4) == [28, 29, 30, 31, 8, 9]
     assert slot_mapping([3, 0, 5], [9, 4, 0], 4) == [21, 0, 12]
+
+
+@pytest.mark.hint(3)
+def test_deallocate_resets_num_cached_tokens():
+    """deallocate sets num_cached_tokens back to 0: the K/V it counted left with the blocks."""
+    manager = BlockManager(num_blocks=4, block_size=4)
+    seq = seq_of(9)
+    manager.allocate(seq)
+    seq.num_cached_tokens = 8  # as if prefill (or, in lesson 13, a cached prefix) had filled two blocks
+    manager.deallocate(seq)
+    assert seq.num_cached_tokens == 0, "a re-admitted sequence would skip tokens whose K/V are gone"
+
+
+@pytest.mark.hint(6)
+def test_a_shared_block_is_freed_by_its_last_user_only():
+    """A block two sequences share (ref_count 2) stays used after the first deallocate, and is freed by the second."""
+    manager = BlockManager(num_blocks=4, block_size=4)
+    owner, sharer = seq_of(8), seq_of(6)
+    manager.allocate(owner)
+    sharer.block_table = list(owner.block_table)  # lesson 13's prefix caching shares blocks like this
+    for block_id in owner.block_table:
+        manager.blocks[block_id].ref_count += 1
+    manager.deallocate(owner)
+    assert [manager.blocks[b].ref_count for b in sharer.block_table] == [1, 1], "one reference each is left"
+    assert set(manager.used_block_ids) == set(sharer.block_table), "blocks still referenced must stay used"
+    assert manager.num_free_blocks == 2
+    manager.deallocate(sharer)
+    assert manager.num_free_blocks == 4 and not manager.used_block_ids
+
+
+@pytest.mark.hint(6)
+def test_free_blocks_are_handed_out_oldest_first():
+    """The free list is a queue: blocks are taken from its front and given back at its end."""
+    manager = BlockManager(num_blocks=4, block_size=4)
+    first, second = seq_of(8), seq_of(4)
+    manager.allocate(first)
+    manager.allocate(second)
+    assert (first.block_table, second.block_table) == ([0, 1], [2]), "a fresh pool hands out 0, 1, 2, ..."
+    manager.deallocate(second)
+    third = seq_of(8)
+    manager.allocate(third)
+    assert third.block_table == [3, 2], "block 3 has been free longest; block 2, just given back, comes after it"
 
 
 NUM_BLOCKS, BLOCK_SIZE = 12, 4
@@ -162,6 +209,7 @@ class AllocatorMachine(RuleBasedStateMachine):
         assert self.manager.num_free_blocks == NUM_BLOCKS
 
 
+@pytest.mark.hint(1)
 def test_allocator_state_machine():
     """Random allocate/grow/free: no block owned twice, free + used = all, frees return everything, slots unique."""
     run_state_machine_as_test(AllocatorMachine, settings=settings(max_examples=40, stateful_step_count=30,

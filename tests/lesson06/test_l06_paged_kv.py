@@ -1,5 +1,6 @@
 """Lesson 6: writing K/V into paged storage and reading one sequence back."""
 
+import pytest
 import torch
 
 from aios.engine.block_manager import slot_mapping
@@ -21,6 +22,7 @@ def random_kv(tokens: int, seed: int = 0):
     return torch.randn(tokens, KV_HEADS, HEAD_DIM, generator=g), torch.randn(tokens, KV_HEADS, HEAD_DIM, generator=g)
 
 
+@pytest.mark.hint(5)
 def test_store_then_gather_round_trip():
     """gather_kv reads back, in order, the K/V that store_kvcache wrote through a scattered block table."""
     k_cache, v_cache = empty_cache()
@@ -33,6 +35,7 @@ def test_store_then_gather_round_trip():
     torch.testing.assert_close(values, v)
 
 
+@pytest.mark.hint(4)
 def test_store_writes_exactly_the_mapped_slots():
     """store_kvcache writes token i to flat slot slot_mapping[i] and skips slots of -1."""
     k_cache, v_cache = empty_cache()
@@ -45,6 +48,7 @@ def test_store_writes_exactly_the_mapped_slots():
     assert written == [2, 13], "only the two mapped slots may change"
 
 
+@pytest.mark.hint(5)
 def test_attention_over_paged_kv_equals_contiguous():
     """Causal attention over gather_kv's K/V equals attention over the contiguous K/V."""
     k_cache, v_cache = empty_cache()

@@ -66,6 +66,7 @@ def machine_for(num_blocks: int, block_size: int):
     return Machine
 
 
+@pytest.mark.hint(1)
 @pytest.mark.parametrize("num_blocks,block_size", [(5, 1), (9, 3), (3, 16)])
 def test_allocator_invariants_for_other_pool_shapes(num_blocks, block_size):
     """The allocator keeps every block accounted for with block sizes 1, 3 and 16 and tiny pools."""
@@ -90,6 +91,30 @@ def test_slots_of_disjoint_block_tables_never_collide(data):
     assert len(all_slots) == len(set(all_slots))
 
 
+@pytest.mark.hint(6)
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_blocks_with_several_references_are_freed_by_their_last_release(data):
+    """A block with n references stays used through n - 1 releases; the n-th frees it, at the end of the free list."""
+    num_blocks = data.draw(st.integers(1, 8))
+    manager = BlockManager(num_blocks, 2)
+    taken = [manager._take_free_block() for _ in range(data.draw(st.integers(1, num_blocks)))]
+    assert taken == list(range(len(taken))), "a fresh pool hands out its blocks oldest first: 0, 1, 2, ..."
+    left = {block_id: data.draw(st.integers(1, 4)) for block_id in taken}
+    for block_id, refs in left.items():
+        manager.blocks[block_id].ref_count = refs  # as if refs sequences shared it (lesson 13)
+    expected_free = list(manager.free_block_ids)
+    for block_id in data.draw(st.permutations([b for b, refs in left.items() for _ in range(refs)])):
+        manager._release_block(block_id)
+        left[block_id] -= 1
+        if left[block_id] == 0:
+            expected_free.append(block_id)
+        assert manager.blocks[block_id].ref_count == left[block_id]
+        assert set(manager.used_block_ids) == {b for b, refs in left.items() if refs > 0}
+        assert list(manager.free_block_ids) == expected_free, "a freed block goes to the end of the free list"
+
+
+@pytest.mark.hint(2)
 def test_exact_fit_is_allowed():
     """can_allocate is True when the free blocks exactly cover the sequence, and allocate takes them all."""
     manager = BlockManager(3, 4)
@@ -99,6 +124,7 @@ def test_exact_fit_is_allowed():
     assert manager.num_free_blocks == 0 and sorted(seq.block_table) == [0, 1, 2]
 
 
+@pytest.mark.hint(1)
 def test_may_append_without_a_free_block_raises_and_changes_nothing():
     """may_append raises OutOfBlocksError when a new block is needed and none is free; the table is unchanged."""
     manager = BlockManager(2, 2)
@@ -111,6 +137,7 @@ def test_may_append_without_a_free_block_raises_and_changes_nothing():
     assert seq.block_table == table and manager.num_free_blocks == 0
 
 
+@pytest.mark.hint(5)
 def test_gather_with_padded_block_table_and_partial_last_block():
     """gather_kv ignores -1 padding after the blocks in use and cuts the last, partial block."""
     k_cache, v_cache = torch.randn(6, 4, 1, 2), torch.randn(6, 4, 1, 2)
@@ -121,6 +148,7 @@ def test_gather_with_padded_block_table_and_partial_last_block():
     torch.testing.assert_close(one_k, k_cache[3, :1])
 
 
+@pytest.mark.hint(4)
 def test_store_writes_through_a_layer_view():
     """store_kvcache writes in place: storing into cache.k_cache[layer] changes the engine's cache tensor."""
     cache = PagedKVCache(3, 4, 2, 1, 2, torch.float32, "cpu")
@@ -130,6 +158,7 @@ def test_store_writes_through_a_layer_view():
     assert cache.k_cache[0].eq(0).all() and cache.k_cache[2].eq(0).all()
 
 
+@pytest.mark.hint(2)
 def test_paged_generation_with_one_token_blocks(fused_model, random_prompt):
     """With block_size 1 every token gets its own block, and the tokens are still lesson 3's."""
     prompt = random_prompt(9, seed=21)
@@ -140,6 +169,7 @@ def test_paged_generation_with_one_token_blocks(fused_model, random_prompt):
     assert paged.block_manager.num_free_blocks == 40
 
 
+@pytest.mark.hint(1)
 def test_paged_generation_running_out_of_blocks_fails_loudly(fused_model, random_prompt):
     """A paged sequence that outgrows its pool raises OutOfBlocksError instead of overwriting other blocks."""
     paged = PagedSequenceKVCache.for_model(fused_model, num_blocks=3, block_size=4)
