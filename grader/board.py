@@ -212,16 +212,16 @@ def print_grade(result: dict) -> None:
     if result.get("unlocked"):
         out.print("Unlocked: " + ", ".join(f"lesson {i}" for i in result["unlocked"]))
     if result.get("hint"):
-        _print_first_hint(out, result)
+        _print_failure_hint(out, result)
     if not result.get("recorded", True):
         out.print(f"(progress not recorded: graded against {result['impl']})", markup=False)
 
 
-def _print_first_hint(out: Console, result: dict) -> None:
-    """Hint 1 after a failed grade, where the hints live, and how to reveal the next layer."""
+def _print_failure_hint(out: Console, result: dict) -> None:
+    """The failing test's hint (else hint 1) after a failed grade, where the hints live, and how to see the next."""
     layers = result.get("hints") or {}
     total = layers.get("total")
-    out.print("\n[bold]Hint 1[/]" + (f" of {total}" if total else "")
+    out.print(f"\n[bold]Hint {layers.get('shown') or 1}[/]" + (f" of {total}" if total else "")
               + (f" (from {layers['readme']})" if layers.get("readme") else ""), soft_wrap=True)
     out.print(result["hint"], markup=False)
     if layers.get("next"):

@@ -145,6 +145,7 @@ def grade_lesson(curriculum: cur.Curriculum, lesson: Lesson, impl: str) -> dict:
         "visible": _suite_counts(visible),
         "hidden": _suite_counts(hidden),
         "benchmark": benchmark_outcome(curriculum, lesson, visible, impl),
+        "hint_target": hints.target(visible.tests + hidden.tests),
         "tests": {"visible": _visible_entries(visible, curriculum.root), "hidden": _hidden_entries(hidden)},
         "notes": notes,
         "log": str((logs / f"lesson{lesson.id:02d}-visible.log").relative_to(curriculum.root)),
@@ -160,16 +161,21 @@ def _stored_grade(grade: dict) -> dict:
 
 
 def grade_and_record(curriculum: cur.Curriculum, progress: prog.Progress, lesson: Lesson, impl: str) -> dict:
-    """Grade ``lesson``; for the learner's tree record it in ``progress`` (saved); add hint 1 on failure."""
+    """Grade ``lesson``; for the learner's tree record it in ``progress`` (saved); add a hint on failure.
+
+    The hint is the one the first failing test names (``@pytest.mark.hint(k)``), else hint 1.
+    """
     result = grade_lesson(curriculum, lesson, impl)
     result["recorded"] = impl == "learner"
     if result["recorded"]:
         result["from_reference"] = progress.taken_from_reference(lesson.id)
         result["unlocked"] = prog.record_grade(curriculum, progress, lesson, _stored_grade(result))
     if not result["passed"]:
-        result["hint"] = hints.first_hint(curriculum, progress, lesson)
+        shown = hints.failure_hint(curriculum, progress, lesson, result["hint_target"])
+        result["hint"] = shown[1] if shown else None
         revealed, total = hints.hint_counts(curriculum, progress, lesson)
-        result["hints"] = {"revealed": revealed, "total": total, "readme": f"{lesson.readme}#hints",
+        result["hints"] = {"shown": shown[0] if shown else None, "revealed": revealed, "total": total,
+                           "readme": f"{lesson.readme}#hints",
                            "next": hints.next_hint_advice(lesson, revealed, total)}
     if result["recorded"] or result.get("hint"):
         prog.save(curriculum.root, progress)

@@ -1,8 +1,10 @@
 """Lesson hints: the ``### Hint k`` sections under a README's ``## Hints``.
 
-Hints come in layers, from a nudge to nearly the answer (never the solution code):
-a failed grade shows hint 1, and each ``python -m grader hint N`` reveals one more,
-up to the last. ``.aios/progress.json`` remembers how many the learner has seen.
+Hints come in layers, from a nudge to nearly the answer (never the solution code).
+A test names the hint that addresses its failure with ``@pytest.mark.hint(k)``; a failed
+grade shows the hint of the first failing test that names one (hint 1 when none does),
+and each ``python -m grader hint N`` reveals the next layer, up to the last.
+``.aios/progress.json`` remembers how many layers the learner has seen.
 """
 
 from __future__ import annotations
@@ -80,10 +82,22 @@ def reveal_next(curriculum: Curriculum, progress: Progress, lesson: Lesson) -> t
     return number, len(hints), hints[number - 1]
 
 
-def first_hint(curriculum: Curriculum, progress: Progress, lesson: Lesson) -> str | None:
-    """Hint 1 (marked as seen), shown after a failed grade."""
+def failure_hint(curriculum: Curriculum, progress: Progress, lesson: Lesson,
+                 number: int | None = None) -> tuple[int, str] | None:
+    """The hint shown after a failed grade: ``(its number, its text)``, None without hints.
+
+    ``number`` is the hint that the first failing test names (``@pytest.mark.hint(k)``, see
+    :func:`target`); without one, or when the README has no such hint, it is hint 1. The
+    layers up to it count as seen, so ``python -m grader hint N`` goes on with the next one.
+    """
     hints = lesson_hints(curriculum, lesson)
     if not hints:
         return None
-    progress.hints[str(lesson.id)] = max(1, revealed(progress, lesson))
-    return hints[0]
+    shown = number if number and 1 <= number <= len(hints) else 1
+    progress.hints[str(lesson.id)] = max(shown, revealed(progress, lesson))
+    return shown, hints[shown - 1]
+
+
+def target(tests: list) -> int | None:
+    """The hint number of the first failing test that names one (runner TestResults, in run order)."""
+    return next((t.hint for t in tests if not t.ok and t.hint), None)

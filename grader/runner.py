@@ -37,6 +37,7 @@ class TestResult:
     message: str = ""
     location: str = ""
     doc: str = ""
+    hint: int | None = None  # the README hint its ``@pytest.mark.hint(k)`` names
 
     @property
     def ok(self) -> bool:
@@ -258,7 +259,8 @@ def _fold(events: list[dict], order: list[str], tests: dict[str, TestResult], re
             for entry in event["tests"]:
                 if entry["nodeid"] not in tests:
                     order.append(entry["nodeid"])
-                    tests[entry["nodeid"]] = TestResult(entry["nodeid"], doc=entry.get("doc", ""))
+                    tests[entry["nodeid"]] = TestResult(entry["nodeid"], doc=entry.get("doc", ""),
+                                                        hint=entry.get("hint"))
         elif kind == "collect_error":
             if all(c.nodeid != event["nodeid"] for c in result.collect_errors):
                 result.collect_errors.append(TestResult(event["nodeid"], "error", event["message"]))

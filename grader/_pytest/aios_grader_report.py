@@ -3,7 +3,8 @@
 It appends one JSON object per line to FILE and flushes after each, so that the
 grader can tell which test was running when the process crashed or hung:
 
-* ``{"event": "collected", "tests": [{"nodeid", "doc"}]}`` once collection is done;
+* ``{"event": "collected", "tests": [{"nodeid", "doc", "hint"}]}`` once collection is done
+  (``hint``: the README hint number of the test's ``hint`` marker, null when none);
 * ``{"event": "collect_error", "nodeid", "message"}`` for a file that failed to import;
 * ``{"event": "start", "nodeid"}`` before each test;
 * ``{"event": "report", "nodeid", "when", "outcome", "message", "location", "xfail"}``
@@ -71,8 +72,17 @@ def _location(report) -> str:
     return f"{crash.path}:{crash.lineno}"
 
 
+def _hint(item) -> int | None:
+    """The README hint the test names with ``@pytest.mark.hint(k)`` (None when it names none)."""
+    marker = item.get_closest_marker("hint")
+    try:
+        return int(marker.args[0]) if marker and marker.args else None
+    except (TypeError, ValueError):
+        return None
+
+
 def pytest_collection_finish(session):
-    tests = [{"nodeid": item.nodeid, "doc": _doc(item)} for item in session.items]
+    tests = [{"nodeid": item.nodeid, "doc": _doc(item), "hint": _hint(item)} for item in session.items]
     _emit({"event": "collected", "tests": tests})
 
 

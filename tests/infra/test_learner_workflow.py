@@ -116,6 +116,47 @@ def test_failed_grade_shows_hint_1_the_readme_section_and_the_next_hint_command(
     assert json.loads(out)["hints"]["next"].endswith("(3 of 3)")
 
 
+def test_failed_grade_shows_the_hint_the_first_failing_test_names(mini, capsys):
+    """A failing test marked ``@pytest.mark.hint(2)`` brings hint 2; ``hint N`` then goes on with hint 3."""
+    write_files(mini, {"tests/lesson01/test_fast.py": """
+        import pytest
+
+        def test_passes():
+            assert True
+
+        @pytest.mark.hint(2)
+        def test_wrong_dtype():
+            assert 1 + 1 == 3
+
+        @pytest.mark.hint(3)
+        def test_wrong_too():
+            assert False
+        """})
+    assert run_cli(mini, capsys, "grade", "0")[0] == 0
+    code, out, _ = run_cli(mini, capsys, "grade", "1")
+    assert code == 1 and "Hint 2 of 3" in out and "SECOND-LAYER" in out
+    assert "FIRST-LAYER" not in out and "THIRD-LAYER" not in out
+    assert "python -m grader hint 1 for the next hint (3 of 3)" in out
+    _, out, _ = run_cli(mini, capsys, "hint", "1")
+    assert "hint 3 of 3" in out and "THIRD-LAYER" in out
+    _, out, _ = run_cli(mini, capsys, "grade", "1", "--json")
+    result = json.loads(out)
+    assert result["hint_target"] == 2 and result["hints"]["shown"] == 2 and result["hints"]["revealed"] == 3
+
+
+def test_a_hint_number_the_readme_lacks_falls_back_to_hint_1(mini, capsys):
+    write_files(mini, {"tests/lesson01/test_fast.py": """
+        import pytest
+
+        @pytest.mark.hint(9)
+        def test_wrong():
+            assert False
+        """})
+    run_cli(mini, capsys, "grade", "0")
+    code, out, _ = run_cli(mini, capsys, "grade", "1")
+    assert code == 1 and "Hint 1 of 3" in out and "FIRST-LAYER" in out
+
+
 def _normalised(text: str) -> str:
     return " ".join(text.split())
 
