@@ -1,0 +1,647 @@
+"""The trusted side of the learner worker: proxies that make remote ``aios`` look local to the tests.
+
+:func:`install` puts :class:`RemoteFinder` first on ``sys.meta_path``, so ``import aios...``
+in a test yields a :class:`RemoteModule` whose attributes are fetched from the worker
+(``grader/remote/worker.py``, a separate process). Plain data and tensors come back as
+fresh local values rebuilt by ``protocol.decode``; everything else is a :class:`Remote`
+handle that forwards attribute access, calls and operators to the worker, one request
+each. Learner exceptions are raised here as local classes (:func:`exception_class`):
+builtin ones as themselves, the learner's own as local subclasses of their builtin base,
+and anything that could pass for a test outcome (``AssertionError``, ``SystemExit``,
+pytest's skip/fail) as :class:`LearnerError`.
+
+If a request is interrupted (pytest-timeout) or the worker dies, the worker is killed and
+the next request starts a fresh one; handles taken from a module re-resolve there.
+"""
+
+from __future__ import annotations
+
+import builtins
+import functools
+import importlib
+import importlib.abc
+import importlib.util
+import io
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import types
+import weakref
+from pathlib import Path
+
+from grader.remote import protocol
+
+WORKER_FILE = Path(__file__).with_name("worker.py")
+STARTUP_TIMEOUT = 120
+SHARED_PREFIXES = tuple({os.path.realpath(sysconfig.get_paths()[key]) + os.sep
+                         for key in ("stdlib", "platstdlib", "purelib", "platlib")})
+LOG_LIMIT = 4000
+
+
+class LearnerError(Exception):
+    """The learner's code raised something a test must not take at face value.
+
+    ``AssertionError``, ``SystemExit``, ``KeyboardInterrupt`` and pytest's own outcome
+    exceptions arrive as this, so learner code cannot pass for a test assertion or skip.
+    """
+
+
+class WorkerDied(LearnerError):
+    """The learner worker exited (crash, ``os._exit``) or was stopped after a timeout."""
+
+
+_EXCEPTIONS: dict[tuple[str, str], type] = {}
+_NEVER_AS_IS = {"AssertionError"}
+
+
+def exception_class(module: str, name: str, bases: list[str]) -> type:
+    """The local class standing for the learner's exception class ``module.name``.
+
+    Builtin exceptions map to themselves; the learner's classes to a local subclass
+    (cached, so ``pytest.raises(aios.x.MyError)`` and the raised error agree) of the
+    nearest builtin base it has.
+    """
+    if module == "builtins" and name not in _NEVER_AS_IS:
+        found = getattr(builtins, name, None)
+        if isinstance(found, type) and issubclass(found, Exception):
+            return found
+    key = (str(module), str(name))
+    if key not in _EXCEPTIONS:
+        base = LearnerError
+        for candidate in bases:
+            found = getattr(builtins, str(candidate), None)
+            if (isinstance(found, type) and issubclass(found, Exception)
+                    and str(candidate) not in _NEVER_AS_IS and found is not Exception):
+                base = found
+                break
+        else:
+            base = Exception if "Exception" in bases else LearnerError
+        cls = type(str(name).rsplit(".", 1)[-1], (base,), {"__module__": str(module), "__qualname__": str(name)})
+        _EXCEPTIONS[key] = cls
+    return _EXCEPTIONS[key]
+
+
+def _trusted_only(obj) -> bool:
+    """Whether ``obj`` must stay here (the worker gets a callback handle): test code, lambdas, locals."""
+    target = obj if isinstance(obj, (type, types.FunctionType, types.MethodType)) else type(obj)
+    if isinstance(obj, types.MethodType):
+        return _trusted_only(obj.__self__) or _trusted_only(obj.__func__)
+    qualname = getattr(target, "__qualname__", "")
+    if "<locals>" in qualname or "<lambda>" in qualname:
+        return True
+    return _trusted_module(getattr(target, "__module__", None) or "")
+
+
+@functools.lru_cache(maxsize=None)
+def _trusted_module(name: str) -> bool:
+    """Whether module ``name`` is test code: not a library the worker can import itself."""
+    if name == protocol.ALIAS:
+        return False
+    module = sys.modules.get(name)
+    if module is None:
+        return True
+    path = getattr(module, "__file__", None)
+    return bool(path) and not os.path.realpath(path).startswith(SHARED_PREFIXES)
+
+
+class Worker:
+    """One learner worker process and the connection to it."""
+
+    def __init__(self, tree: Path, block_hf_models: bool, log_path: Path):
+        self.sock, theirs = socket.socketpair()
+        argv = [sys.executable, "-I", str(WORKER_FILE), "--fd", str(theirs.fileno()), "--tree", str(tree)]
+        if block_hf_models:
+            argv.append("--block-hf-models")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PYTEST", "AIOS_REMOTE"))}
+        self.log_path = log_path
+        with open(log_path, "ab") as log:
+            self.proc = _spawn(argv, cwd=tree, env=env, stdout=log, pass_fds=(theirs.fileno(),))
+        theirs.close()
+        self.proxies: weakref.WeakValueDictionary[int, Remote] = weakref.WeakValueDictionary()
+        self.released: list[tuple[int, int]] = []
+        self.trusted: dict[int, object] = {}
+        self.trusted_ids: dict[int, int] = {}
+        self.methods: dict[str, frozenset] = {}
+        self.importing: set[str] = set()
+        self.alive = True
+
+    # ---------------------------------------------------------------- requests
+
+    def request(self, op: str, *args):
+        """Send one request and wait for its answer, serving the worker's callbacks meanwhile."""
+        if not self.alive:
+            raise WorkerDied("the learner worker was stopped")
+        message = {"k": "req", "op": op, "a": args, "rel": self.released}
+        self.released = []
+        try:
+            self._send(message)
+            header, buffers = self._wait()
+        except BaseException as exc:
+            self.stop()
+            if isinstance(exc, (protocol.WireError, OSError)):
+                raise WorkerDied(self.death_note()) from None
+            raise
+        if header["k"] == "ret":
+            return self.decode(header["v"], buffers)
+        raise self.error(header)
+
+    def _send(self, message: dict) -> None:
+        buffer = io.BytesIO()
+        Pickler(buffer, self).dump(message)
+        protocol.send(self.sock, {"pickle": 1}, [buffer.getvalue()])
+
+    def _wait(self):
+        """The next reply; callbacks from the worker are answered on the way."""
+        while True:
+            header, buffers = protocol.recv(self.sock)
+            kind = header.get("k")
+            if kind in ("ret", "err"):
+                return header, buffers
+            if kind != "cb":
+                raise protocol.WireError(f"unexpected message {kind!r}")
+            self._answer_callback(header, buffers)
+
+    def _answer_callback(self, header: dict, buffers: list[bytes]) -> None:
+        """Run a test value the worker holds a callback handle to, and send the result back."""
+        try:
+            target = self.trusted[int(header["id"])]
+            args, kwargs = self.decode(header["v"], buffers)
+            op, name = header.get("op"), str(header.get("name", ""))
+            if op == "call":
+                result = target(*args, **kwargs)
+            elif op == "getattr":
+                result = getattr(target, name)
+            elif op == "list":
+                result = list(target)
+            elif op == "len":
+                result = len(target)
+            else:
+                raise ValueError(f"unknown callback {op!r}")
+            reply = {"k": "ret", "v": result}
+        except Exception as exc:  # noqa: BLE001 - the failure is reported to the caller in the worker
+            reply = {"k": "err", "name": type(exc).__name__, "message": protocol.clip(str(exc))}
+        self._send(reply)
+
+    def error(self, header: dict) -> BaseException:
+        """The local exception for a learner exception (its learner traceback as a note)."""
+        cls = exception_class(str(header.get("module")), str(header.get("name")), list(header.get("bases", [])))
+        args = [a for a in header.get("args", []) if type(a) in protocol.PLAIN]
+        try:
+            exc = cls(*args)
+        except Exception:  # noqa: BLE001 - a builtin that wants other arguments
+            exc = cls(" ".join(map(str, args)))
+        if cls.__module__ != "builtins" or cls in (LearnerError,):
+            exc.add_note(f"(raised by {header.get('module')}.{header.get('name')} in the learner worker)")
+        exc.add_note("learner traceback (in the worker):\n" + protocol.clip(str(header.get("tb", ""))))
+        return exc
+
+    # ------------------------------------------------------------------ values
+
+    def decode(self, data, buffers):
+        return protocol.decode(data, buffers, self._from_record)
+
+    def _from_record(self, record: dict):
+        tag = record.get("$")
+        if tag == "stop":
+            return STOP
+        if tag == "t":
+            return self.trusted[int(record["id"])]
+        if tag == "exc":
+            return exception_class(str(record["module"]), str(record["name"]), list(record.get("bases", [])))
+        if tag != "h":
+            raise protocol.WireError(f"unknown record {tag!r}")
+        hid = int(record["id"])
+        if "methods" in record:
+            self.methods[str(record["tkey"])] = frozenset(str(m) for m in record["methods"])
+        name = str(record.get("name"))
+        if record.get("kind") == "module" and _is_aios(name) and name not in self.importing:
+            self.released.append((hid, 1))
+            return importlib.import_module(name)
+        proxy = self.proxies.get(hid)
+        if proxy is None:
+            proxy = Remote(self, hid, record)
+            self.proxies[hid] = proxy
+        proxy._aios_seen += 1
+        return proxy
+
+    def trusted_id(self, obj) -> int:
+        """A callback id for a trusted value (kept alive here for the worker's lifetime)."""
+        tid = self.trusted_ids.get(id(obj))
+        if tid is None:
+            tid = len(self.trusted) + 1
+            self.trusted[tid], self.trusted_ids[id(obj)] = obj, tid
+        return tid
+
+    # --------------------------------------------------------------- lifecycle
+
+    def death_note(self) -> str:
+        """Why the worker is gone, with the end of its log."""
+        code = self.proc.poll()
+        if code is None:
+            what = "was stopped"
+        elif code < 0:
+            what = f"was killed by signal {-code}"
+        else:
+            what = f"exited with code {code}"
+        return f"the learner worker {what}\n{read_log(self.log_path)}"
+
+    def stop(self) -> None:
+        """Close the connection and kill the worker's whole process group."""
+        if not self.alive:
+            return
+        self.alive = False
+        try:
+            self.sock.close()
+        finally:
+            _kill_group(self.proc)
+
+
+class Pickler(pickle.Pickler):
+    """Pickles trusted values for the worker: handles by id, test code as callbacks."""
+
+    def __init__(self, file, worker: Worker):
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.worker = worker
+
+    def reducer_override(self, obj):
+        torch = sys.modules.get("torch")
+        if torch is not None and type(obj) is torch.Tensor and not obj.is_sparse:
+            return protocol.reduce_tensor(obj)
+        return NotImplemented
+
+    def persistent_id(self, obj):
+        if type(obj) in _PLAIN_FAST:
+            return None
+        if isinstance(obj, Remote):
+            return ("h", obj._aios_target(self.worker))
+        if isinstance(obj, RemoteModule):
+            return ("h", obj.__dict__["_aios_remote"]._aios_target(self.worker))
+        if _trusted_only(obj):
+            return ("t", self.worker.trusted_id(obj))
+        return None
+
+
+_PLAIN_FAST = (type(None), bool, int, float, str, bytes, list, tuple, dict)
+STOP = object()
+
+
+def read_log(path: Path, limit: int = LOG_LIMIT) -> str:
+    """The end of the worker's log, at most ``limit`` characters."""
+    try:
+        with open(path, "rb") as log:
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - limit))
+            return log.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _spawn(argv: list[str], *, cwd: Path, env: dict, stdout, pass_fds) -> subprocess.Popen:
+    """Start the worker: in the OS sandbox when ``grader/sandbox.py`` offers one, else its own session."""
+    try:
+        from grader import sandbox
+    except ImportError:
+        sandbox = None
+    if sandbox is not None and hasattr(sandbox, "spawn"):
+        try:
+            return sandbox.spawn(argv, cwd=cwd, env=env, stdout=stdout, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL, pass_fds=pass_fds)
+        except TypeError:
+            pass
+    return subprocess.Popen(argv, cwd=cwd, env=env, stdout=stdout, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, pass_fds=pass_fds, start_new_session=True)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Kill the process and everything it started in its session."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+    proc.wait()
+
+
+def _is_aios(name: str) -> bool:
+    return name == "aios" or name.startswith("aios.")
+
+
+# ---------------------------------------------------------------------- proxies
+
+
+class Remote:
+    """A handle to an object living in the worker; every use is a request.
+
+    ``_aios_path`` (module, attribute) is set for values read off a module, so that after
+    a worker restart the handle finds the same object in the new worker.
+    """
+
+    __slots__ = ("_aios_worker", "_aios_id", "_aios_seen", "_aios_record", "_aios_path", "_aios_fresh",
+                 "__weakref__")
+
+    def __init__(self, worker: Worker, hid: int, record: dict):
+        object.__setattr__(self, "_aios_worker", worker)
+        object.__setattr__(self, "_aios_id", hid)
+        object.__setattr__(self, "_aios_seen", 0)
+        object.__setattr__(self, "_aios_record", record)
+        object.__setattr__(self, "_aios_path", None)
+        object.__setattr__(self, "_aios_fresh", None)
+
+    def __del__(self):
+        worker = self._aios_worker
+        if worker.alive and self._aios_seen:
+            worker.released.append((self._aios_id, self._aios_seen))
+
+    def _aios_target(self, worker: Worker | None = None) -> int:
+        """This object's handle id in the current worker (re-resolved after a restart)."""
+        current = worker or SESSION.worker()
+        if self._aios_worker is current:
+            return self._aios_id
+        fresh = self._aios_fresh
+        if fresh is None or fresh._aios_worker is not current:
+            if self._aios_path is None:
+                raise WorkerDied("this object lived in a learner worker that was stopped (timeout or crash)")
+            module, name = self._aios_path
+            if module is None:
+                fresh = importlib.import_module(name).__dict__["_aios_remote"]
+            else:
+                fresh = current.request("getattr", importlib.import_module(module), name)
+            object.__setattr__(self, "_aios_fresh", fresh)
+        return fresh._aios_target(current) if isinstance(fresh, Remote) else self._aios_id
+
+    def _aios(self, op: str, *args):
+        worker = SESSION.worker()
+        self._aios_target(worker)
+        return worker.request(op, *args)
+
+    def _aios_op(self, name: str, *operands):
+        return self._aios("op", name, operands)
+
+    def __getattr__(self, name: str):
+        if name.startswith("_aios"):
+            raise AttributeError(name)
+        methods = self._aios_worker.methods.get(str(self._aios_record.get("tkey")), ())
+        if name in methods and self._aios_record.get("kind") != "class":
+            return RemoteMethod(self, name)
+        return self._aios("getattr", self, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        self._aios("setattr", self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        self._aios("delattr", self, name)
+
+    def __call__(self, *args, **kwargs):
+        return self._aios("call", self, args, kwargs)
+
+    def __instancecheck__(self, obj) -> bool:
+        return isinstance(obj, (Remote, RemoteModule)) and self._aios("isinstance", obj, self)
+
+    def __subclasscheck__(self, cls) -> bool:
+        return isinstance(cls, Remote) and self._aios("issubclass", cls, self)
+
+    def __iter__(self):
+        iterator = self._aios_op("iter", self)
+        if not isinstance(iterator, Remote):
+            yield from iterator
+            return
+        while (item := iterator._aios_op("next", iterator)) is not STOP:
+            yield item
+
+    def __next__(self):
+        item = self._aios_op("next", self)
+        if item is STOP:
+            raise StopIteration
+        return item
+
+    def __eq__(self, other):
+        return _plain(self._aios_op("eq", self, other), bool)
+
+    def __ne__(self, other):
+        return _plain(self._aios_op("ne", self, other), bool)
+
+    def __hash__(self):
+        return _plain(self._aios_op("hash", self), int)
+
+    def __bool__(self):
+        return _plain(self._aios_op("bool", self), bool)
+
+    def __len__(self):
+        return _plain(self._aios_op("len", self), int)
+
+    def __contains__(self, item):
+        return _plain(self._aios_op("contains", self, item), bool)
+
+    def __index__(self):
+        return _plain(self._aios_op("index", self), int)
+
+    def __int__(self):
+        return _plain(self._aios_op("int", self), int)
+
+    def __float__(self):
+        return _plain(self._aios_op("float", self), float)
+
+    def __repr__(self):
+        return _plain(self._aios_op("repr", self), str)
+
+    def __str__(self):
+        return _plain(self._aios_op("str", self), str)
+
+    def __format__(self, spec):
+        return _plain(self._aios_op("format", self, spec), str)
+
+    def __dir__(self):
+        return self._aios_op("dir", self)
+
+    def __enter__(self):
+        return self._aios("method", self, "__enter__", (), {})
+
+    def __exit__(self, *exc_info):
+        return self._aios("method", self, "__exit__", (None, None, None), {})
+
+    def __reversed__(self):
+        return self._aios_op("reversed", self)
+
+    def __round__(self, *digits):
+        return self._aios_op("round", self, *digits)
+
+
+def _operator(name: str, reflected: bool = False):
+    def forward(self, *operands):
+        return self._aios_op(name, *((operands[0], self) if reflected else (self, *operands)))
+
+    return forward
+
+
+for _name in ("lt", "le", "gt", "ge", "add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul",
+              "and_", "or_", "xor", "lshift", "rshift", "getitem", "setitem", "delitem", "neg", "pos", "abs",
+              "invert"):
+    _dunder = _name.rstrip("_")
+    setattr(Remote, f"__{_dunder}__", _operator(_name))
+    if _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and_", "or_", "xor"):
+        setattr(Remote, f"__r{_dunder}__", _operator(_name, reflected=True))
+
+
+def _plain(value, kind: type):
+    """``value`` when it is exactly of type ``kind`` (a learner __eq__ cannot answer with an object)."""
+    if type(value) is not kind and not (kind is float and type(value) is int):
+        raise TypeError(f"the learner's object answered with {type(value).__name__}, not {kind.__name__}")
+    return value
+
+
+class RemoteMethod:
+    """``handle.name`` for a method of the handle's class: calling it is one request."""
+
+    __slots__ = ("owner", "name")
+
+    def __init__(self, owner: Remote, name: str):
+        self.owner, self.name = owner, name
+
+    def __call__(self, *args, **kwargs):
+        return self.owner._aios("method", self.owner, self.name, args, kwargs)
+
+    def __getattr__(self, attr):
+        return getattr(self.owner._aios("getattr", self.owner, self.name), attr)
+
+    def __repr__(self):
+        return f"<remote method {self.name} of {self.owner!r}>"
+
+
+class RemoteModule(types.ModuleType):
+    """A learner module seen from the trusted side: attributes are fetched from the worker."""
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        remote = self.__dict__["_aios_remote"]
+        value = remote._aios("getattr", remote, name)
+        if isinstance(value, Remote):
+            if value._aios_path is None:
+                object.__setattr__(value, "_aios_path", (self.__name__, name))
+            if value._aios_record.get("kind") in ("class", "callable"):
+                self.__dict__[name] = value
+        elif isinstance(value, type) and issubclass(value, BaseException):
+            self.__dict__[name] = value
+        return value
+
+    def __setattr__(self, name: str, value) -> None:
+        if name.startswith("__") or isinstance(value, RemoteModule) or name == "_aios_remote":
+            self.__dict__[name] = value
+            return
+        self.__dict__.pop(name, None)
+        remote = self.__dict__["_aios_remote"]
+        remote._aios("setattr", remote, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        self.__dict__.pop(name, None)
+        remote = self.__dict__["_aios_remote"]
+        remote._aios("delattr", remote, name)
+
+    def __dir__(self):
+        remote = self.__dict__["_aios_remote"]
+        return remote._aios_op("dir", remote)
+
+
+class RemoteFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Serves ``aios`` and its submodules from the worker."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if not _is_aios(fullname):
+            return None
+        worker = SESSION.worker()
+        worker.importing.add(fullname)
+        try:
+            handle = worker.request("import", fullname)
+        finally:
+            worker.importing.discard(fullname)
+        if not isinstance(handle, Remote):
+            raise ImportError(f"{fullname} did not import as a module")
+        is_package = bool(handle._aios_record.get("package", False))
+        spec = importlib.util.spec_from_loader(fullname, self, is_package=is_package)
+        spec.loader_state = handle
+        return spec
+
+    def create_module(self, spec):
+        module = RemoteModule(spec.name)
+        remote = spec.loader_state
+        object.__setattr__(remote, "_aios_path", (None, spec.name))
+        module.__dict__["_aios_remote"] = remote
+        return module
+
+    def exec_module(self, module):
+        module.__dict__.pop("__file__", None)
+
+
+# ---------------------------------------------------------------------- session
+
+
+class Session:
+    """The worker of this test process: started on first use, restarted after a crash or timeout."""
+
+    def __init__(self, tree: Path, block_hf_models: bool, log_path: Path):
+        self.tree, self.block_hf_models, self.log_path = Path(tree), block_hf_models, Path(log_path)
+        self.current: Worker | None = None
+        self.restarts = 0
+
+    def worker(self) -> Worker:
+        if self.current is None or not self.current.alive:
+            if self.current is not None:
+                self.restarts += 1
+                for name in [n for n in sys.modules if _is_aios(n)]:
+                    del sys.modules[name]
+            self.current = Worker(self.tree, self.block_hf_models, self.log_path)
+        return self.current
+
+    def seed(self, value: int) -> None:
+        """Forward a ``torch.manual_seed`` from the tests to the learner's torch."""
+        if self.current is not None and self.current.alive:
+            self.current.request("seed", int(value))
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.current.stop()
+
+
+SESSION: Session | None = None
+
+
+def install(tree: Path, *, block_hf_models: bool, log_path: Path) -> Session:
+    """Route every ``import aios...`` of this process to a learner worker on ``tree``."""
+    global SESSION
+    SESSION = Session(tree, block_hf_models, log_path)
+    for name in [n for n in sys.modules if _is_aios(n)]:
+        del sys.modules[name]
+    sys.meta_path.insert(0, RemoteFinder())
+    _forward_seeds()
+    return SESSION
+
+
+def _forward_seeds() -> None:
+    """Make ``torch.manual_seed`` in a test seed the worker's torch too (learner code draws there)."""
+    import torch
+
+    original = torch.manual_seed
+    if getattr(original, "_aios_forwards", False):
+        return
+
+    def manual_seed(seed):
+        result = original(seed)
+        if SESSION is not None:
+            SESSION.seed(seed)
+        return result
+
+    manual_seed._aios_forwards = True
+    manual_seed.__doc__ = original.__doc__
+    torch.manual_seed = manual_seed
+
+
+def uninstall() -> None:
+    """Stop the worker and forget the finder."""
+    global SESSION
+    if SESSION is not None:
+        SESSION.close()
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, RemoteFinder)]
+    SESSION = None

@@ -1,0 +1,329 @@
+"""The learner worker: imports the learner's ``aios`` and computes what the tests ask, nothing else.
+
+Started by the trusted side (:mod:`grader.remote.client`) as::
+
+    python -I grader/remote/worker.py --fd N --tree DIR [--block-hf-models]
+
+It never imports pytest and never sees the report file. ``DIR`` (the folder holding the
+learner's ``aios/``) is the only project folder on its ``sys.path``. It serves requests
+read from the socket on file descriptor ``N`` one at a time: import a module, get or set
+an attribute, call something, apply an operator. Results go back through
+``protocol.encode``: plain data as data, everything else as a handle id into
+``Worker.objects``. A trusted value that cannot be pickled (a test's lambda or fake class)
+arrives as a :class:`TrustedProxy`, whose use is a callback to the trusted side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import builtins
+import importlib
+import importlib.util
+import inspect
+import operator
+import os
+import pickle
+import socket
+import sys
+import traceback
+from pathlib import Path
+
+
+def _load_protocol():
+    """``protocol.py`` from this folder, under a private name (the grader is not on sys.path)."""
+    spec = importlib.util.spec_from_file_location("_aios_remote_protocol", Path(__file__).with_name("protocol.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+protocol = _load_protocol()
+
+OPERATORS = {name: getattr(operator, name) for name in (
+    "lt", "le", "gt", "ge", "add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul",
+    "and_", "or_", "xor", "lshift", "rshift", "neg", "pos", "abs", "invert", "index",
+    "getitem", "setitem", "delitem")}
+OPERATORS.update(eq=lambda a, b: bool(a == b), ne=lambda a, b: bool(a != b), contains=lambda a, b: bool(b in a),
+                 len=len, bool=bool, hash=hash, repr=repr, str=str, format=format, int=int, float=float,
+                 iter=iter, dir=lambda a: sorted(dir(a)), reversed=reversed, round=round)
+STOP = {"$": "stop"}
+HF_MODEL_MODULES = "transformers.modeling_utils"
+
+
+class HFModelBlocker:
+    """A meta-path finder refusing Hugging Face's model code (lessons from 3 on build their own).
+
+    The tokenizer stays importable: the engine uses ``AutoTokenizer`` from lesson 8 on.
+    """
+
+    def find_spec(self, name, path=None, target=None):
+        parts = name.split(".")
+        blocked = name == HF_MODEL_MODULES or (
+            name.startswith("transformers.models.") and len(parts) >= 4
+            and parts[3].startswith("modeling_") and parts[2] != "auto")
+        if blocked:
+            raise ImportError(f"{name}: Hugging Face's model code is not available when grading this lesson "
+                              "(from lesson 3 on, aios runs the model itself)")
+        return None
+
+
+class TrustedProxy:
+    """Stands in for a trusted value the worker cannot rebuild (a test's function or fake object)."""
+
+    __slots__ = ("_tid",)
+
+    def __init__(self, tid: int):
+        self._tid = tid
+
+    def __call__(self, *args, **kwargs):
+        return WORKER.callback(self._tid, "call", "", args, kwargs)
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return WORKER.callback(self._tid, "getattr", name, (), {})
+
+    def __iter__(self):
+        return iter(WORKER.callback(self._tid, "list", "", (), {}))
+
+    def __len__(self):
+        return WORKER.callback(self._tid, "len", "", (), {})
+
+    def __repr__(self):
+        return f"<trusted object {self._tid}>"
+
+
+def _builtin_bases(cls: type) -> list[str]:
+    """Names of the builtin exception classes in ``cls``'s MRO, nearest first."""
+    return [c.__name__ for c in cls.__mro__ if c.__module__ == "builtins" and getattr(builtins, c.__name__, None) is c]
+
+
+def _qualname(obj) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__name__)}"
+
+
+def _learner_frames(tb):
+    """The traceback without the worker's own frames at its start."""
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return tb
+
+
+class Worker:
+    """The handle table and the request loop of one worker process."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.objects: dict[int, object] = {}
+        self.ids: dict[int, int] = {}
+        self.sent: dict[int, int] = {}
+        self.types_sent: set[int] = set()
+        self.next_id = 1
+
+    # ------------------------------------------------------------ values out
+
+    def handle(self, obj) -> dict:
+        """The record naming ``obj`` on the trusted side; the object stays here until released."""
+        if isinstance(obj, TrustedProxy):
+            return {"$": "t", "id": obj._tid}
+        if isinstance(obj, type) and issubclass(obj, BaseException):
+            return {"$": "exc", "name": obj.__qualname__, "module": obj.__module__, "bases": _builtin_bases(obj)}
+        hid = self.ids.get(id(obj))
+        if hid is None:
+            hid, self.next_id = self.next_id, self.next_id + 1
+            self.objects[hid], self.ids[id(obj)], self.sent[hid] = obj, hid, 0
+        self.sent[hid] += 1
+        record = {"$": "h", "id": hid, "kind": self._kind(obj), "type": _qualname(type(obj))}
+        if inspect.ismodule(obj):
+            record["name"], record["package"] = obj.__name__, hasattr(obj, "__path__")
+        elif isinstance(obj, type) or callable(obj):
+            record["name"] = _qualname(obj)
+        cls = type(obj)
+        if id(cls) not in self.types_sent:
+            self.types_sent.add(id(cls))
+            record["methods"] = self._methods(cls)
+        record["tkey"] = f"{_qualname(cls)}#{id(cls)}"
+        return record
+
+    @staticmethod
+    def _kind(obj) -> str:
+        if inspect.ismodule(obj):
+            return "module"
+        if isinstance(obj, type):
+            return "class"
+        return "callable" if callable(obj) else "object"
+
+    @staticmethod
+    def _methods(cls: type) -> list[str]:
+        """Public methods defined by the class (a call on them is one round trip)."""
+        names = set()
+        for klass in cls.__mro__[:-1]:
+            for name, value in vars(klass).items():
+                if not name.startswith("__") and (isinstance(value, (staticmethod, classmethod))
+                                                  or inspect.isfunction(value)):
+                    names.add(name)
+        return sorted(names)
+
+    def release(self, pairs) -> None:
+        """Forget handles the trusted side no longer holds (``(id, times it was received)`` pairs)."""
+        for hid, count in pairs:
+            if hid in self.sent:
+                self.sent[hid] -= count
+                if self.sent[hid] <= 0:
+                    obj = self.objects.pop(hid)
+                    del self.sent[hid], self.ids[id(obj)]
+
+    def reply(self, value) -> None:
+        buffers: list[bytes] = []
+        data = protocol.encode(value, self.handle, buffers)
+        protocol.send(self.sock, {"k": "ret", "v": data}, buffers)
+
+    def reply_error(self, exc: BaseException) -> None:
+        """The exception's class name, builtin bases, plain arguments and learner traceback."""
+        cls = type(exc)
+        args = list(exc.args) if all(type(a) in protocol.PLAIN for a in exc.args) else [str(exc)]
+        args = [protocol.clip(a) if isinstance(a, str) else a for a in args[:8]]
+        tb = protocol.clip("".join(traceback.format_exception(exc.with_traceback(_learner_frames(exc.__traceback__)))))
+        protocol.send(self.sock, {"k": "err", "name": cls.__qualname__, "module": cls.__module__,
+                                  "bases": _builtin_bases(cls), "args": args, "tb": tb})
+
+    # ------------------------------------------------------------- values in
+
+    def unpickle(self, raw: bytes):
+        """A trusted message: handles become the objects they name, callbacks TrustedProxy."""
+        worker = self
+
+        class Unpickler(pickle.Unpickler):
+            def persistent_load(self, pid):
+                kind, ident = pid
+                return worker.objects[ident] if kind == "h" else TrustedProxy(ident)
+
+        import io
+
+        return Unpickler(io.BytesIO(raw)).load()
+
+    def receive(self) -> dict:
+        header, buffers = protocol.recv(self.sock)
+        if "pickle" not in header or len(buffers) != 1:
+            raise protocol.WireError("expected a pickled message")
+        return self.unpickle(buffers[0])
+
+    # -------------------------------------------------------------- requests
+
+    def serve(self, until_reply: bool = False):
+        """Answer requests; with ``until_reply``, return the first reply (to a callback)."""
+        while True:
+            message = self.receive()
+            if message["k"] != "req":
+                if until_reply:
+                    return message
+                raise protocol.WireError(f"unexpected {message['k']!r} message")
+            self.release(message.get("rel", ()))
+            if message["op"] == "exit":
+                return None
+            try:
+                value = self.run(message["op"], *message["a"])
+            except BaseException as exc:  # noqa: BLE001 - every learner failure goes back to the tests
+                self.reply_error(exc)
+                continue
+            try:
+                self.reply(value)
+            except Exception as exc:  # noqa: BLE001 - an unencodable value is the learner's failure too
+                self.reply_error(exc)
+
+    def run(self, op: str, *args):
+        """Carry out one request."""
+        if op == "import":
+            return importlib.import_module(args[0])
+        if op == "getattr":
+            return getattr(args[0], args[1])
+        if op == "setattr":
+            return setattr(args[0], args[1], args[2])
+        if op == "delattr":
+            return delattr(args[0], args[1])
+        if op == "call":
+            return args[0](*args[1], **args[2])
+        if op == "method":
+            return getattr(args[0], args[1])(*args[2], **args[3])
+        if op == "op":
+            return self.operate(args[0], args[1])
+        if op == "isinstance":
+            return bool(isinstance(args[0], args[1]))
+        if op == "issubclass":
+            return bool(issubclass(args[0], args[1]))
+        if op == "seed":
+            return self.seed(args[0])
+        if op == "spawn":
+            return spawn(*args)
+        if op == "ping":
+            return os.getpid()
+        raise ValueError(f"unknown request {op!r}")
+
+    @staticmethod
+    def operate(name: str, operands: tuple):
+        """An operator or builtin applied to handles and data; ``next`` says STOP at the end."""
+        if name == "next":
+            try:
+                return next(operands[0])
+            except StopIteration:
+                return STOP
+        return OPERATORS[name](*operands)
+
+    @staticmethod
+    def seed(value: int) -> None:
+        """Seed torch and ``random`` the way the test just seeded its own process."""
+        import random
+
+        random.seed(value)
+        if "torch" in sys.modules:
+            sys.modules["torch"].manual_seed(value)
+
+    def callback(self, tid: int, op: str, name: str, args: tuple, kwargs: dict):
+        """Ask the trusted side to use one of its values; serve nested requests meanwhile."""
+        buffers: list[bytes] = []
+        data = protocol.encode([list(args), kwargs], self.handle, buffers)
+        protocol.send(self.sock, {"k": "cb", "id": tid, "op": op, "name": name, "v": data}, buffers)
+        reply = self.serve(until_reply=True)
+        if reply["k"] == "ret":
+            return reply["v"]
+        error = getattr(builtins, reply.get("name", ""), None)
+        if not (isinstance(error, type) and issubclass(error, Exception)):
+            error = RuntimeError
+        raise error(reply.get("message", "the trusted side failed"))
+
+
+def spawn(argv: list[str], env: dict | None, cwd: str | None, extra: dict):
+    """Start a process from the worker (so it runs on the learner's side); return the Popen."""
+    import subprocess
+
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.Popen(argv, env=full_env, cwd=cwd, **extra)
+
+
+WORKER: Worker | None = None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--tree", required=True)
+    parser.add_argument("--block-hf-models", action="store_true")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, args.tree)
+    os.environ["PYTHONPATH"] = args.tree
+    os.environ["PYTHONSAFEPATH"] = "1"
+    if args.block_hf_models:
+        sys.meta_path.insert(0, HFModelBlocker())
+    global WORKER
+    WORKER = Worker(socket.socket(fileno=args.fd))
+    try:
+        WORKER.serve()
+    except protocol.WireError:
+        pass
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
