@@ -1,6 +1,8 @@
 """Root pytest configuration: which ``aios`` the tests import, shared fixtures, markers.
 
-``AIOS_IMPL`` picks the tree (docs/conventions.md):
+``AIOS_IMPL`` picks the tree (docs/conventions.md); with ``AIOS_REMOTE=1`` (how the grader
+runs the tests) that tree is imported only by a separate learner worker process and the
+tests see proxies (grader/remote/client.py); otherwise it is imported here:
 
 * ``learner`` (default): the repository's generated ``aios/``;
 * ``reference``: ``solutions/aios/``;
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -62,8 +65,17 @@ def _activate(impl_dir: Path) -> None:
     os.environ["PYTHONSAFEPATH"] = "1"
 
 
+def _start_worker(impl_dir: Path) -> None:
+    """Trust split (docs/classroom.md): ``import aios`` yields proxies to a learner worker process."""
+    from grader.remote.client import install
+
+    log = os.environ.get("AIOS_REMOTE_LOG") or os.path.join(tempfile.mkdtemp(prefix="aios-worker-"), "worker.log")
+    install(impl_dir, block_hf_models=os.environ.get("AIOS_REMOTE_BLOCK_HF") == "1", log_path=Path(log))
+
+
 IMPL_LABEL, IMPL_DIR = resolve_impl(os.environ.get("AIOS_IMPL"))
-_activate(IMPL_DIR)
+REMOTE = os.environ.get("AIOS_REMOTE") == "1"
+_start_worker(IMPL_DIR) if REMOTE else _activate(IMPL_DIR)
 os.environ["AIOS_IMPL"] = IMPL_LABEL if IMPL_LABEL != "path" else str(IMPL_DIR)
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -73,7 +85,16 @@ def pytest_report_header(config):
     """Show which tree ``import aios`` resolves to."""
     package = IMPL_DIR / "aios"
     missing = "" if (package / "__init__.py").is_file() else "  (missing!)"
-    return f"aios implementation: {IMPL_LABEL} ({package}){missing}"
+    where = "  [in the learner worker]" if REMOTE else ""
+    return f"aios implementation: {IMPL_LABEL} ({package}){missing}{where}"
+
+
+def pytest_unconfigure(config):
+    """Stop the learner worker (remote mode) with its whole process tree."""
+    if REMOTE:
+        from grader.remote.client import uninstall
+
+        uninstall()
 
 
 def pytest_configure(config):
