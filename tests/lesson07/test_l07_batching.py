@@ -1,5 +1,6 @@
 """Lesson 7: ragged batches packed with cu_seqlens, the Context, and batched paged attention."""
 
+import pytest
 import torch
 
 from aios.engine.kv_cache import StaticKVCache
@@ -9,6 +10,7 @@ from aios.layers.paged_attention import paged_attention, store_kvcache
 from aios.utils.context import Context
 
 
+@pytest.mark.hint(2)
 def test_prepare_prefill_packs_a_ragged_batch(runner, make_seq, context_lists):
     """prepare_prefill: flat input ids and positions, cu_seqlens_q, context_lens, slots and padded block tables."""
     a = make_seq([11, 12, 13], block_table=[5])
@@ -27,6 +29,7 @@ def test_prepare_prefill_packs_a_ragged_batch(runner, make_seq, context_lists):
     assert context.kv_cache is runner.kv_cache
 
 
+@pytest.mark.hint(3)
 def test_prepare_decode_feeds_each_newest_token(runner, make_seq, context_lists):
     """prepare_decode: one token per sequence at position len - 1, its slot, and the batch's block tables."""
     a = make_seq([1, 2, 3, 4, 50], block_table=[5, 1])
@@ -62,6 +65,7 @@ def paged_setup(lengths, block_size=4, seed=0):
     return k_cache, v_cache, seqs, block_tables
 
 
+@pytest.mark.hint(4)
 def test_paged_attention_prefill_equals_each_sequence_alone():
     """paged_attention over a packed prefill batch equals causal attention of each sequence on its own."""
     lengths = [3, 9, 1, 6]
@@ -79,6 +83,7 @@ def test_paged_attention_prefill_equals_each_sequence_alone():
                                    rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.hint(4)
 def test_paged_attention_decode_equals_each_sequence_alone():
     """paged_attention with one query per sequence attends over each sequence's whole cached context."""
     lengths = [5, 12, 4]
@@ -107,6 +112,7 @@ def run_steps(runner, block_manager, seqs, decode_steps):
     return steps
 
 
+@pytest.mark.hint(1)
 def test_batch_logits_equal_each_sequence_alone(runner, block_manager, make_seq, random_prompt):
     """Prefill and decode logits of a ragged batch equal those of each sequence run by itself."""
     prompts = [random_prompt(n, seed=n) for n in (1, 5, 13, 30)]
@@ -119,6 +125,7 @@ def test_batch_logits_equal_each_sequence_alone(runner, block_manager, make_seq,
     assert block_manager.num_free_blocks == block_manager.num_blocks
 
 
+@pytest.mark.hint(1)
 def test_static_batch_generates_what_each_prompt_generates_alone(runner, block_manager, random_prompt):
     """generate_batch (prefill together, decode together) gives each prompt its single-sequence tokens."""
     prompts = [random_prompt(n, seed=100 + n) for n in (3, 17, 8, 1, 25)]

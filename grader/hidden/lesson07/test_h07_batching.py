@@ -1,5 +1,6 @@
 """Lesson 7, hidden: batch metadata at the edges, and batched logits against transformers."""
 
+import pytest
 import torch
 
 from aios.generate import generate_batch, generate_no_cache
@@ -8,6 +9,7 @@ from aios.layers.paged_attention import paged_attention
 from aios.utils.context import Context
 
 
+@pytest.mark.hint(2)
 def test_prefill_skips_tokens_already_cached(runner, make_seq, context_lists):
     """With num_cached_tokens set (a cached prefix), prepare_prefill feeds and maps only the remaining tokens."""
     a = make_seq(list(range(100, 110)), block_table=[3, 8, 1])
@@ -25,6 +27,7 @@ def test_prefill_skips_tokens_already_cached(runner, make_seq, context_lists):
     assert context.max_seqlen_q == 3 and context.max_seqlen_k == 10
 
 
+@pytest.mark.hint(1)
 def test_one_token_prompts_and_block_boundaries(runner, make_seq, context_lists):
     """One-token prompts, and decode steps whose newest token starts a new block, get the right slots."""
     singles = [make_seq([5], block_table=[6]), make_seq([9], block_table=[0])]
@@ -38,6 +41,7 @@ def test_one_token_prompts_and_block_boundaries(runner, make_seq, context_lists)
     assert context_lists(context)["block_tables"] == [[2, 7], [3, -1]]
 
 
+@pytest.mark.hint(1)
 def test_metadata_is_integer_on_the_runner_device(runner, make_seq):
     """Every Context tensor the runner builds is an integer tensor on the runner's device."""
     seqs = [make_seq([1, 2, 3], block_table=[0]), make_seq([4, 5], block_table=[1])]
@@ -48,6 +52,7 @@ def test_metadata_is_integer_on_the_runner_device(runner, make_seq):
             assert not tensor.is_floating_point() and tensor.device == runner.device
 
 
+@pytest.mark.hint(4)
 def test_paged_attention_with_a_cached_prefix_and_gqa():
     """paged_attention: each sequence's queries are the last positions of its context (prefix already cached)."""
     g = torch.Generator().manual_seed(9)
@@ -64,6 +69,7 @@ def test_paged_attention_with_a_cached_prefix_and_gqa():
     torch.testing.assert_close(out[2:], causal_attention(q[2:], k_cache[9], v_cache[9], 0.5), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.hint(2)
 def test_batched_prefill_logits_match_transformers(tiny_model_dir, runner, block_manager, make_seq, random_prompt):
     """The last-token logits of a packed prefill batch match transformers run on each prompt alone."""
     from transformers import AutoModelForCausalLM
@@ -82,6 +88,7 @@ def test_batched_prefill_logits_match_transformers(tiny_model_dir, runner, block
             torch.testing.assert_close(logits[i], expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.hint(1)
 def test_static_batch_with_eos_and_mixed_lengths(runner, block_manager, random_prompt):
     """generate_batch stops each sequence at its own max_new_tokens or EOS while the others go on."""
     prompts = [random_prompt(n, seed=300 + n) for n in (4, 11, 6)]
