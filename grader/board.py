@@ -14,7 +14,7 @@ from grader import progress as prog
 from grader.curriculum import Curriculum, Lesson
 
 STATE_STYLE = {"passed": "green", "unlocked": "yellow", "locked": "dim", "coming": "dim italic"}
-OUTCOME_STYLE = {"passed": "green", "xpassed": "green", "xfailed": "green", "skipped": "cyan"}
+OUTCOME_STYLE = {"passed": "green", "skipped": "cyan"}  # any other outcome is a failure: red
 MAX_MESSAGE_LINES = 3
 MAX_MESSAGE_CHARS = 300
 

@@ -16,9 +16,21 @@ Where the tests come from:
   ``aios/`` package is taken from the checkout being graded (``--root``, default this one).
 
 Scoring (one rule, everywhere): a lesson worth P points earns
-``P * passed // counted`` points, where ``counted`` is the visible and hidden tests that ran
-(skipped ones, such as GPU tests on a CPU runner, count for neither) plus files that failed
-to import. Full points only when every counted test passes; 0 when none ran.
+``P * passed // counted`` points. Only ``passed`` is a pass: xfailed, xpassed and any skip
+the test's own markers did not declare at collection are failures. ``counted`` is every test
+but the excused skips (a GPU test on a machine without CUDA), plus files that failed to
+import. Full points only when every counted test passes; 0 when none was counted.
+
+With ``--bundle`` (classroom grading, docs/classroom.md "Trust model"): the bundle is copied
+once into a root-only folder before anything runs, and every pytest start gets a fresh,
+read-only copy of it as its root and working directory (grader/runner.py, Confinement); the
+student's checkout and the original bundle are hidden from the tests' processes, which run in
+their own PID, mount and network namespaces (grader/sandbox.py) and are all dead before any
+output is written; ``$GITHUB_OUTPUT`` is opened before anything runs and kept out of their
+environment; neither folder is ever on the grader's own sys.path.
+
+Public outputs name tests but never carry their docstrings or source; learner-controlled text
+(failure messages, output) is cut short and loses every line that is a line of a hidden test.
 
 Outputs: a summary table on stdout; ``--json FILE`` (every lesson and test); ``--junit FILE``
 (JUnit XML, one testsuite per lesson); ``--classroom FILE`` and, when ``$GITHUB_OUTPUT`` is
@@ -34,16 +46,18 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import sys
 import tarfile
 import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from grader import board
+from grader import board, sandbox
 from grader import curriculum as cur
 from grader.cli import grade_lesson
 from grader.curriculum import Curriculum, Lesson
+from grader.runner import Confinement
 
 RUNNER_ID = "aios"
 #: Variables the code under test must not see: GitHub's step files (a test could append a
@@ -53,6 +67,8 @@ HIDDEN_FROM_TESTS = ("GITHUB_OUTPUT", "GITHUB_ENV", "GITHUB_PATH", "GITHUB_STATE
 FAILURE_OUTCOMES = ("failed",)
 ERROR_OUTCOMES = ("error", "timeout", "crashed", "not run")
 MAX_FAILING_NAMES = 5
+MAX_LEARNER_TEXT = 500  # characters of learner-controlled text kept per test or note
+NOT_ISOLATED = "not isolated: grading this checkout in place — local grading is for feedback; CI grading is for points"
 
 
 class UsageError(Exception):
@@ -75,14 +91,15 @@ def cmd_autograde(args, curriculum: Curriculum) -> int:
     """``autograde``: grade, print the summary, write the requested files."""
     with contextlib.ExitStack() as stack:
         try:
-            tests_from, impl = _sources(args, curriculum, stack)
+            github_output = _open_github_output(stack)  # before anything is started
+            tests_from, impl, confine = _sources(args, curriculum, stack)
             lessons = choose_lessons(tests_from, args.lessons)
             for path in (args.json_file, args.junit, args.classroom):
                 if path:
                     _write(path, "")  # fail on an unwritable path now, not after grading
-            github_output = os.environ.get("GITHUB_OUTPUT")
             with _hidden_from_tests():
-                report = autograde(tests_from, lessons, impl)
+                report = autograde(tests_from, lessons, impl, confine)
+            # Every process the tests started is dead by now (runner: kill_tree after each run).
             write_outputs(report, args.json_file, args.junit, args.classroom, github_output)
         except UsageError as exc:
             print(f"autograde: {exc}", file=sys.stderr)
@@ -91,19 +108,73 @@ def cmd_autograde(args, curriculum: Curriculum) -> int:
     return 0
 
 
-def _sources(args, curriculum: Curriculum, stack: contextlib.ExitStack) -> tuple[Curriculum, str]:
-    """The curriculum whose tests run, and the ``AIOS_IMPL`` value of the tree graded."""
+def _open_github_output(stack: contextlib.ExitStack):
+    """``$GITHUB_OUTPUT`` opened for appending (None when unset), before any test process exists."""
+    path = os.environ.get("GITHUB_OUTPUT")
+    if not path:
+        return None
+    try:
+        return stack.enter_context(open(path, "a", encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot append to $GITHUB_OUTPUT ({path}): {exc.strerror or exc}") from exc
+
+
+def _sources(args, curriculum: Curriculum, stack: contextlib.ExitStack) -> tuple[Curriculum, str, Confinement | None]:
+    """The curriculum whose tests run, the ``AIOS_IMPL`` value of the tree graded, and the confinement."""
     if not args.bundle:
-        return curriculum, _impl_value(args.impl or "learner")
+        return curriculum, _impl_value(args.impl or "learner"), None
     if args.impl:
         raise UsageError("--impl and --bundle do not go together: with --bundle the graded aios/ is --root's")
-    bundle = open_bundle(Path(args.bundle), stack)
-    learner = stack.enter_context(tempfile.TemporaryDirectory(prefix="aios-learner-"))
+    original = Path(args.bundle).resolve()
+    _forget_untrusted_paths((original if original.is_dir() else original.parent, curriculum.root))
+    bundle = open_bundle(original, stack)
+    learner = _private_dir(stack, "aios-learner-")
     try:
         tests_from = cur.load(bundle)
     except (OSError, ValueError, KeyError) as exc:
         raise UsageError(f"--bundle {args.bundle}: unreadable grader/curriculum.toml ({exc})") from exc
-    return tests_from, str(copy_learner_tree(curriculum.root, Path(learner)))
+    copies = _private_dir(stack, "aios-runs-")
+    hidden = tuple(str(p) for p in (original if original.is_dir() else None, curriculum.root.resolve()) if p)
+    confine = Confinement(fresh_root=lambda: fresh_copy(bundle, copies), hidden=hidden)
+    return tests_from, str(copy_learner_tree(curriculum.root, learner)), confine
+
+
+def _forget_untrusted_paths(folders) -> None:
+    """Drop the working directory and ``folders`` from the grader's own sys.path.
+
+    ``python -m grader`` started in the bundle folder puts that folder first on sys.path; the
+    grader package is imported by now, and any later import (rich, a lazily imported module)
+    must come from the installed environment, never from a file planted next to the grader.
+    """
+    untrusted = [Path(f).resolve() for f in folders] + [Path.cwd().resolve()]
+    sys.path[:] = [p for p in sys.path
+                   if p and not any(Path(p).resolve().is_relative_to(u) for u in untrusted)]
+
+
+def _private_dir(stack: contextlib.ExitStack, prefix: str) -> Path:
+    """A root-only (0700) temporary folder, removed (read-only copies and all) when ``stack`` closes."""
+    path = sandbox.private_dir(prefix)
+    stack.callback(_remove_tree, path)
+    return path
+
+
+def _remove_tree(path: Path) -> None:
+    """``rm -rf path``, read-only folders included."""
+    def retry(function, name, _):
+        os.chmod(os.path.dirname(name), 0o700)
+        function(name)
+    shutil.rmtree(path, onerror=retry)
+
+
+def fresh_copy(bundle: Path, parent: Path) -> Path:
+    """A new read-only copy of the bundle snapshot under ``parent`` (one per pytest start)."""
+    target = Path(tempfile.mkdtemp(prefix="run-", dir=parent)) / "bundle"
+    shutil.copytree(bundle, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".aios"))
+    for dirpath, _, filenames in os.walk(target, topdown=False):
+        for name in filenames:
+            os.chmod(os.path.join(dirpath, name), stat.S_IRUSR)
+        os.chmod(dirpath, stat.S_IRUSR | stat.S_IXUSR)
+    return target
 
 
 def _impl_value(impl: str) -> str:
@@ -117,9 +188,16 @@ def _impl_value(impl: str) -> str:
 
 
 def open_bundle(path: Path, stack: contextlib.ExitStack) -> Path:
-    """The bundle's folder: ``path`` itself, or a temporary folder the .tar.gz is unpacked into."""
+    """A root-only snapshot of the bundle (a folder, or a .tar.gz unpacked), taken before anything runs.
+
+    Grading reads only the snapshot: whatever happens to the original folder later (it may sit
+    in the student's writable workspace) changes nothing.
+    """
+    if not path.is_file() and not (path / "grader" / "curriculum.toml").is_file():
+        raise UsageError(f"--bundle {path}: not an autograder bundle (no grader/curriculum.toml); "
+                         "make one with `python -m grader release OUT`")
+    target = _private_dir(stack, "aios-bundle-")
     if path.is_file():
-        target = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="aios-bundle-")))
         try:
             with tarfile.open(path) as archive:
                 archive.extractall(target, filter="data")
@@ -127,6 +205,9 @@ def open_bundle(path: Path, stack: contextlib.ExitStack) -> Path:
             raise UsageError(f"--bundle {path}: cannot unpack it ({exc})") from exc
         folders = [p for p in target.iterdir() if p.is_dir()]
         path = folders[0] if len(folders) == 1 and not (target / "grader").is_dir() else target
+    else:
+        path = Path(shutil.copytree(path, target / "bundle", symlinks=False,
+                                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".aios", ".git")))
     if not (path / "grader" / "curriculum.toml").is_file():
         raise UsageError(f"--bundle {path}: not an autograder bundle (no grader/curriculum.toml); "
                          "make one with `python -m grader release OUT`")
@@ -136,10 +217,16 @@ def open_bundle(path: Path, stack: contextlib.ExitStack) -> Path:
 def copy_learner_tree(student: Path, target: Path) -> Path:
     """Copy ``student/aios`` (and nothing else of the student's checkout) under ``target``."""
     source = student / "aios"
-    if not (source / "__init__.py").is_file():
+    if not (source / "__init__.py").is_file() or source.is_symlink():
         raise UsageError(f"{student}: no aios/ package to grade (pass the student's checkout with --root)")
-    shutil.copytree(source, target / "aios", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(source, target / "aios", ignore=_caches_and_links)
     return target
+
+
+def _caches_and_links(folder: str, names: list[str]) -> set[str]:
+    """What copying the learner's tree leaves out: caches, and every symbolic link (it could point
+    at the bundle or anything else the grader may read)."""
+    return {n for n in names if n == "__pycache__" or n.endswith(".pyc") or os.path.islink(os.path.join(folder, n))}
 
 
 def choose_lessons(curriculum: Curriculum, spec: str | None) -> list[Lesson]:
@@ -185,8 +272,48 @@ def lesson_points(points: int, passed: int, counted: int) -> int:
     return points * passed // counted if counted else 0
 
 
-def score_lesson(lesson: Lesson, grade: dict) -> dict:
-    """One lesson's entry of the report, from ``grade_lesson``'s record."""
+class LeakFilter:
+    """Keeps hidden test source out of learner-controlled text.
+
+    ``scrub`` drops every line that is, or contains, a line found only in the hidden tests
+    (lines also in the visible tests are public anyway), then cuts the text to MAX_LEARNER_TEXT.
+    """
+
+    MIN_CONTAINED = 12  # shorter secret lines are dropped only on an exact match
+
+    def __init__(self, secret_lines: set[str]):
+        self.exact = secret_lines
+        self.long = [line for line in secret_lines if len(line) >= self.MIN_CONTAINED]
+
+    @classmethod
+    def for_curriculum(cls, curriculum: Curriculum) -> "LeakFilter":
+        """The lines of every lesson's hidden tests that no visible test file has."""
+        def lines(rel: str) -> set[str]:
+            folder = curriculum.root / rel
+            files = folder.rglob("*.py") if folder.is_dir() else []
+            return {line.strip() for f in files for line in f.read_text(encoding="utf-8", errors="replace").splitlines()
+                    if line.strip()}
+        hidden = set().union(*(lines(lesson.hidden) for lesson in curriculum.lessons))
+        visible = set().union(*(lines(lesson.visible) for lesson in curriculum.lessons))
+        return cls(hidden - visible)
+
+    def _secret(self, line: str) -> bool:
+        text = line.strip()
+        return text in self.exact or any(secret in text for secret in self.long)
+
+    def scrub(self, text: str) -> str:
+        """``text`` without secret lines, at most MAX_LEARNER_TEXT characters."""
+        kept = "\n".join(line for line in (text or "").splitlines() if not self._secret(line))
+        return kept if len(kept) <= MAX_LEARNER_TEXT else kept[: MAX_LEARNER_TEXT - 3] + "..."
+
+
+def score_lesson(lesson: Lesson, grade: dict, leaks: LeakFilter | None = None) -> dict:
+    """One lesson's entry of the report, from ``grade_lesson``'s record.
+
+    Learner-controlled text goes through ``leaks`` (a LeakFilter); hidden tests show their name,
+    outcome and the stub's text at most, never their docstring.
+    """
+    scrub = (leaks or LeakFilter(set())).scrub
     passed = grade["visible"]["passed"] + grade["hidden"]["passed"]
     counted = passed + grade["visible"]["failed"] + grade["hidden"]["failed"]
     return {
@@ -200,21 +327,24 @@ def score_lesson(lesson: Lesson, grade: dict) -> dict:
         "visible": grade["visible"],
         "hidden": grade["hidden"],
         "tests": {
-            "visible": [{"name": t["name"], "outcome": t["outcome"], "message": board.shorten(t["message"] or "")}
+            "visible": [{"name": t["name"], "outcome": t["outcome"], "message": board.shorten(scrub(t["message"]))}
                         for t in grade["tests"]["visible"]],
-            "hidden": [{"name": t["name"], "outcome": t["outcome"], "message": t["stub"] or t["hint"] or ""}
+            "hidden": [{"name": t["name"], "outcome": t["outcome"], "message": scrub(t["stub"])}
                        for t in grade["tests"]["hidden"]],
         },
-        "notes": grade["notes"],
+        "notes": [scrub(note) for note in grade["notes"]],
     }
 
 
-def autograde(curriculum: Curriculum, lessons: list[Lesson], impl: str) -> dict:
+def autograde(curriculum: Curriculum, lessons: list[Lesson], impl: str, confine: Confinement | None = None) -> dict:
     """Grade ``lessons`` against ``impl`` and return the report (no timings: it is deterministic)."""
-    entries = [score_lesson(lesson, grade_lesson(curriculum, lesson, impl)) for lesson in lessons]
+    leaks = LeakFilter.for_curriculum(curriculum)
+    entries = [score_lesson(lesson, grade_lesson(curriculum, lesson, impl, confine), leaks) for lesson in lessons]
     return {
         "version": 1,
-        "scoring": "points * passed // counted per lesson (skipped tests not counted)",
+        "isolation": sandbox.describe() if confine else NOT_ISOLATED,
+        "scoring": ("points * passed // counted per lesson: only passed counts; xfail, xpass and undeclared "
+                    "skips are failures; a GPU test skipped without CUDA is not counted"),
         "lessons": entries,
         "score": sum(e["score"] for e in entries),
         "max_score": sum(e["points"] for e in entries),
@@ -314,8 +444,8 @@ def _write(path: str, text: str) -> None:
 
 
 def write_outputs(report: dict, json_file: str | None, junit: str | None, classroom: str | None,
-                  github_output: str | None) -> None:
-    """Write every requested output file (and GitHub's step output when set)."""
+                  github_output=None) -> None:
+    """Write every requested output file, and ``result=`` to GitHub's step output (an open file) when given."""
     if json_file:
         _write(json_file, json.dumps(report, indent=2, sort_keys=True) + "\n")
     if junit:
@@ -323,12 +453,12 @@ def write_outputs(report: dict, json_file: str | None, junit: str | None, classr
     encoded = encode_classroom(classroom_result(report))
     if classroom:
         _write(classroom, encoded + "\n")
-    if github_output:
+    if github_output is not None:
         try:
-            with open(github_output, "a", encoding="utf-8") as out:
-                out.write(f"result={encoded}\n")
+            github_output.write(f"result={encoded}\n")
+            github_output.flush()
         except OSError as exc:
-            raise UsageError(f"cannot append to $GITHUB_OUTPUT ({github_output}): {exc.strerror or exc}") from exc
+            raise UsageError(f"cannot append to $GITHUB_OUTPUT: {exc.strerror or exc}") from exc
 
 
 def print_summary(report: dict) -> None:
@@ -347,3 +477,4 @@ def print_summary(report: dict) -> None:
     out = board.console()
     out.print(table)
     out.print(f"total: {report['score']}/{report['max_score']} points")
+    out.print(escape(report["isolation"]), soft_wrap=True)

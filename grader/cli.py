@@ -25,15 +25,15 @@ from grader import board, hints
 from grader import curriculum as cur
 from grader.curriculum import Lesson
 from grader import progress as prog
-from grader.runner import RunResult, TestResult, cuda_available, run_pytest
+from grader.runner import Confinement, RunResult, TestResult, cuda_available, run_pytest
 
 STUB_RE = re.compile(r"^NotImplementedError: (Lesson \d+: .*)$", re.M)
 
 
 def _suite_counts(run: RunResult) -> dict:
-    """Pass/total/skip/fail counts of one suite run."""
-    failed = run.total - run.passed - run.count("skipped") + len(run.collect_errors)
-    return {"passed": run.passed, "total": run.total, "skipped": run.count("skipped"), "failed": failed}
+    """Pass/total/skip/fail counts of one suite run (``skipped``: excused skips only)."""
+    failed = run.total - run.passed - run.excused + len(run.collect_errors)
+    return {"passed": run.passed, "total": run.total, "skipped": run.excused, "failed": failed}
 
 
 def _stub_message(message: str) -> str:
@@ -76,13 +76,14 @@ def _hidden_entries(run: RunResult) -> list[dict]:
     return entries
 
 
-def _run_suite(curriculum: cur.Curriculum, lesson: Lesson, suite: str, impl: str, log: Path | None) -> RunResult:
+def _run_suite(curriculum: cur.Curriculum, lesson: Lesson, suite: str, impl: str, log: Path | None,
+               confine: Confinement | None = None) -> RunResult:
     """Run one of the lesson's suites; a missing folder is an empty suite."""
     rel = lesson.visible if suite == "visible" else lesson.hidden
     if not (curriculum.root / rel).exists():
         return RunResult()
     return run_pytest(curriculum.root, [rel], impl=impl, test_timeout=lesson.test_timeout,
-                      run_timeout=lesson.timeout, log_path=log)
+                      run_timeout=lesson.timeout, log_path=log, confine=confine)
 
 
 def _in_benchmarks(nodeid: str, benchmarks: tuple[str, ...]) -> bool:
@@ -105,7 +106,8 @@ def _summarise_benchmark(tests: list[TestResult]) -> dict:
     return {"status": "passed", "detail": f"{sum(t.ok for t in tests)}/{len(tests)} passed"}
 
 
-def benchmark_outcome(curriculum: cur.Curriculum, lesson: Lesson, visible: RunResult, impl: str) -> dict | None:
+def benchmark_outcome(curriculum: cur.Curriculum, lesson: Lesson, visible: RunResult, impl: str,
+                      confine: Confinement | None = None) -> dict | None:
     """The lesson's GPU benchmark result (None when it has none).
 
     Benchmarks inside the visible suite already ran with it (the root conftest skips them
@@ -119,16 +121,19 @@ def benchmark_outcome(curriculum: cur.Curriculum, lesson: Lesson, visible: RunRe
     if not cuda_available():
         return {"status": "skipped", "detail": "needs a CUDA GPU"}
     run = run_pytest(curriculum.root, list(lesson.benchmarks), impl=impl, test_timeout=None,
-                     run_timeout=lesson.timeout)
+                     run_timeout=lesson.timeout, confine=confine)
     return _summarise_benchmark(run.tests + run.collect_errors)
 
 
-def grade_lesson(curriculum: cur.Curriculum, lesson: Lesson, impl: str) -> dict:
-    """Run the visible then the hidden suite of ``lesson``; return the grade record."""
+def grade_lesson(curriculum: cur.Curriculum, lesson: Lesson, impl: str, confine: Confinement | None = None) -> dict:
+    """Run the visible then the hidden suite of ``lesson``; return the grade record.
+
+    ``confine`` (classroom grading) runs every suite confined (grader/runner.py, Confinement).
+    """
     logs = curriculum.root / ".aios" / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    visible = _run_suite(curriculum, lesson, "visible", impl, logs / f"lesson{lesson.id:02d}-visible.log")
-    hidden = _run_suite(curriculum, lesson, "hidden", impl, None)
+    visible = _run_suite(curriculum, lesson, "visible", impl, logs / f"lesson{lesson.id:02d}-visible.log", confine)
+    hidden = _run_suite(curriculum, lesson, "hidden", impl, None, confine)
     notes = list(visible.notes) + [f"hidden suite: {n}" for n in hidden.notes]
     if visible.log_tail:
         notes.append("last lines of the visible run's output:\n" + visible.log_tail)
@@ -144,7 +149,7 @@ def grade_lesson(curriculum: cur.Curriculum, lesson: Lesson, impl: str) -> dict:
         "seconds": round(visible.seconds + hidden.seconds, 1),
         "visible": _suite_counts(visible),
         "hidden": _suite_counts(hidden),
-        "benchmark": benchmark_outcome(curriculum, lesson, visible, impl),
+        "benchmark": benchmark_outcome(curriculum, lesson, visible, impl, confine),
         "hint_target": hints.target(visible.tests + hidden.tests),
         "tests": {"visible": _visible_entries(visible, curriculum.root), "hidden": _hidden_entries(hidden)},
         "notes": notes,

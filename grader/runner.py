@@ -10,6 +10,7 @@ progress is reported as crashed and pytest is started again on the tests left.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -18,19 +19,45 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from grader import sandbox
 
 PLUGIN_DIR = Path(__file__).resolve().parent / "_pytest"
 PLUGIN = "aios_grader_report"
 MAX_RESTARTS = 3
-GOOD = ("passed", "skipped", "xfailed", "xpassed")
+#: The pytest plugins a confined run names with ``-p`` (plugin auto-loading is off there, so
+#: nothing the submission installed is loaded); those not installed are left out.
+NAMED_PLUGINS = ("pytest_timeout", "_hypothesis_pytestplugin", "pytest_benchmark.plugin", "anyio.pytest_plugin")
+#: ``python -I -B -c BOOT PLUGIN_DIR ARGS...``: pytest with only the report plugin's folder added to
+#: the isolated sys.path (the rootdir conftest then adds the tests' root and the graded aios/).
+BOOT = "import sys; sys.path.insert(0, sys.argv.pop(1)); import pytest; sys.exit(pytest.main(sys.argv[1:]))"
+
+
+@dataclass(frozen=True)
+class Confinement:
+    """How classroom grading starts each child pytest (grader/classroom.py, grader/sandbox.py).
+
+    Every start (restarts after a crash too) gets a new copy of the tests' tree from
+    ``fresh_root()`` as its root and working directory, so nothing a run writes there reaches
+    the next one. pytest runs as ``python -I -B`` with plugin auto-loading off and the plugins
+    it needs named, inside ``sandbox.spawn`` (own PID, mount and network namespaces, the
+    ``hidden`` folders covered, limits), and its whole process tree is killed when it ends.
+    """
+
+    fresh_root: Callable[[], Path]
+    hidden: tuple[str, ...] = ()
+#: Outcomes that are a test's failure. A test is ok only when it passed, or when it was skipped
+#: by a skip its own markers declared at collection (see TestResult.excused): a skip the code
+#: under test raised, an xfail or an xpass is never a pass.
 BAD = ("failed", "error", "timeout", "crashed", "not run")
 
 
 @dataclass
 class TestResult:
-    """The outcome of one test: one of GOOD or BAD."""
+    """The outcome of one test: passed, skipped, xfailed, xpassed or one of BAD."""
 
     nodeid: str
     outcome: str = "not run"
@@ -38,11 +65,18 @@ class TestResult:
     location: str = ""
     doc: str = ""
     hint: int | None = None  # the README hint its ``@pytest.mark.hint(k)`` names
+    markers: list[str] = field(default_factory=list)
+    declared_skip: str = ""  # the skip its markers declared at collection ('' when none)
+
+    @property
+    def excused(self) -> bool:
+        """Skipped, and its own markers said so at collection (a GPU test on a machine without CUDA)."""
+        return self.outcome == "skipped" and bool(self.declared_skip)
 
     @property
     def ok(self) -> bool:
-        """Whether the test did not fail (passed, skipped, xfailed or xpassed)."""
-        return self.outcome in GOOD
+        """Passed, or an excused skip; anything else (xfail, xpass, another skip) counts as a failure."""
+        return self.outcome == "passed" or self.excused
 
     @property
     def name(self) -> str:
@@ -72,12 +106,17 @@ class RunResult:
 
     @property
     def passed(self) -> int:
-        """Number of tests that passed."""
-        return self.count("passed", "xpassed", "xfailed")
+        """Number of tests that passed (xfailed and xpassed do not)."""
+        return self.count("passed")
+
+    @property
+    def excused(self) -> int:
+        """Number of excused skips (see TestResult.excused): they count neither way."""
+        return sum(t.excused for t in self.tests)
 
     @property
     def ok(self) -> bool:
-        """No failure, error, timeout, crash or collection error (skips are fine)."""
+        """Every test ok (passed or an excused skip) and no collection error."""
         return not self.collect_errors and all(t.ok for t in self.tests)
 
     def to_dict(self) -> dict:
@@ -105,7 +144,7 @@ def _apply_report(result: TestResult, event: dict) -> None:
             result.outcome = "timeout" if _is_timeout(event["message"]) else "error"
         result.message = result.message or event["message"]
         result.location = result.location or event.get("location", "")
-    elif outcome == "skipped" and result.outcome not in BAD[:3]:
+    elif outcome == "skipped" and result.outcome not in ("failed", "error", "timeout"):
         result.outcome = "xfailed" if xfail else "skipped"
         result.message = event["message"]
     elif outcome == "passed" and when == "call":
@@ -176,10 +215,33 @@ def _spawn(cmd: list[str], cwd: Path, env: dict, log, timeout: float) -> int | N
         return None
 
 
+def _spawn_confined(cmd: list[str], cwd: Path, env: dict, log, timeout: float, hidden: tuple[str, ...]) -> int | None:
+    """Run ``cmd`` in the sandbox (as this user); kill its whole tree when it ends or times out."""
+    proc = sandbox.spawn(cmd, cwd=cwd, env=env, hidden=hidden, as_learner=False, stdin=subprocess.DEVNULL,
+                         stdout=log, stderr=subprocess.STDOUT)
+    try:
+        return proc.wait(timeout=max(timeout, 0.1))
+    except subprocess.TimeoutExpired:
+        return None
+    finally:
+        sandbox.kill_tree(proc)
+
+
+def _confined_prefix(root: Path) -> list[str]:
+    """``python -I -B -c BOOT PLUGIN_DIR -p PLUGIN...``: the start of a confined child's command."""
+    plugin_dir = root / "grader" / "_pytest"
+    cmd = [sys.executable, "-I", "-B", "-c", BOOT, str(plugin_dir if plugin_dir.is_dir() else PLUGIN_DIR)]
+    for name in NAMED_PLUGINS:
+        if importlib.util.find_spec(name.split(".")[0]) is not None:
+            cmd += ["-p", name]
+    return cmd
+
+
 def _command(root: Path, paths: list[str], report: Path, test_timeout: float | None,
-             extra_args: list[str], deselect: list[str]) -> list[str]:
+             extra_args: list[str], deselect: list[str], confined: bool = False) -> list[str]:
     """The child pytest's command line."""
-    cmd = [sys.executable, "-m", "pytest", *paths, "-p", PLUGIN, f"--aios-report={report}",
+    start = _confined_prefix(root) if confined else [sys.executable, "-m", "pytest"]
+    cmd = [*start, *paths, "-p", PLUGIN, f"--aios-report={report}",
            "-p", "no:cacheprovider", "-q", "--tb=short", f"--rootdir={root}"]
     if test_timeout and pytest_timeout_available():
         cmd += [f"--timeout={test_timeout}", "--timeout-method=signal"]
@@ -203,11 +265,13 @@ def run_pytest(
     run_timeout: float = 600,
     extra_args: list[str] | None = None,
     log_path: Path | None = None,
+    confine: Confinement | None = None,
 ) -> RunResult:
     """Run pytest on ``paths`` (relative to ``root``) and return each test's outcome.
 
     After a crash pytest is started again without the tests already done, at most
-    MAX_RESTARTS times, all within ``run_timeout`` seconds.
+    MAX_RESTARTS times, all within ``run_timeout`` seconds. With ``confine`` every start runs
+    confined (see Confinement) on a fresh copy of the tree instead of ``root``.
     """
     result = RunResult()
     started = time.monotonic()
@@ -219,8 +283,14 @@ def run_pytest(
         with open(log_file, "w") as log:
             for attempt in range(MAX_RESTARTS + 1):
                 report = Path(tmp) / f"report-{attempt}.jsonl"
-                cmd = _command(root, paths, report, test_timeout, extra_args or [], done)
-                code = _spawn(cmd, root, _child_env(impl), log, run_timeout - (time.monotonic() - started))
+                run_root = confine.fresh_root() if confine else root
+                cmd = _command(run_root, paths, report, test_timeout, extra_args or [], done, confine is not None)
+                left = run_timeout - (time.monotonic() - started)
+                if confine:
+                    env = _child_env(impl) | {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+                    code = _spawn_confined(cmd, run_root, env, log, left, confine.hidden)
+                else:
+                    code = _spawn(cmd, root, _child_env(impl), log, left)
                 result.exit_codes.append(code)
                 events = _read_events(report)
                 running = _fold(events, order, tests, result)
@@ -260,6 +330,8 @@ def _fold(events: list[dict], order: list[str], tests: dict[str, TestResult], re
                 if entry["nodeid"] not in tests:
                     order.append(entry["nodeid"])
                     tests[entry["nodeid"]] = TestResult(entry["nodeid"], doc=entry.get("doc", ""),
+                                                        markers=entry.get("markers", []),
+                                                        declared_skip=entry.get("skip", ""),
                                                         hint=entry.get("hint"))
         elif kind == "collect_error":
             if all(c.nodeid != event["nodeid"] for c in result.collect_errors):
@@ -277,10 +349,16 @@ def _fold(events: list[dict], order: list[str], tests: dict[str, TestResult], re
     return list(running)
 
 
+@functools.lru_cache(maxsize=1)
 def cuda_available() -> bool:
-    """Whether torch sees a CUDA GPU in this process (False when torch is missing)."""
+    """Whether torch sees a CUDA GPU (False when torch is missing).
+
+    Asked of a separate ``python -I``: the grader never imports torch itself, so a ``torch/``
+    planted where the grader was started from cannot run inside it.
+    """
+    probe = "import torch; print(torch.cuda.is_available())"
     try:
-        import torch
-    except ImportError:
+        out = subprocess.run([sys.executable, "-I", "-c", probe], capture_output=True, text=True, cwd="/", timeout=300)
+    except (OSError, subprocess.TimeoutExpired):
         return False
-    return bool(torch.cuda.is_available())
+    return out.stdout.strip().endswith("True")

@@ -107,7 +107,7 @@ def stubbed_results(curriculum: Curriculum, lesson: Lesson, tmp: Path) -> list[T
 
 
 def reference_problems(results: list[TestResult]) -> list[str]:
-    """Tests that did not pass (or skip) against the reference."""
+    """Tests that are not ok against the reference: not passed and not an excused skip (runner.TestResult.ok)."""
     return [f"reference: {r.nodeid}: {r.outcome}: {board.shorten(r.message)}" for r in results if not r.ok]
 
 

@@ -3,8 +3,12 @@
 It appends one JSON object per line to FILE and flushes after each, so that the
 grader can tell which test was running when the process crashed or hung:
 
-* ``{"event": "collected", "tests": [{"nodeid", "doc", "hint"}]}`` once collection is done
-  (``hint``: the README hint number of the test's ``hint`` marker, null when none);
+* ``{"event": "collected", "tests": [{"nodeid", "doc", "markers", "skip"}]}`` once collection
+  is done: ``markers`` are the names of the test's markers and ``skip`` the reason of the skip
+  its own ``skip``/``skipif`` markers declare (the root conftest adds one to GPU tests on a
+  machine without CUDA), '' when none. The grader accepts a skip only when ``skip`` is set:
+  decided here, at collection, before any test body runs;
+  ``hint`` is the README hint number of the test's ``hint`` marker (null when none);
 * ``{"event": "collect_error", "nodeid", "message"}`` for a file that failed to import;
 * ``{"event": "start", "nodeid"}`` before each test;
 * ``{"event": "report", "nodeid", "when", "outcome", "message", "location", "xfail"}``
@@ -18,6 +22,8 @@ from __future__ import annotations
 
 import json
 import os
+
+from _pytest.skipping import evaluate_skip_marks
 
 _STREAM = None
 
@@ -72,6 +78,15 @@ def _location(report) -> str:
     return f"{crash.path}:{crash.lineno}"
 
 
+def _declared_skip(item) -> str:
+    """The reason of the skip the item's own markers declare ('' when none, or when it cannot tell)."""
+    try:
+        skip = evaluate_skip_marks(item)
+    except Exception:  # a skipif condition that raises: no declared skip
+        return ""
+    return (skip.reason or "skipped") if skip else ""
+
+
 def _hint(item) -> int | None:
     """The README hint the test names with ``@pytest.mark.hint(k)`` (None when it names none)."""
     marker = item.get_closest_marker("hint")
@@ -82,7 +97,8 @@ def _hint(item) -> int | None:
 
 
 def pytest_collection_finish(session):
-    tests = [{"nodeid": item.nodeid, "doc": _doc(item), "hint": _hint(item)} for item in session.items]
+    tests = [{"nodeid": item.nodeid, "doc": _doc(item), "markers": sorted({m.name for m in item.iter_markers()}),
+              "skip": _declared_skip(item), "hint": _hint(item)} for item in session.items]
     _emit({"event": "collected", "tests": tests})
 
 
