@@ -35,6 +35,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from aios.engine.llm_engine import RequestError
 from aios.server import streaming
@@ -123,6 +124,8 @@ async def read_json_body(request: Request, limit: int, timeout: float = 30.0) ->
                     raise APIError(413, f"the request body is larger than the limit of {limit} bytes",
                                    "invalid_request_error", None, "request_too_large")
                 chunks.append(chunk)
+    except ClientDisconnect:
+        raise ConnectionAbortedError("the client disconnected while sending the body") from None
     except TimeoutError:
         raise APIError(408, f"the request body did not arrive within {timeout:g} s", "invalid_request_error",
                        None, "request_timeout") from None
