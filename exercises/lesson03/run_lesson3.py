@@ -4,8 +4,9 @@
     python exercises/lesson03/run_lesson3.py --reference   # with solutions/aios/
     python exercises/lesson03/run_lesson3.py --model DIR --max-new-tokens 64
 
-Shows: the largest logit difference to transformers, identical greedy tokens, and
-how the cost of each step grows with the sequence when nothing is cached (lesson 4's motivation).
+Shows: the largest logit difference to transformers (loaded with your lesson 2 code,
+``aios.hf_baseline``), identical greedy tokens, and how the cost of each step grows with
+the sequence when nothing is cached (lesson 4's motivation).
 """
 
 import argparse
@@ -32,21 +33,18 @@ def select_tree(reference: bool) -> None:
 
 def run(model_dir: Path, prompt: str, max_new_tokens: int) -> None:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from aios.generate import generate_no_cache
+    from aios.hf_baseline import chat_prompt, load_hf_model
     from aios.utils.loader import load_qwen3
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     start = time.perf_counter()
     ours = load_qwen3(model_dir, dtype=torch.float32)
     print(f"load_qwen3: {time.perf_counter() - start:.2f} s, "
           f"{sum(p.numel() for p in ours.parameters()):,} parameters, no transformers model code")
-    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    hf, tokenizer = load_hf_model(model_dir)  # lesson 2's code: the transformers model to compare with
 
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                         add_generation_prompt=True)
-    ids = tokenizer(text)["input_ids"]
+    ids = tokenizer(chat_prompt(tokenizer, [{"role": "user", "content": prompt}]))["input_ids"]
     with torch.no_grad():
         our_logits = ours.compute_logits(ours(torch.tensor(ids), torch.arange(len(ids))))
         hf_logits = hf(torch.tensor([ids]), use_cache=False).logits[0]
