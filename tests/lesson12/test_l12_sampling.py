@@ -42,6 +42,7 @@ def draw_counts(logits: torch.Tensor, num_draws: int, **per_row) -> torch.Tensor
     return torch.bincount(tokens, minlength=logits.numel())
 
 
+@pytest.mark.hint(1)
 def test_greedy_rows_in_a_mixed_batch_take_the_argmax():
     """Rows with temperature 0 return the argmax even when other rows of the same call are sampled."""
     torch.manual_seed(0)
@@ -56,6 +57,7 @@ def test_greedy_rows_in_a_mixed_batch_take_the_argmax():
     assert not torch.equal(tokens[~greedy], logits[~greedy].argmax(dim=-1))
 
 
+@pytest.mark.hint(1)
 def test_samples_follow_softmax_of_logits_over_temperature():
     """Per-row temperatures in one call: each row's draws follow softmax(logits / its temperature)."""
     torch.manual_seed(1)
@@ -70,6 +72,7 @@ def test_samples_follow_softmax_of_logits_over_temperature():
             assert chi_square_p_value(counts, torch.softmax(LOGITS, dim=-1)) < 1e-12
 
 
+@pytest.mark.hint(2)
 @pytest.mark.parametrize("top_k", [1, 3, 5])
 def test_top_k_never_emits_a_token_outside_the_k_largest(top_k):
     """With top_k = k only the k largest logits are ever drawn, and each of them is (temperature 2)."""
@@ -81,6 +84,7 @@ def test_top_k_never_emits_a_token_outside_the_k_largest(top_k):
     assert drawn == allowed
 
 
+@pytest.mark.hint(3)
 @pytest.mark.parametrize("top_p,nucleus_size", [(0.3, 1), (0.5, 2), (0.7, 3), (0.9, 5)])
 def test_top_p_never_emits_a_token_outside_the_nucleus(top_p, nucleus_size):
     """With top_p = p only the smallest most-likely set with mass >= p is drawn (probabilities 0.4, 0.2, 0.15, ...)."""
@@ -94,6 +98,7 @@ def test_top_p_never_emits_a_token_outside_the_nucleus(top_p, nucleus_size):
     assert drawn == set(order[:nucleus_size].tolist())
 
 
+@pytest.mark.hint(2)
 def test_apply_top_k_keeps_exactly_the_k_largest_logits():
     """apply_top_k keeps each row's k largest logits unchanged and sets the rest to -inf; -1 and 0 keep all."""
     torch.manual_seed(4)
@@ -107,6 +112,7 @@ def test_apply_top_k_keeps_exactly_the_k_largest_logits():
         assert torch.equal(out[row, kept], logits[row, kept])
 
 
+@pytest.mark.hint(3)
 def test_apply_top_p_keeps_the_smallest_set_reaching_p():
     """apply_top_p keeps the most likely tokens until their mass first reaches p, per row; p = 1 keeps all."""
     probs = torch.tensor([[0.05, 0.5, 0.1, 0.35], [0.25, 0.25, 0.3, 0.2], [0.1, 0.2, 0.3, 0.4]])
@@ -118,6 +124,19 @@ def test_apply_top_p_keeps_the_smallest_set_reaching_p():
     assert torch.equal(out[0, [1, 3]], probs[0, [1, 3]].log())
 
 
+@pytest.mark.hint(3)
+@pytest.mark.parametrize("top_p,kept", [(0.5, {2}), (0.75, {2, 0}), (0.875, {2, 0, 1})])
+def test_apply_top_p_stops_as_soon_as_the_mass_reaches_p_exactly(top_p, kept):
+    """A set whose mass equals p exactly already reaches p: the next token is dropped (mass before it is not < p).
+
+    Probabilities that are powers of two make the sums exact in float32.
+    """
+    probs = torch.tensor([[0.25, 0.125, 0.5, 0.0625, 0.0625]])
+    out = apply_top_p(probs.log(), torch.tensor([top_p]))
+    assert set(torch.isfinite(out[0]).nonzero().flatten().tolist()) == kept
+
+
+@pytest.mark.hint(4)
 def test_seeded_uniform_is_a_function_of_seed_step_and_token():
     """seeded_uniform gives values in (0, 1) that depend only on (seed, step, token): not on the other rows."""
     batch = seeded_uniform([7, 123, 7, 2**40 + 7], [0, 5, 1, 0], 1000)
@@ -131,6 +150,7 @@ def test_seeded_uniform_is_a_function_of_seed_step_and_token():
     assert 0.45 < batch.mean() < 0.55
 
 
+@pytest.mark.hint(5)
 def test_a_seeded_row_draws_the_same_token_whatever_shares_its_batch():
     """A seeded row's token depends on (logits, seed, step) only: not on its row index or its neighbours."""
     torch.manual_seed(5)
@@ -144,6 +164,7 @@ def test_a_seeded_row_draws_the_same_token_whatever_shares_its_batch():
         assert batch[3] == alone[0]
 
 
+@pytest.mark.hint(6)
 def test_a_seeded_top_k_row_draws_the_same_token_whether_the_batch_narrows_the_vocabulary_or_not():
     """With top-k (and top-p) a seeded row draws the same token in a batch where every row has a top-k
     (the sampler may work on K candidates) as in one with an unlimited row (the whole vocabulary)."""
@@ -160,11 +181,32 @@ def test_a_seeded_top_k_row_draws_the_same_token_whether_the_batch_narrows_the_v
         assert logits[2].topk(3).indices.tolist().count(narrowed[2].item()) == 1
 
 
+@pytest.mark.hint(5)
+def test_seed_zero_is_a_seed():
+    """seed=0 is a seed like any other (only None means unseeded): the same tokens whatever torch's generator did."""
+    logits = torch.linspace(-2, 2, 16 * 200).view(16, 200)
+    draws = []
+    for torch_seed in (1, 2):
+        torch.manual_seed(torch_seed)
+        draws.append(Sampler()(logits, torch.ones(16), seeds=[0] * 16, steps=list(range(16))).tolist())
+    assert draws[0] == draws[1]
+
+
+@pytest.mark.hint(1)
+def test_a_small_temperature_still_samples():
+    """Only temperature 0 is greedy: at 0.05, two tokens whose logits differ by 0.02 are both drawn (p = 0.6 / 0.4)."""
+    torch.manual_seed(7)
+    counts = draw_counts(torch.tensor([1.0, 0.98, -5.0]), 2000, temperatures=0.05)
+    assert chi_square_p_value(counts, torch.softmax(torch.tensor([1.0, 0.98, -5.0]) / 0.05, dim=-1)) > ALPHA, (
+        counts.tolist())
+
+
 @pytest.fixture(scope="module")
 def llm(tiny_model_dir):
     return LLM(tiny_model_dir, max_model_len=128, num_kvcache_blocks=64, **ENGINE_OPTIONS)
 
 
+@pytest.mark.hint(5)
 def test_engine_same_seed_same_tokens_alone_and_in_a_batch(llm):
     """LLM.generate: a seeded request gives the same tokens alone and in the middle of a mixed batch."""
     prompt = [5, 17, 230, 41, 99, 8, 77]

@@ -49,6 +49,7 @@ def ranked(probs: torch.Tensor) -> list[int]:
     return probs.argsort(descending=True).tolist()
 
 
+@pytest.mark.hint(2)
 def test_top_k_draws_follow_the_renormalised_top_k_distribution():
     """Top-k sampling: draws follow softmax(logits / T) restricted to the k largest and renormalised."""
     torch.manual_seed(10)
@@ -58,6 +59,7 @@ def test_top_k_draws_follow_the_renormalised_top_k_distribution():
     assert chi_square_p_value(counts, expected) > ALPHA, counts.tolist()
 
 
+@pytest.mark.hint(3)
 def test_top_p_draws_follow_the_renormalised_nucleus():
     """Top-p sampling: draws follow the nucleus of softmax(logits / T), renormalised (temperature applied first)."""
     torch.manual_seed(11)
@@ -69,8 +71,11 @@ def test_top_p_draws_follow_the_renormalised_nucleus():
     assert chi_square_p_value(counts, truncated(probs, order[:size])) > ALPHA, counts.tolist()
 
 
-def test_top_p_is_applied_after_top_k_on_the_renormalised_rest():
-    """top_k then top_p: the nucleus is measured on the top-k distribution renormalised, not on the full one."""
+@pytest.mark.hint(3)
+@pytest.mark.parametrize("unlimited_row", [False, True])
+def test_top_p_is_applied_after_top_k_on_the_renormalised_rest(unlimited_row):
+    """top_k then top_p: the nucleus is measured on the top-k distribution renormalised, not on the full one
+    (also when another row of the batch has no top-k, so the sampler works on the whole vocabulary)."""
     torch.manual_seed(12)
     # Full softmax: top-3 mass is ~0.63, so top_p = 0.6 on the full distribution keeps 3 tokens;
     # on the renormalised top-3 it keeps 2 (0.6 reached after the second token).
@@ -78,11 +83,18 @@ def test_top_p_is_applied_after_top_k_on_the_renormalised_rest():
     order = ranked(probs)
     top3 = truncated(probs, order[:3])
     assert top3[order[0]] < 0.6 <= top3[order[:2]].sum()
-    counts = sample_counts(10_000, temperatures=1.0, top_ks=3, top_ps=0.6)
+    if unlimited_row:
+        rows = LOGITS.expand(10_001, -1)
+        top_ks = torch.tensor([3] * 10_000 + [-1])
+        tokens = Sampler()(rows, torch.ones(10_001), top_ks=top_ks, top_ps=torch.full((10_001,), 0.6))[:-1]
+        counts = torch.bincount(tokens, minlength=LOGITS.numel())
+    else:
+        counts = sample_counts(10_000, temperatures=1.0, top_ks=3, top_ps=0.6)
     assert set(counts.nonzero().flatten().tolist()) == set(order[:2])
     assert chi_square_p_value(counts, truncated(probs, order[:2])) > ALPHA
 
 
+@pytest.mark.hint(4)
 def test_seeded_draws_over_many_seeds_follow_softmax():
     """Seeded rows are still correct samples: one draw per seed, over 20000 seeds, follows softmax(logits / T)."""
     num_draws = 20_000
@@ -90,6 +102,7 @@ def test_seeded_draws_over_many_seeds_follow_softmax():
     assert chi_square_p_value(counts, torch.softmax(LOGITS / 0.7, dim=-1)) > ALPHA, counts.tolist()
 
 
+@pytest.mark.hint(4)
 def test_seeded_draws_over_many_steps_follow_softmax():
     """One seed, many steps: the draws of steps 0..19999 follow softmax(logits) (the step changes the noise)."""
     num_draws = 20_000
@@ -97,6 +110,7 @@ def test_seeded_draws_over_many_steps_follow_softmax():
     assert chi_square_p_value(counts, torch.softmax(LOGITS, dim=-1)) > ALPHA, counts.tolist()
 
 
+@pytest.mark.hint(4)
 def test_seeded_uniform_is_uniform_and_not_a_shifted_copy():
     """seeded_uniform fills 16 equal bins evenly, and rows of neighbouring seeds or steps are uncorrelated."""
     values = seeded_uniform(list(range(64)), [0] * 64, 4096)
@@ -109,6 +123,7 @@ def test_seeded_uniform_is_uniform_and_not_a_shifted_copy():
     assert off_diagonal.abs().max() < 0.08
 
 
+@pytest.mark.hint(5)
 def test_exponential_noise_is_exponential_and_uses_the_seed_for_seeded_rows():
     """exponential_noise has mean 1 and P(E > 1) = 1/e; a seeded row is exactly -log(seeded_uniform)."""
     torch.manual_seed(13)
@@ -120,6 +135,7 @@ def test_exponential_noise_is_exponential_and_uses_the_seed_for_seeded_rows():
     assert abs(noise[49].mean().item() - 1) < 0.1
 
 
+@pytest.mark.hint(2)
 @settings(max_examples=40, deadline=None)
 @given(
     logits=st.lists(st.floats(-30, 30, allow_nan=False), min_size=1, max_size=40, unique=True),
@@ -137,6 +153,7 @@ def test_apply_top_k_property(logits, k):
         assert row[0][kept].min() >= row[0][~kept].max()
 
 
+@pytest.mark.hint(3)
 @settings(max_examples=40, deadline=None)
 @given(
     logits=st.lists(st.floats(-8, 8, allow_nan=False), min_size=1, max_size=40, unique=True),
@@ -156,6 +173,17 @@ def test_apply_top_p_property(logits, top_p):
     assert mass - probs[kept].min().item() < top_p + 1e-5
 
 
+@pytest.mark.hint(2)
+def test_apply_top_k_keeps_exactly_k_when_logits_tie():
+    """apply_top_k keeps exactly k tokens even when several logits tie at the boundary (decide by rank, not by value)."""
+    logits = torch.tensor([[1.0, 3.0, 1.0, 1.0, 0.0, 2.0], [5.0, 5.0, 5.0, 5.0, 5.0, 5.0]])
+    out = apply_top_k(logits, torch.tensor([3, 2]))
+    kept = torch.isfinite(out)
+    assert kept.sum(dim=-1).tolist() == [3, 2]
+    assert kept[0, 1] and kept[0, 5] and kept[0, [0, 2, 3]].sum() == 1
+
+
+@pytest.mark.hint(2)
 def test_top_k_of_one_is_greedy_at_any_temperature():
     """top_k = 1 always returns the argmax, whatever the temperature or seed."""
     torch.manual_seed(14)
@@ -166,6 +194,7 @@ def test_top_k_of_one_is_greedy_at_any_temperature():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.hint(1)
 def test_sampler_accepts_half_precision_logits(dtype):
     """Sampler takes float16/bfloat16 logits and returns int64 token ids of shape [rows]."""
     torch.manual_seed(15)
@@ -192,6 +221,7 @@ def llm(tiny_model_dir):
     return LLM(tiny_model_dir, max_model_len=128, num_kvcache_blocks=64, **ENGINE_OPTIONS)
 
 
+@pytest.mark.hint(1)
 def test_engine_greedy_requests_unchanged_by_sampled_neighbours(llm):
     """LLM.generate: greedy requests batched with sampled ones give the same tokens as an all-greedy run."""
     prompts = [[3, 4, 5, 6], [100, 200, 300], [7] * 12, [42, 43]]
@@ -204,6 +234,7 @@ def test_engine_greedy_requests_unchanged_by_sampled_neighbours(llm):
     assert mixed[2]["token_ids"] == alone[1]["token_ids"]
 
 
+@pytest.mark.hint(5)
 def test_engine_seeded_request_survives_preemption(tiny_model_dir):
     """A seeded request gives the same tokens when the scheduler preempts and recomputes it."""
     prompt = [11, 22, 33, 44, 55, 66]
@@ -217,6 +248,7 @@ def test_engine_seeded_request_survives_preemption(tiny_model_dir):
     assert outputs[0]["token_ids"] == expected
 
 
+@pytest.mark.hint(4)
 def test_engine_different_seeds_give_different_completions(llm):
     """LLM.generate: two seeds give different completions, and each seed is repeatable."""
     prompt = [60, 61, 62, 63, 64]
@@ -228,6 +260,7 @@ def test_engine_different_seeds_give_different_completions(llm):
 
 
 @pytest.mark.gpu
+@pytest.mark.hint(4)
 def test_seeded_noise_is_the_same_on_cpu_and_gpu():
     """seeded_uniform gives bit-identical noise on the CPU and on a CUDA device (counter-based, no device RNG)."""
     seeds, steps = [0, 5, 2**64 - 1, 123456789], [0, 3, 7, 100]
