@@ -163,3 +163,12 @@ def mutants(session: nox.Session) -> None:
     """The mutant catalogue: each planted bug must fail its lesson's tests (-- --lessons 1,6, -- --sample 1 --seed 7)."""
     python = shared_env(session)
     session.run(python, "-m", "grader", "mutants", *session.posargs, external=True)
+
+
+@nox.session(name="fuzz-server", venv_backend="none")
+def fuzz_server(session: nox.Session) -> None:
+    """The server's API fuzz tests at length (CI runs 40 examples each): -- 2000 sets the examples per test."""
+    python = shared_env(session)
+    examples = session.posargs[0] if session.posargs else "1000"
+    session.run(python, "-m", "pytest", "tests/infra/test_server_fuzz.py", "-q", external=True,
+                env={"AIOS_IMPL": "reference", "AIOS_FUZZ_EXAMPLES": examples})
