@@ -253,3 +253,22 @@ def test_a_slow_but_steady_client_is_still_cut_off(live):
             return
         data, _ = read_until_closed(sock, limit=20 * CLIENT_TIMEOUT)
         assert data == b""
+
+
+# ---------------------------------------------------------------- the same checks offline
+
+
+def test_offline_generate_gets_the_same_clear_errors(live):
+    from aios.engine.llm_engine import RequestError
+    from aios.sampling_params import SamplingParams
+
+    engine = live[2].state.async_engine.engine
+    vocab = engine.config.hf_config.vocab_size
+    for bad in ({"temperature": 10**400}, {"top_p": 10**400}, {"temperature": float("nan")},
+                {"temperature": float("inf")}):
+        with pytest.raises(ValueError, match="Invalid SamplingParams"):
+            SamplingParams(**bad)
+    with pytest.raises(RequestError, match="top_k") as refused:
+        engine.check_request([1, 2], SamplingParams(top_k=vocab + 1))
+    assert refused.value.param == "top_k"
+    engine.check_request([1, 2], SamplingParams(top_k=vocab))
