@@ -18,6 +18,7 @@ from the repository root.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import tempfile
@@ -132,6 +133,37 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason="needs a CUDA GPU")
         for item in gpu_items:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def learner_import():
+    """``learner_import(name)``: library module ``name`` on the learner's side of the trust split.
+
+    ``learner_import("subprocess").run(...)`` starts a command that runs learner code
+    (``python -m aios ...``) from the learner worker, never as a child of the test process;
+    ``learner_import("torch.nn").ModuleDict(...)`` builds a module there around learner
+    layers. Without remote mode it is plain ``importlib.import_module``.
+    """
+    if not REMOTE:
+        return importlib.import_module
+    from grader.remote.client import worker_module
+
+    return worker_module
+
+
+@pytest.fixture(scope="session")
+def learner_object():
+    """``learner_object(tensor)``: the learner's own tensor behind a copy the test got.
+
+    In remote mode a tensor read off a learner object is a copy; to set an attribute on
+    the original (a Parameter's ``weight_loader``) ask for it with this. Without remote
+    mode there are no copies, and it returns its argument.
+    """
+    if not REMOTE:
+        return lambda value: value
+    from grader.remote.client import original
+
+    return original
 
 
 def _cached_model(preset: str) -> Path:

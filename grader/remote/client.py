@@ -87,6 +87,8 @@ def exception_class(module: str, name: str, bases: list[str]) -> type:
 
 def _trusted_only(obj) -> bool:
     """Whether ``obj`` must stay here (the worker gets a callback handle): test code, lambdas, locals."""
+    if isinstance(obj, (types.GeneratorType, types.CoroutineType)):
+        return True
     target = obj if isinstance(obj, (type, types.FunctionType, types.MethodType)) else type(obj)
     if isinstance(obj, types.MethodType):
         return _trusted_only(obj.__self__) or _trusted_only(obj.__func__)
@@ -127,6 +129,7 @@ class Worker:
         self.trusted_ids: dict[int, int] = {}
         self.methods: dict[str, frozenset] = {}
         self.importing: set[str] = set()
+        self.tensors: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self.alive = True
 
     # ---------------------------------------------------------------- requests
@@ -135,10 +138,11 @@ class Worker:
         """Send one request and wait for its answer, serving the worker's callbacks meanwhile."""
         if not self.alive:
             raise WorkerDied("the learner worker was stopped")
-        message = {"k": "req", "op": op, "a": args, "rel": self.released}
+        message = {"k": "req", "op": op, "a": args, "rel": self.released, "mode": _grad_mode()}
+        raw = self._pickle(message)
         self.released = []
         try:
-            self._send(message)
+            protocol.send(self.sock, {"pickle": 1}, [raw])
             header, buffers = self._wait()
         except BaseException as exc:
             self.stop()
@@ -149,10 +153,10 @@ class Worker:
             return self.decode(header["v"], buffers)
         raise self.error(header)
 
-    def _send(self, message: dict) -> None:
+    def _pickle(self, message: dict) -> bytes:
         buffer = io.BytesIO()
         Pickler(buffer, self).dump(message)
-        protocol.send(self.sock, {"pickle": 1}, [buffer.getvalue()])
+        return buffer.getvalue()
 
     def _wait(self):
         """The next reply; callbacks from the worker are answered on the way."""
@@ -179,12 +183,14 @@ class Worker:
                 result = list(target)
             elif op == "len":
                 result = len(target)
+            elif op == "next":
+                result = next(target)
             else:
                 raise ValueError(f"unknown callback {op!r}")
-            reply = {"k": "ret", "v": result}
+            raw = self._pickle({"k": "ret", "v": result})
         except Exception as exc:  # noqa: BLE001 - the failure is reported to the caller in the worker
-            reply = {"k": "err", "name": type(exc).__name__, "message": protocol.clip(str(exc))}
-        self._send(reply)
+            raw = self._pickle({"k": "err", "name": type(exc).__name__, "message": protocol.clip(str(exc))})
+        protocol.send(self.sock, {"pickle": 1}, [raw])
 
     def error(self, header: dict) -> BaseException:
         """The local exception for a learner exception (its learner traceback as a note)."""
@@ -202,7 +208,7 @@ class Worker:
     # ------------------------------------------------------------------ values
 
     def decode(self, data, buffers):
-        return protocol.decode(data, buffers, self._from_record)
+        return protocol.decode(data, buffers, self._from_record, tensors=self.tensors)
 
     def _from_record(self, record: dict):
         tag = record.get("$")
@@ -225,7 +231,7 @@ class Worker:
         if proxy is None:
             proxy = Remote(self, hid, record)
             self.proxies[hid] = proxy
-        proxy._aios_seen += 1
+        object.__setattr__(proxy, "_aios_seen", proxy._aios_seen + 1)
         return proxy
 
     def trusted_id(self, obj) -> int:
@@ -260,6 +266,16 @@ class Worker:
             _kill_group(self.proc)
 
 
+def _grad_mode() -> int:
+    """The test's autograd mode, for the worker to run the request in: 0 grad, 1 no_grad, 2 inference."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return 0
+    if torch.is_inference_mode_enabled():
+        return 2
+    return 0 if torch.is_grad_enabled() else 1
+
+
 class Pickler(pickle.Pickler):
     """Pickles trusted values for the worker: handles by id, test code as callbacks."""
 
@@ -280,12 +296,23 @@ class Pickler(pickle.Pickler):
             return ("h", obj._aios_target(self.worker))
         if isinstance(obj, RemoteModule):
             return ("h", obj.__dict__["_aios_remote"]._aios_target(self.worker))
+        origin = getattr(obj, "__dict__", {}).get("_aios_origin") if type(obj) is _tensor_type() else None
+        if origin is not None and self.worker.tensors.get((origin[0], origin[2])) is obj \
+                and obj._version == origin[1]:
+            # A copy of a worker tensor, unchanged here: the worker uses its original (a
+            # Parameter a weight_loader must fill in place), or these bytes if it is gone.
+            return ("ts", origin[0], *protocol.reduce_tensor(obj)[1])
         if _trusted_only(obj):
             return ("t", self.worker.trusted_id(obj))
         return None
 
 
 _PLAIN_FAST = (type(None), bool, int, float, str, bytes, list, tuple, dict)
+
+
+def _tensor_type():
+    torch = sys.modules.get("torch")
+    return torch.Tensor if torch is not None else None
 STOP = object()
 
 
@@ -302,22 +329,21 @@ def read_log(path: Path, limit: int = LOG_LIMIT) -> str:
 
 def _spawn(argv: list[str], *, cwd: Path, env: dict, stdout, pass_fds) -> subprocess.Popen:
     """Start the worker: in the OS sandbox when ``grader/sandbox.py`` offers one, else its own session."""
-    try:
+    if os.environ.get("AIOS_WORKER_SANDBOX") == "1":
         from grader import sandbox
-    except ImportError:
-        sandbox = None
-    if sandbox is not None and hasattr(sandbox, "spawn"):
-        try:
-            return sandbox.spawn(argv, cwd=cwd, env=env, stdout=stdout, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, pass_fds=pass_fds)
-        except TypeError:
-            pass
+
+        return sandbox.spawn(argv, cwd=cwd, env=env, stdout=stdout, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, pass_fds=pass_fds)
     return subprocess.Popen(argv, cwd=cwd, env=env, stdout=stdout, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, pass_fds=pass_fds, start_new_session=True)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
     """Kill the process and everything it started in its session."""
+    if os.environ.get("AIOS_WORKER_SANDBOX") == "1":
+        from grader import sandbox
+
+        return sandbox.kill_tree(proc)
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -365,8 +391,10 @@ class Remote:
             if self._aios_path is None:
                 raise WorkerDied("this object lived in a learner worker that was stopped (timeout or crash)")
             module, name = self._aios_path
-            if module is None:
+            if module is None and _is_aios(name):
                 fresh = importlib.import_module(name).__dict__["_aios_remote"]
+            elif module is None:
+                fresh = current.request("import", name)
             else:
                 fresh = current.request("getattr", importlib.import_module(module), name)
             object.__setattr__(self, "_aios_fresh", fresh)
@@ -462,6 +490,9 @@ class Remote:
     def __exit__(self, *exc_info):
         return self._aios("method", self, "__exit__", (None, None, None), {})
 
+    def __fspath__(self):
+        return _plain(self._aios_op("fspath", self), str)
+
     def __reversed__(self):
         return self._aios_op("reversed", self)
 
@@ -510,11 +541,14 @@ class RemoteMethod:
         return f"<remote method {self.name} of {self.owner!r}>"
 
 
+REMOTE_DUNDERS = ("__file__", "__version__", "__all__")
+
+
 class RemoteModule(types.ModuleType):
     """A learner module seen from the trusted side: attributes are fetched from the worker."""
 
     def __getattr__(self, name: str):
-        if name.startswith("__"):
+        if name.startswith("__") and name not in REMOTE_DUNDERS:
             raise AttributeError(name)
         remote = self.__dict__["_aios_remote"]
         value = remote._aios("getattr", remote, name)
@@ -617,6 +651,25 @@ def install(tree: Path, *, block_hf_models: bool, log_path: Path) -> Session:
     sys.meta_path.insert(0, RemoteFinder())
     _forward_seeds()
     return SESSION
+
+
+def original(value):
+    """The learner's own object behind ``value``: a handle to the worker tensor a copy was made of.
+
+    A tensor read off a learner object arrives as a copy; setting an attribute on the
+    original (a Parameter's ``weight_loader``) needs this. Anything else is returned as is.
+    """
+    origin = getattr(value, "__dict__", {}).get("_aios_origin")
+    if origin is None or SESSION is None:
+        return value
+    return SESSION.worker().request("hold", origin[0])
+
+
+def worker_module(name: str) -> Remote:
+    """The worker's own module ``name`` (``subprocess``: start learner commands on the learner's side)."""
+    module = SESSION.worker().request("import", name)
+    object.__setattr__(module, "_aios_path", (None, name))
+    return module
 
 
 def _forward_seeds() -> None:

@@ -11,7 +11,7 @@ Each side writes what it trusts the other to read:
   remote handles travel as pickle persistent ids.
 * worker -> trusted: JSON only, never a pickle. :func:`encode` (worker side) turns a value
   into JSON-ready data plus raw buffers; :func:`decode` (trusted side) rebuilds plain
-  values from it: None, bool, int, float, str, bytes, list, tuple, dict, set, plain
+  values from it: None, bool, int, float, str, bytes, Path, list, tuple, dict, set, plain
   ``torch.Tensor`` (rebuilt from raw bytes + dtype + shape), dtype, device, ``torch.Size``.
   Anything else stays in the worker and crosses as a handle id.
 
@@ -22,6 +22,7 @@ so it imports nothing from the grader.
 from __future__ import annotations
 
 import json
+import pathlib
 import socket
 import struct
 import sys
@@ -93,11 +94,13 @@ def _dtype_name(dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def encode(value, handle, buffers: list[bytes], depth: int = 0):
+def encode(value, handle, buffers: list[bytes], depth: int = 0, tensor_key=None):
     """``value`` as JSON-ready data; raw bytes go to ``buffers``; ``handle(obj)`` names the rest.
 
     Only exact builtin types count as data (a ``str`` subclass is an object); every
-    tensor, subclass or not, crosses as its bytes, so its class never does.
+    tensor, subclass or not, crosses as its bytes, so its class never does. ``tensor_key(t)``
+    (optional) numbers tensor objects, so that the trusted side can give back the same copy
+    for the same unchanged tensor (``a.weight is b.weight`` for tied weights).
     """
     kind = type(value)
     if kind in PLAIN:
@@ -106,17 +109,26 @@ def encode(value, handle, buffers: list[bytes], depth: int = 0):
     if depth > MAX_DEPTH:
         return handle(value)
     if kind in (list, tuple, set, frozenset):
-        return {"$": kind.__name__, "v": [encode(v, handle, buffers, depth + 1) for v in value]}
+        return {"$": kind.__name__, "v": [encode(v, handle, buffers, depth + 1, tensor_key) for v in value]}
     if kind is dict:
-        return {"$": "dict", "k": [encode(k, handle, buffers, depth + 1) for k in value],
-                "v": [encode(v, handle, buffers, depth + 1) for v in value.values()]}
+        return {"$": "dict", "k": [encode(k, handle, buffers, depth + 1, tensor_key) for k in value],
+                "v": [encode(v, handle, buffers, depth + 1, tensor_key) for v in value.values()]}
     if kind in (bytes, bytearray):
         buffers.append(bytes(value))
         return {"$": "bytes", "b": len(buffers) - 1}
+    if kind in (pathlib.PosixPath, pathlib.PurePosixPath):
+        return {"$": "path", "v": str(value)}
     torch = _torch()
     if torch is not None:
         if isinstance(value, torch.Tensor):
-            return _encode_tensor(torch, value, buffers)
+            record = _encode_tensor(torch, value, buffers)
+            if tensor_key is not None and not value.is_inference():
+                record.update(oid=tensor_key(value), ver=value._version, ptr=value.data_ptr())
+            extra = {k: v for k, v in getattr(value, "__dict__", {}).items()
+                     if type(k) is str and not k.startswith("_")}
+            if extra:
+                record["attrs"] = encode(extra, handle, buffers, depth + 1, tensor_key)
+            return record
         if kind is torch.Size:
             return {"$": "size", "v": [int(v) for v in value]}
         if kind is torch.dtype:
@@ -146,11 +158,13 @@ def _torch():
 # ----------------------------------------------------------------- trusted side: decode
 
 
-def decode(data, buffers: list[bytes], handle, depth: int = 0):
+def decode(data, buffers: list[bytes], handle, depth: int = 0, tensors=None):
     """Rebuild a value from :func:`encode`'s output; ``handle(record)`` makes remote handles.
 
     Whatever the worker sent, the result is built only from builtin containers, plain
-    tensors and what ``handle`` returns.
+    tensors and what ``handle`` returns. ``tensors`` (a weak-valued mapping) keeps the
+    copies made of numbered tensors: the same tensor, unchanged, decodes to the same copy,
+    whose ``data_ptr()`` answers the worker tensor's.
     """
     if type(data) in PLAIN:
         return data
@@ -158,17 +172,25 @@ def decode(data, buffers: list[bytes], handle, depth: int = 0):
         raise WireError(f"unexpected value on the wire: {type(data).__name__}")
     tag = data.get("$")
     if tag in ("list", "tuple", "set", "frozenset"):
-        items = [decode(v, buffers, handle, depth + 1) for v in _list(data["v"])]
+        items = [decode(v, buffers, handle, depth + 1, tensors) for v in _list(data["v"])]
         return {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}[tag](items)
     if tag == "dict":
-        keys = [decode(k, buffers, handle, depth + 1) for k in _list(data["k"])]
-        values = [decode(v, buffers, handle, depth + 1) for v in _list(data["v"])]
+        keys = [decode(k, buffers, handle, depth + 1, tensors) for k in _list(data["k"])]
+        values = [decode(v, buffers, handle, depth + 1, tensors) for v in _list(data["v"])]
         return dict(zip(keys, values, strict=True))
     if tag == "float":
         return float(str(data["v"]))
     if tag == "bytes":
         return bytes(buffers[int(data["b"])])
-    if tag in ("tensor", "size", "dtype", "device"):
+    if tag == "path":
+        return pathlib.Path(str(data["v"]))
+    if tag == "tensor":
+        numbered = tensors is not None and "oid" in data
+        tensor = _decode_numbered(data, buffers, tensors) if numbered else _decode_torch(tag, data, buffers)
+        if "attrs" in data:
+            set_tensor_attributes(tensor, decode(data["attrs"], buffers, handle, depth + 1, tensors))
+        return tensor
+    if tag in ("size", "dtype", "device"):
         return _decode_torch(tag, data, buffers)
     return handle(data)
 
@@ -186,6 +208,19 @@ def _dtype(torch, name):
     return dtype
 
 
+def _decode_numbered(data: dict, buffers: list[bytes], tensors):
+    """A numbered tensor: the copy already made of it when its version has not moved."""
+    key = (int(data["oid"]), int(data["ver"]))
+    tensor = tensors.get(key)
+    if tensor is None:
+        tensor = _decode_torch("tensor", data, buffers)
+        ptr = int(data["ptr"])
+        tensor.data_ptr = lambda: ptr
+        tensor._aios_origin = (key[0], tensor._version, key[1])
+        tensors[key] = tensor
+    return tensor
+
+
 def _decode_torch(tag: str, data: dict, buffers: list[bytes]):
     """A plain ``torch.Tensor`` (a fresh copy), ``torch.Size``, dtype or device."""
     import torch
@@ -201,6 +236,15 @@ def _decode_torch(tag: str, data: dict, buffers: list[bytes]):
                             data.get("grad") is True)
     assert type(tensor) is torch.Tensor
     return tensor
+
+
+def set_tensor_attributes(tensor, attrs: dict) -> None:
+    """The learner's own attributes of a tensor (a Parameter's ``weight_loader``) on its copy."""
+    import torch
+
+    for name, value in attrs.items():
+        if type(name) is str and not name.startswith("_") and not hasattr(torch.Tensor, name):
+            setattr(tensor, name, value)
 
 
 def rebuild_tensor(raw: bytes, dtype, shape: list[int], device: str, requires_grad: bool):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import builtins
+import contextlib
 import importlib
 import importlib.util
 import inspect
@@ -26,6 +27,7 @@ import pickle
 import socket
 import sys
 import traceback
+import weakref
 from pathlib import Path
 
 
@@ -46,8 +48,8 @@ OPERATORS = {name: getattr(operator, name) for name in (
     "getitem", "setitem", "delitem")}
 OPERATORS.update(eq=lambda a, b: bool(a == b), ne=lambda a, b: bool(a != b), contains=lambda a, b: bool(b in a),
                  len=len, bool=bool, hash=hash, repr=repr, str=str, format=format, int=int, float=float,
-                 iter=iter, dir=lambda a: sorted(dir(a)), reversed=reversed, round=round)
-STOP = {"$": "stop"}
+                 iter=iter, fspath=os.fspath, dir=lambda a: sorted(dir(a)), reversed=reversed, round=round)
+STOP = object()  # what ``next`` answers at the end of an iterator
 HF_MODEL_MODULES = "transformers.modeling_utils"
 
 
@@ -90,6 +92,9 @@ class TrustedProxy:
     def __len__(self):
         return WORKER.callback(self._tid, "len", "", (), {})
 
+    def __next__(self):
+        return WORKER.callback(self._tid, "next", "", (), {})
+
     def __repr__(self):
         return f"<trusted object {self._tid}>"
 
@@ -120,11 +125,15 @@ class Worker:
         self.sent: dict[int, int] = {}
         self.types_sent: set[int] = set()
         self.next_id = 1
+        self.tensor_serials: dict[int, tuple] = {}
+        self.tensors_by_key: dict[int, weakref.ref] = {}
 
     # ------------------------------------------------------------ values out
 
     def handle(self, obj) -> dict:
         """The record naming ``obj`` on the trusted side; the object stays here until released."""
+        if obj is STOP:
+            return {"$": "stop"}
         if isinstance(obj, TrustedProxy):
             return {"$": "t", "id": obj._tid}
         if isinstance(obj, type) and issubclass(obj, BaseException):
@@ -165,6 +174,22 @@ class Worker:
                     names.add(name)
         return sorted(names)
 
+    def tensor_key(self, tensor) -> int:
+        """A number for this tensor object, the same as long as it lives."""
+        entry = self.tensor_serials.get(id(tensor))
+        if entry is None or entry[0]() is not tensor:
+            oid, serial = id(tensor), self.next_id
+            self.next_id += 1
+
+            def forget(_, oid=oid, serial=serial):
+                self.tensors_by_key.pop(serial, None)
+                if self.tensor_serials.get(oid, (None, None))[1] == serial:
+                    del self.tensor_serials[oid]
+
+            entry = (weakref.ref(tensor, forget), serial)
+            self.tensor_serials[oid], self.tensors_by_key[serial] = entry, entry[0]
+        return entry[1]
+
     def release(self, pairs) -> None:
         """Forget handles the trusted side no longer holds (``(id, times it was received)`` pairs)."""
         for hid, count in pairs:
@@ -174,9 +199,18 @@ class Worker:
                     obj = self.objects.pop(hid)
                     del self.sent[hid], self.ids[id(obj)]
 
+    def hold(self, key: int) -> None:
+        """Answer with a handle to a numbered tensor itself (not a copy), to set attributes on it."""
+        ref = self.tensors_by_key.get(key)
+        tensor = ref() if ref is not None else None
+        if tensor is None:
+            self.reply_error(LookupError("that tensor no longer exists in the learner worker"))
+        else:
+            protocol.send(self.sock, {"k": "ret", "v": self.handle(tensor)})
+
     def reply(self, value) -> None:
         buffers: list[bytes] = []
-        data = protocol.encode(value, self.handle, buffers)
+        data = protocol.encode(value, self.handle, buffers, tensor_key=self.tensor_key)
         protocol.send(self.sock, {"k": "ret", "v": data}, buffers)
 
     def reply_error(self, exc: BaseException) -> None:
@@ -196,7 +230,11 @@ class Worker:
 
         class Unpickler(pickle.Unpickler):
             def persistent_load(self, pid):
-                kind, ident = pid
+                kind, ident, *fallback = pid
+                if kind == "ts":
+                    ref = worker.tensors_by_key.get(ident)
+                    original = ref() if ref is not None else None
+                    return original if original is not None else protocol.rebuild_tensor(*fallback)
                 return worker.objects[ident] if kind == "h" else TrustedProxy(ident)
 
         import io
@@ -222,8 +260,12 @@ class Worker:
             self.release(message.get("rel", ()))
             if message["op"] == "exit":
                 return None
+            if message["op"] == "hold":
+                self.hold(*message["a"])
+                continue
             try:
-                value = self.run(message["op"], *message["a"])
+                with grad_mode(message.get("mode", 0)):
+                    value = self.run(message["op"], *message["a"])
             except BaseException as exc:  # noqa: BLE001 - every learner failure goes back to the tests
                 self.reply_error(exc)
                 continue
@@ -282,7 +324,7 @@ class Worker:
     def callback(self, tid: int, op: str, name: str, args: tuple, kwargs: dict):
         """Ask the trusted side to use one of its values; serve nested requests meanwhile."""
         buffers: list[bytes] = []
-        data = protocol.encode([list(args), kwargs], self.handle, buffers)
+        data = protocol.encode([list(args), kwargs], self.handle, buffers, tensor_key=self.tensor_key)
         protocol.send(self.sock, {"k": "cb", "id": tid, "op": op, "name": name, "v": data}, buffers)
         reply = self.serve(until_reply=True)
         if reply["k"] == "ret":
@@ -300,6 +342,14 @@ def spawn(argv: list[str], env: dict | None, cwd: str | None, extra: dict):
     full_env = dict(os.environ)
     full_env.update(env or {})
     return subprocess.Popen(argv, env=full_env, cwd=cwd, **extra)
+
+
+def grad_mode(mode: int):
+    """The autograd mode the test was in: 0 as is, 1 no_grad, 2 inference_mode."""
+    torch = sys.modules.get("torch")
+    if torch is None or mode == 0:
+        return contextlib.nullcontext()
+    return torch.inference_mode() if mode == 2 else torch.no_grad()
 
 
 WORKER: Worker | None = None

@@ -56,7 +56,7 @@ def test_plan_expects_exactly_the_checkpoint_tensors(tiny_model_dir):
     assert set(checkpoint_plan(fused_model(tiny_model_dir))) == expected
 
 
-def test_every_fused_piece_is_loaded_exactly_once(tiny_model_dir):
+def test_every_fused_piece_is_loaded_exactly_once(tiny_model_dir, learner_object):
     """load_packed_weights calls each fused parameter's weight_loader once per shard id (q, k, v; 0, 1)."""
     model = fused_model(tiny_model_dir)
     calls = Counter()
@@ -68,7 +68,7 @@ def test_every_fused_piece_is_loaded_exactly_once(tiny_model_dir):
                 calls[name, shard_id] += 1
                 original(p, loaded, shard_id)
 
-            param.weight_loader = counting
+            learner_object(param).weight_loader = counting
     load_packed_weights(model, tiny_model_dir)
     layers = range(len(model.model.layers))
     expected = Counter({(f"model.layers.{i}.self_attn.qkv_proj.weight", s): 1 for i in layers for s in "qkv"})

@@ -2,7 +2,6 @@
 
 import importlib
 import os
-import subprocess
 import sys
 
 import pytest
@@ -25,11 +24,11 @@ def test_aios_package_comes_from_the_selected_tree():
     assert os.path.basename(os.path.dirname(aios.__file__)) == "aios"
 
 
-def test_make_model_command_line(tmp_path):
+def test_make_model_command_line(tmp_path, learner_import):
     """`python -m aios make-model tiny DIR` writes a checkpoint from the shell."""
     out = tmp_path / "cli-tiny"
-    result = subprocess.run([sys.executable, "-m", "aios", "make-model", "tiny", str(out)], capture_output=True,
-                            text=True, timeout=120)
+    command = [sys.executable, "-m", "aios", "make-model", "tiny", str(out)]
+    result = learner_import("subprocess").run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
 

@@ -16,6 +16,10 @@ class RecordingModel(torch.nn.Module):
         self.calls: list[tuple[list[int], list[int]]] = []
         self.logits: list[torch.Tensor] = []
 
+    def parameters(self, recurse=True):
+        """The wrapped model's parameters (registration does not see a model in the learner worker)."""
+        return self.inner.parameters(recurse)
+
     def forward(self, input_ids, positions):
         self.calls.append((input_ids.tolist(), positions.tolist()))
         return self.inner(input_ids, positions)

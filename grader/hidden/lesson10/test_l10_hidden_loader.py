@@ -7,7 +7,6 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from torch import nn
 
 from aios.layers.linear import MergedColumnParallelLinear, QKVParallelLinear
 from aios.utils.loader import CheckpointMismatchError, checkpoint_plan, load_qwen3
@@ -76,24 +75,17 @@ def test_tied_checkpoint_with_an_lm_head_copy_loads(tiny_model_dir, tmp_path):
     assert torch.equal(model.lm_head.weight, tensors["model.embed_tokens.weight"])
 
 
-class ToyAttention(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.qk = MergedColumnParallelLinear(2, [2, 2])
-        self.q_norm = nn.Linear(2, 2, bias=False)
+def toy_model(nn):
+    """attn.qk (fused q and k) and attn.q_norm, built with ``nn`` (the learner side's torch.nn)."""
+    attn = nn.ModuleDict({"qk": MergedColumnParallelLinear(2, [2, 2]), "q_norm": nn.Linear(2, 2, bias=False)})
+    model = nn.ModuleDict({"attn": attn})
+    model.packed_modules_mapping = {"q": ("qk", 0), "k": ("qk", 1)}
+    return model
 
 
-class ToyModel(nn.Module):
-    packed_modules_mapping = {"q": ("qk", 0), "k": ("qk", 1)}
-
-    def __init__(self):
-        super().__init__()
-        self.attn = ToyAttention()
-
-
-def test_plan_matches_whole_module_names_only():
+def test_plan_matches_whole_module_names_only(learner_import):
     """checkpoint_plan maps q -> (qk, 0) and k -> (qk, 1) but leaves q_norm alone (whole names, not substrings)."""
-    assert checkpoint_plan(ToyModel()) == {
+    assert checkpoint_plan(toy_model(learner_import("torch.nn"))) == {
         "attn.q.weight": ("attn.qk.weight", 0),
         "attn.k.weight": ("attn.qk.weight", 1),
         "attn.q_norm.weight": ("attn.q_norm.weight", None),
