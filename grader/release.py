@@ -9,8 +9,8 @@ writes
   suites, the docs that give nothing away, a student README and the classroom workflow
   ``.github/workflows/classroom.yml``. No ``solutions/``, no ``grader/hidden/``.
 * ``OUT/autograder/``: what the classroom workflow grades with: the hidden suites, trusted
-  copies of the visible suites, ``conftest.py``, ``pyproject.toml``, the grader and
-  ``curriculum.toml``;
+  copies of the visible suites, ``conftest.py``, ``pyproject.toml``, the grader,
+  ``curriculum.toml`` and ``requirements-dev.txt`` (the environment the workflow installs);
 * ``OUT/autograder.tar.gz``: the same bundle packed (reproducibly) for a private repository,
   an encrypted file or a secret (docs/classroom.md).
 
@@ -48,6 +48,9 @@ SECRET_LIMIT = 48 * 1024  # GitHub's size limit for one secret
 TOP_FILES = ("conftest.py", "pyproject.toml")
 #: More top-level files for students.
 STUDENT_TOP_FILES = ("noxfile.py", "requirements-dev.txt", ".gitignore")
+#: More top-level files for the bundle: the pinned environment the classroom workflow installs
+#: (never the student's own requirements-dev.txt, which a submission can change).
+BUNDLE_TOP_FILES = ("requirements-dev.txt",)
 #: Docs students may read (docs/conventions.md is left out: its example is lesson 1's code).
 STUDENT_DOCS = ("docs/learner-workflow.md", "docs/progression.md", "docs/benchmarks.md", "docs/classroom.md")
 #: tests/infra files that pass on the stubbed aios/ and need no solutions/.
@@ -191,17 +194,28 @@ def _imported_grader_modules(source: str) -> set[str]:
     return names
 
 
+def _module_sources(root: Path, name: str) -> list[Path]:
+    """The source files of grader module ``name``: ``grader/name.py``, or every file of the package ``grader/name/``."""
+    path = root / "grader" / name
+    if path.with_suffix(".py").is_file():
+        return [path.with_suffix(".py")]
+    if f"grader/{name}/".startswith(FORBIDDEN_PREFIXES) or not (path / "__init__.py").is_file():
+        return []
+    return sorted(path.rglob("*.py"))
+
+
 def grader_modules(root: Path) -> list[str]:
-    """The grader modules to ship: GRADER_MODULES, the command modules, and all they import."""
+    """The grader modules (and packages) to ship: GRADER_MODULES, the command modules, and all they import."""
     todo = list(GRADER_MODULES) + list(command_modules(root))
     seen: set[str] = set()
     while todo:
         name = todo.pop()
-        path = root / "grader" / f"{name}.py"
-        if name in seen or not path.is_file():
+        sources = _module_sources(root, name)
+        if name in seen or not sources:
             continue
         seen.add(name)
-        todo.extend(_imported_grader_modules(path.read_text(encoding="utf-8")))
+        for source in sources:
+            todo.extend(_imported_grader_modules(source.read_text(encoding="utf-8")))
     missing = [m for m in list(GRADER_MODULES) + list(command_modules(root)) if m not in seen]
     if missing:
         raise ReleaseError("grader modules missing from grader/: " + ", ".join(missing))
@@ -211,7 +225,9 @@ def grader_modules(root: Path) -> list[str]:
 def grader_paths(root: Path) -> list[str]:
     """Every grader path both trees carry (hidden suites not included)."""
     data = [rel for rel in GRADER_DATA if (root / rel).exists()]
-    return [f"grader/{name}.py" for name in grader_modules(root)] + data
+    modules = [f"grader/{name}.py" if (root / "grader" / f"{name}.py").is_file() else f"grader/{name}"
+               for name in grader_modules(root)]
+    return modules + data
 
 
 def student_files(curriculum: Curriculum) -> dict[str, bytes]:
@@ -236,7 +252,7 @@ def student_files(curriculum: Curriculum) -> dict[str, bytes]:
 def bundle_files(curriculum: Curriculum) -> dict[str, bytes]:
     """The autograder bundle as ``{path: bytes}``."""
     root = curriculum.root
-    paths = list(TOP_FILES) + grader_paths(root)
+    paths = list(TOP_FILES) + [p for p in BUNDLE_TOP_FILES if (root / p).exists()] + grader_paths(root)
     for lesson in curriculum.lessons:
         paths += [p for p in (lesson.visible, lesson.hidden) if (root / p).exists()]
     files = _collect(root, paths)

@@ -139,9 +139,14 @@ def test_archive_is_reproducible(released):
 
 def test_workflow_installs_fetches_and_calls_autograde(released):
     text = (released / "student" / ".github" / "workflows" / "classroom.yml").read_text()
-    assert "pip install -r requirements-dev.txt" in text
+    # The pinned environment comes from the bundle; the student's requirements-dev.txt is never installed.
+    assert 'pip install -r "$BUNDLE/requirements-dev.txt"' in text
+    assert not re.search(r"pip install[^\n]*-r\s+requirements-dev\.txt", text)
+    assert text.index("Fetch the autograder bundle") < text.index("pip install")
+    assert (released / "autograder" / "requirements-dev.txt").read_bytes() == (REPO / "requirements-dev.txt").read_bytes()
+    assert "sudo" in text  # graded as root, so that the tests' processes can be sandboxed
     assert "AIOS_AUTOGRADER_REPO" in text and "AIOS_AUTOGRADER_B64" in text
-    assert re.search(r"python -m grader --root \"\$GITHUB_WORKSPACE\" autograde --bundle \.", text)
+    assert re.search(r"-m grader --root \"\$GITHUB_WORKSPACE\" autograde --bundle \.", text)
     assert "classroom-resources/autograding-grading-reporter" in text and "runners: aios" in text
 
 
