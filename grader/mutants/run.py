@@ -71,9 +71,9 @@ def plant(root: Path, mutant: Mutant, scratch: Path) -> Path:
 
 
 def _first_line(text: str) -> str:
-    """The last non-blank line of a failure message (pytest's crash line), shortened."""
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1][:200] if lines else ""
+    """The first non-blank line of a failure message (pytest's crash line), shortened."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0][:200] if lines else ""
 
 
 def grade_mutant(curriculum: cur.Curriculum, mutant: Mutant, scratch: Path) -> Outcome:
@@ -175,7 +175,7 @@ def run(args, curriculum: cur.Curriculum) -> int:
 
         def one(mutant: Mutant) -> Outcome:
             outcome = grade_mutant(curriculum, mutant, Path(scratch))
-            verdict = f"killed by {outcome.killer}" if outcome.killed else "SURVIVED"
+            verdict = f"killed by {outcome.killer}: {outcome.message[:90]}" if outcome.killed else "SURVIVED"
             print(f"{outcome.key:<50} {verdict} ({outcome.seconds:.0f} s)", flush=True)
             return outcome
 

@@ -36,6 +36,7 @@ def random_qkv(tokens: int, q_heads: int, kv_heads: int, head_dim: int, seed: in
     "tokens,q_heads,kv_heads,head_dim",
     [(1, 2, 1, 16), (7, 4, 2, 16), (12, 8, 2, 32), (5, 4, 4, 16), (9, 6, 1, 8)],
 )
+@pytest.mark.hint(5)
 def test_causal_attention_matches_hf_eager(tokens, q_heads, kv_heads, head_dim):
     """causal_attention with GQA matches eager_attention_forward + causal mask in float32."""
     q, k, v = random_qkv(tokens, q_heads, kv_heads, head_dim, seed=tokens + q_heads)
@@ -45,6 +46,7 @@ def test_causal_attention_matches_hf_eager(tokens, q_heads, kv_heads, head_dim):
     torch.testing.assert_close(out, hf_causal_attention(q, k, v, scale), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.hint(6)
 @pytest.mark.parametrize("q_len,kv_len", [(1, 6), (3, 10), (4, 4)])
 def test_causal_attention_queries_are_the_last_positions(q_len, kv_len):
     """With q_len < kv_len the queries are the last q_len positions: equal to the last rows of the full result."""
@@ -55,6 +57,7 @@ def test_causal_attention_queries_are_the_last_positions(q_len, kv_len):
     torch.testing.assert_close(out, hf_causal_attention(q_full, k, v, scale)[-q_len:], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.hint(7)
 def test_causal_attention_bf16_close_to_float32_reference():
     """On bfloat16 inputs the output is bfloat16 and within bf16 rounding of the float32 reference."""
     q, k, v = random_qkv(10, 8, 2, 64, seed=5, dtype=torch.bfloat16)

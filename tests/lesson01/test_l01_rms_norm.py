@@ -15,6 +15,7 @@ def hf_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tens
         return norm(x)
 
 
+@pytest.mark.hint(2)
 @pytest.mark.parametrize("shape", [(1, 64), (7, 64), (3, 5, 128), (2, 16)])
 def test_rms_norm_matches_hf_fp32(shape):
     """rms_norm in float32 matches Qwen3RMSNorm to 1e-6 for several shapes."""
@@ -26,6 +27,7 @@ def test_rms_norm_matches_hf_fp32(shape):
     torch.testing.assert_close(out, hf_rms_norm(x, weight, 1e-6), atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.hint(2)
 def test_rms_norm_bf16_matches_hf():
     """rms_norm on bfloat16 input returns bfloat16 and matches Qwen3RMSNorm (bf16 tolerance)."""
     gen = torch.Generator().manual_seed(1)
@@ -36,6 +38,7 @@ def test_rms_norm_bf16_matches_hf():
     torch.testing.assert_close(out, hf_rms_norm(x, weight, 1e-6), atol=1e-2, rtol=1.6e-2)
 
 
+@pytest.mark.hint(2)
 def test_rms_norm_module_uses_its_weight_and_eps():
     """The RMSNorm module (weight, eps) gives the same result as Qwen3RMSNorm."""
     gen = torch.Generator().manual_seed(2)

@@ -2,6 +2,7 @@
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -31,6 +32,7 @@ def hf_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
     head_dim=st.sampled_from([4, 16, 32]),
     seed=st.integers(0, 2**16),
 )
+@pytest.mark.hint(5)
 def test_causal_attention_any_gqa_shape_matches_hf(kv_len, q_frac, kv_heads, group, head_dim, seed):
     """For any kv_len, q_len <= kv_len and q_heads = group * kv_heads, the result matches transformers."""
     q_len = max(1, round(q_frac * kv_len))
@@ -43,6 +45,7 @@ def test_causal_attention_any_gqa_shape_matches_hf(kv_len, q_frac, kv_heads, gro
     torch.testing.assert_close(out, hf_attention(q, k, v, head_dim**-0.5), atol=2e-5, rtol=2e-5)
 
 
+@pytest.mark.hint(6)
 def test_first_position_sees_only_itself():
     """Query 0 of a full sequence attends to key 0 alone, so its output is v[0] of its KV head."""
     gen = torch.Generator().manual_seed(2)
@@ -54,6 +57,7 @@ def test_first_position_sees_only_itself():
     torch.testing.assert_close(out[0], expected, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.hint(6)
 def test_single_query_attends_to_every_key():
     """A single decode query (q_len = 1) sees all kv_len keys: softmax over the whole row."""
     gen = torch.Generator().manual_seed(3)
@@ -76,6 +80,7 @@ def test_scale_argument_is_used():
         torch.testing.assert_close(causal_attention(q, k, v, scale), hf_attention(q, k, v, scale), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.hint(7)
 def test_causal_attention_bf16_decode_rows():
     """bfloat16 q_len < kv_len: bf16 out, within bf16 rounding of the float32 reference."""
     gen = torch.Generator().manual_seed(6)

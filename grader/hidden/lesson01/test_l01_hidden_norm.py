@@ -1,5 +1,6 @@
 """Hidden lesson 1 tests: ``rms_norm`` in more shapes, dtypes and numeric corners."""
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,6 +24,7 @@ def hf_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tens
     scale=st.sampled_from([1e-3, 1.0, 50.0]),
     seed=st.integers(0, 2**16),
 )
+@pytest.mark.hint(2)
 def test_rms_norm_any_shape_matches_hf(leading, hidden, eps, scale, seed):
     """rms_norm normalises over the last axis only, for any leading shape, eps and input scale."""
     gen = torch.Generator().manual_seed(seed)
@@ -33,6 +35,7 @@ def test_rms_norm_any_shape_matches_hf(leading, hidden, eps, scale, seed):
     torch.testing.assert_close(out, hf_rms_norm(x, weight, eps), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.hint(2)
 def test_rms_norm_statistics_in_float32_for_half_inputs():
     """float16 inputs near 300 must not overflow: square and average in float32, then cast back."""
     gen = torch.Generator().manual_seed(4)
@@ -44,6 +47,7 @@ def test_rms_norm_statistics_in_float32_for_half_inputs():
     torch.testing.assert_close(out, hf_rms_norm(x, weight, 1e-6), atol=1e-3, rtol=1e-3)
 
 
+@pytest.mark.hint(2)
 def test_rms_norm_eps_inside_the_square_root():
     """eps is added to the mean square before the square root: an all-zero row stays zero, a tiny row shrinks."""
     x = torch.tensor([[0.0, 0.0, 0.0, 0.0], [1e-3, -1e-3, 1e-3, -1e-3]])
@@ -53,6 +57,7 @@ def test_rms_norm_eps_inside_the_square_root():
     torch.testing.assert_close(out, expected, atol=1e-7, rtol=1e-5)
 
 
+@pytest.mark.hint(2)
 def test_rms_norm_bf16_3d_matches_hf():
     """On 3-D bfloat16 activations rms_norm keeps the dtype and matches Qwen3RMSNorm within bf16 rounding."""
     gen = torch.Generator().manual_seed(8)

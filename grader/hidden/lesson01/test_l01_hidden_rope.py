@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -20,6 +21,7 @@ def hf_cos_sin(head_dim: int, base: float, positions: torch.Tensor) -> tuple[tor
     return cos[0], sin[0]
 
 
+@pytest.mark.hint(3)
 def test_rope_table_covers_qwen3_context_length():
     """rope_cos_sin(128, 40960, 1e6) matches transformers at far positions (Qwen3's full context)."""
     cos, sin = rope_cos_sin(128, 40960, 1_000_000.0)
@@ -31,6 +33,7 @@ def test_rope_table_covers_qwen3_context_length():
     torch.testing.assert_close(sin[positions], ref_sin[:, :64], atol=1e-2, rtol=0)
 
 
+@pytest.mark.hint(3)
 def test_rope_first_column_is_the_position_in_radians():
     """The first frequency is 1 (angle = position) and the last is the slowest: base ** (-(d-2)/d)."""
     cos, sin = rope_cos_sin(8, 16, 10_000.0)
@@ -41,6 +44,7 @@ def test_rope_first_column_is_the_position_in_radians():
     torch.testing.assert_close(sin[:, 3], (positions * slowest).sin(), atol=1e-6, rtol=0)
 
 
+@pytest.mark.hint(4)
 def test_apply_rotary_pairs_first_half_with_second_half():
     """Rotate-half layout: dimension i pairs with i + head_dim/2 (not with its neighbour i + 1)."""
     head_dim = 8
@@ -53,6 +57,7 @@ def test_apply_rotary_pairs_first_half_with_second_half():
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
 
 
+@pytest.mark.hint(4)
 def test_apply_rotary_position_zero_is_identity_and_keeps_dtype():
     """At position 0 nothing rotates; bfloat16 in gives bfloat16 out."""
     x = torch.randn(3, 2, 32, generator=torch.Generator().manual_seed(0)).bfloat16()
@@ -62,6 +67,7 @@ def test_apply_rotary_position_zero_is_identity_and_keeps_dtype():
     torch.testing.assert_close(out, x, atol=0, rtol=0)
 
 
+@pytest.mark.hint(4)
 def test_apply_rotary_bf16_close_to_hf_float32():
     """apply_rotary on bfloat16 q matches transformers' float32 rotation within bf16 rounding."""
     gen = torch.Generator().manual_seed(1)
@@ -80,6 +86,7 @@ def test_apply_rotary_bf16_close_to_hf_float32():
     m=st.integers(0, 500), n=st.integers(0, 500), shift=st.integers(0, 500),
     head_dim=st.sampled_from([8, 16, 64]), seed=st.integers(0, 2**16),
 )
+@pytest.mark.hint(4)
 def test_rotated_dot_product_depends_only_on_distance(m, n, shift, head_dim, seed):
     """<rot(q, m), rot(k, n)> is unchanged when both positions move by the same shift; norms are kept."""
     gen = torch.Generator().manual_seed(seed)
