@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from grader import remote as remote_mode
 from grader import sandbox
 
 PLUGIN_DIR = Path(__file__).resolve().parent / "_pytest"
@@ -266,12 +267,15 @@ def run_pytest(
     extra_args: list[str] | None = None,
     log_path: Path | None = None,
     confine: Confinement | None = None,
+    remote: bool | None = None,
 ) -> RunResult:
     """Run pytest on ``paths`` (relative to ``root``) and return each test's outcome.
 
     After a crash pytest is started again without the tests already done, at most
     MAX_RESTARTS times, all within ``run_timeout`` seconds. With ``confine`` every start runs
-    confined (see Confinement) on a fresh copy of the tree instead of ``root``.
+    confined (see Confinement) on a fresh copy of the tree instead of ``root``. With
+    ``remote`` (default: ``grader.remote.wanted(paths)``) the tests import ``aios`` only
+    through a learner worker process (grader/remote/, the trust split).
     """
     result = RunResult()
     started = time.monotonic()
@@ -279,6 +283,8 @@ def run_pytest(
     tests: dict[str, TestResult] = {}
     done: list[str] = []
     with tempfile.TemporaryDirectory(prefix="aios-grade-") as tmp:
+        remote = remote_mode.wanted(paths) if remote is None else remote
+        mode_env = remote_mode.child_env(paths, Path(tmp)) if remote else {"AIOS_REMOTE": "0"}
         log_file = Path(log_path) if log_path else Path(tmp) / "log.txt"
         with open(log_file, "w") as log:
             for attempt in range(MAX_RESTARTS + 1):
@@ -287,10 +293,10 @@ def run_pytest(
                 cmd = _command(run_root, paths, report, test_timeout, extra_args or [], done, confine is not None)
                 left = run_timeout - (time.monotonic() - started)
                 if confine:
-                    env = _child_env(impl) | {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+                    env = _child_env(impl) | mode_env | {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
                     code = _spawn_confined(cmd, run_root, env, log, left, confine.hidden)
                 else:
-                    code = _spawn(cmd, root, _child_env(impl), log, left)
+                    code = _spawn(cmd, root, _child_env(impl) | mode_env, log, left)
                 result.exit_codes.append(code)
                 events = _read_events(report)
                 running = _fold(events, order, tests, result)

@@ -21,7 +21,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from grader import board, stubgen
+from grader import board, remote, stubgen
 from grader.curriculum import DEFAULT_TEST_TIMEOUT, Curriculum, Lesson, derived_symbols
 from grader.runner import RunResult, TestResult, run_pytest
 
@@ -58,7 +58,9 @@ def run_many(root: Path, paths: list[str], impl: str, timeout: int, test_timeout
     """Run every existing path (batched) and return all tests and collection errors."""
     existing = [p for p in paths if (root / p).exists()]
     results: list[TestResult] = []
-    for group in batches(root, existing):
+    # Suites through the learner worker and suites run as is never share a pytest run.
+    split = [[p for p in existing if remote.wanted([p]) == flag] for flag in (True, False)]
+    for group in [group for part in split for group in batches(root, part)]:
         run: RunResult = run_pytest(root, group, impl=impl, test_timeout=test_timeout, run_timeout=timeout)
         results.extend(run.tests)
         results.extend(run.collect_errors)

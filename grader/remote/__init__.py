@@ -9,3 +9,43 @@
 
 docs/classroom.md ("Trust model: the learner worker") explains the design.
 """
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+LESSON_FOLDER = re.compile(r"lesson(\d+)")
+#: Lessons whose tests still import aios in the test process (none once the switch is done).
+DIRECT_LESSONS: frozenset[int] = frozenset()
+#: From this lesson on the worker refuses Hugging Face's model code (aios runs the model itself).
+FIRST_LESSON_WITHOUT_HF_MODELS = 3
+
+
+def lessons_in(paths: list[str]) -> set[int]:
+    """The lesson numbers of suite paths (``tests/lesson03``, ``grader/hidden/lesson03/x.py``)."""
+    found = set()
+    for path in paths:
+        match = LESSON_FOLDER.search(str(path))
+        if match is None:
+            return set()  # not a lesson suite (tests/infra): runs as is
+        found.add(int(match.group(1)))
+    return found
+
+
+def wanted(paths: list[str]) -> bool:
+    """Whether a run over ``paths`` goes through the learner worker (``AIOS_REMOTE=0/1`` decides when set)."""
+    forced = os.environ.get("AIOS_REMOTE")
+    if forced in ("0", "1"):
+        return forced == "1"
+    lessons = lessons_in(paths)
+    return bool(lessons) and not lessons & DIRECT_LESSONS
+
+
+def child_env(paths: list[str], folder: Path) -> dict[str, str]:
+    """What a child pytest needs in its environment to run ``paths`` through the worker."""
+    lessons = lessons_in(paths)
+    block = bool(lessons) and min(lessons) >= FIRST_LESSON_WITHOUT_HF_MODELS
+    return {"AIOS_REMOTE": "1", "AIOS_REMOTE_LOG": str(Path(folder) / "worker.log"),
+            "AIOS_REMOTE_BLOCK_HF": "1" if block else "0"}
