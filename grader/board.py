@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 from rich.console import Console
@@ -11,6 +10,7 @@ from rich.table import Table
 
 from grader import hints as hint_layers
 from grader import progress as prog
+from grader import testcount
 from grader.curriculum import Curriculum, Lesson
 
 STATE_STYLE = {"passed": "green", "unlocked": "yellow", "locked": "dim", "coming": "dim italic"}
@@ -25,42 +25,17 @@ def console() -> Console:
     return out if out.is_terminal else Console(highlight=False, width=max(out.width, 100))
 
 
-def _parametrize_factor(decorators: list[ast.expr]) -> int:
-    """How many cases literal ``@pytest.mark.parametrize`` lists multiply a test into."""
-    factor = 1
-    for dec in decorators:
-        if isinstance(dec, ast.Call) and getattr(dec.func, "attr", "") == "parametrize" and len(dec.args) >= 2:
-            values = dec.args[1]
-            if isinstance(values, (ast.List, ast.Tuple)):
-                factor *= max(len(values.elts), 1)
-    return factor
-
-
-def estimate_tests(path: Path) -> int:
-    """Count the tests under ``path`` without running pytest (used before a first grade)."""
-    files = [path] if path.is_file() else sorted(path.rglob("test_*.py")) if path.is_dir() else []
-    total = 0
-    for file in files:
-        try:
-            tree = ast.parse(file.read_text(encoding="utf-8"))
-        except (OSError, SyntaxError, UnicodeDecodeError):
-            continue
-        for node in tree.body:
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test"):
-                total += _parametrize_factor(node.decorator_list)
-            elif isinstance(node, ast.ClassDef) and node.name.startswith("Test"):
-                for sub in node.body:
-                    if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef)) and sub.name.startswith("test"):
-                        total += _parametrize_factor(sub.decorator_list) * _parametrize_factor(node.decorator_list)
-    return total
-
-
-def _counts(curriculum: Curriculum, grade: dict | None, suite: str, lesson: Lesson) -> dict:
-    """``{"passed", "total"}`` for one suite, from the last grade or a static count."""
+def _counts(grade: dict | None, suite: str, collected: dict[str, int], path: str) -> dict:
+    """``{"passed", "total"}`` for one suite: from the last grade, else pytest's collected count."""
     if grade and suite in grade:
         return {"passed": grade[suite]["passed"], "total": grade[suite]["total"]}
-    path = curriculum.root / (lesson.visible if suite == "visible" else lesson.hidden)
-    return {"passed": 0, "total": estimate_tests(path)}
+    return {"passed": 0, "total": collected.get(path, 0)}
+
+
+def _ungraded_suites(curriculum: Curriculum, progress: prog.Progress) -> list[str]:
+    """The suites of lessons never graded (their totals must be collected)."""
+    return [suite for lesson in curriculum.lessons if progress.grade(lesson.id) is None
+            for suite in (lesson.visible, lesson.hidden)]
 
 
 def benchmark_text(lesson: Lesson, grade: dict | None) -> str:
@@ -99,6 +74,7 @@ def next_steps(curriculum: Curriculum, progress: prog.Progress, lesson: Lesson |
 def status_data(curriculum: Curriculum, progress: prog.Progress) -> dict:
     """The board as JSON-ready data (schema in the README of the grader); fields are only ever added."""
     current = prog.current_lesson(curriculum, progress)
+    collected = testcount.collected_counts(curriculum.root, _ungraded_suites(curriculum, progress))
     rows = []
     for lesson in curriculum.lessons:
         grade = progress.grade(lesson.id)
@@ -108,11 +84,13 @@ def status_data(curriculum: Curriculum, progress: prog.Progress) -> dict:
                 "lesson": lesson.id,
                 "title": lesson.title,
                 "state": prog.state(curriculum, progress, lesson),
-                "visible": _counts(curriculum, grade, "visible", lesson),
-                "hidden": _counts(curriculum, grade, "hidden", lesson),
+                "visible": _counts(grade, "visible", collected, lesson.visible),
+                "hidden": _counts(grade, "hidden", collected, lesson.hidden),
                 "points": lesson.points,
                 "graded": grade is not None,
                 "from_reference": progress.shown_from_reference(lesson.id),
+                "by_force": prog.by_force(curriculum, progress, lesson),
+                "open_before": prog.open_prerequisites(curriculum, progress, lesson),
                 "benchmark": (grade or {}).get("benchmark"),
                 "benchmark_text": benchmark_text(lesson, grade),
                 "hints": {"revealed": revealed, "total": total},
@@ -120,6 +98,14 @@ def status_data(curriculum: Curriculum, progress: prog.Progress) -> dict:
         )
     return {"lessons": rows, "current": current.id if current else None,
             "next": next_steps(curriculum, progress, current)}
+
+
+def _open_text(lessons: list[int]) -> str:
+    """``lesson 3 still open`` or ``lessons 1-4 still open`` (the earlier lessons a forced one skipped)."""
+    if len(lessons) == 1:
+        return f"lesson {lessons[0]} still open"
+    span = f"{lessons[0]}-{lessons[-1]}" if lessons == list(range(lessons[0], lessons[-1] + 1)) else ", ".join(map(str, lessons))
+    return f"lessons {span} still open"
 
 
 def print_board(curriculum: Curriculum, progress: prog.Progress) -> None:
@@ -133,6 +119,8 @@ def print_board(curriculum: Curriculum, progress: prog.Progress) -> None:
         state = row["state"]
         shown = "coming soon" if state == "coming" else state
         reference = " [magenta](from reference)[/]" if row["from_reference"] else ""
+        if row["by_force"]:
+            reference += " [red](by force)[/]"
         marker = " <" if row["lesson"] == data["current"] else ""
         table.add_row(
             str(row["lesson"]),
@@ -144,6 +132,10 @@ def print_board(curriculum: Curriculum, progress: prog.Progress) -> None:
         )
     out = console()
     out.print(table)
+    for row in data["lessons"]:
+        if row["by_force"]:
+            out.print(f"[red]lesson {row['lesson']} {row['state']} by force[/] (grade --force): "
+                      f"{_open_text(row['open_before'])}")
     earned = sum(r["points"] for r in data["lessons"] if r["state"] == "passed")
     possible = sum(r["points"] for r in data["lessons"])
     tail = f"current lesson: {data['current']}" if data["current"] is not None else "no open lesson left"

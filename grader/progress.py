@@ -114,6 +114,31 @@ def state(curriculum: Curriculum, progress: Progress, lesson: Lesson) -> str:
     return "unlocked" if is_unlocked(curriculum, progress, lesson) else "locked"
 
 
+def open_prerequisites(curriculum: Curriculum, progress: Progress, lesson: Lesson) -> list[int]:
+    """Lessons before ``lesson`` in its prerequisite chain (transitively) that have not passed."""
+    missing: list[int] = []
+    todo = list(lesson.prerequisites)
+    seen: set[int] = set()
+    while todo:
+        lesson_id = todo.pop()
+        if lesson_id in seen:
+            continue
+        seen.add(lesson_id)
+        if not progress.passed(lesson_id):
+            missing.append(lesson_id)
+        try:
+            todo.extend(curriculum.get(lesson_id).prerequisites)
+        except KeyError:
+            continue
+    return sorted(missing)
+
+
+def by_force(curriculum: Curriculum, progress: Progress, lesson: Lesson) -> bool:
+    """Whether an open or passed lesson got there with ``grade --force`` while lessons before it are still open."""
+    return state(curriculum, progress, lesson) in ("unlocked", "passed") and bool(
+        open_prerequisites(curriculum, progress, lesson))
+
+
 def blocking_prerequisite(curriculum: Curriculum, progress: Progress, lesson: Lesson) -> int | None:
     """The first prerequisite still to pass (None when the lesson is open)."""
     if is_unlocked(curriculum, progress, lesson):

@@ -357,3 +357,21 @@ def test_grading_another_tree_does_not_touch_progress(repo, capsys):
     code, out = grade(repo, capsys, "grade", "0", "--impl", "reference")
     assert code == 0 and "(reference)" in out and "progress not recorded" in out
     assert not (repo / ".aios" / "progress.json").exists()
+
+
+def test_a_lesson_passed_by_force_and_what_it_unlocks_are_marked_on_the_board(repo, capsys):
+    """Lesson 1 passed with --force while lesson 0 is open: both 1 and the lesson 2 it opened say 'by force'."""
+    path = repo / ".aios" / "progress.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps({"version": 1, "lessons": {"1": {"passed": True, "visible": {"passed": 1, "total": 1},
+                                                               "hidden": {"passed": 0, "total": 0}}},
+                                "unlocked": [0, 1, 2], "hints": {}}))
+    code, out = grade(repo, capsys, "status", "--json")
+    rows = {row["lesson"]: row for row in json.loads(out)["lessons"]}
+    assert code == 0
+    assert (rows[1]["state"], rows[1]["by_force"], rows[1]["open_before"]) == ("passed", True, [0])
+    assert (rows[2]["state"], rows[2]["by_force"], rows[2]["open_before"]) == ("unlocked", True, [0])
+    assert rows[0]["by_force"] is False and rows[3]["by_force"] is False  # open normally / locked
+    _, board_text = grade(repo, capsys, "status")
+    assert "lesson 1 passed by force (grade --force): lesson 0 still open" in board_text
+    assert "lesson 2 unlocked by force (grade --force): lesson 0 still open" in board_text
