@@ -2,6 +2,8 @@
 
 import random
 
+import pytest
+
 from aios import SamplingParams
 
 
@@ -13,6 +15,7 @@ def mixed_requests(count: int, seed: int = 0):
     return prompts, params
 
 
+@pytest.mark.hint(3)
 def test_64_requests_under_preemption_match_each_run_alone(make_llm, alone, idle):
     """64 mixed requests with preemption forced by a small KV cache give each request's greedy tokens run alone."""
     prompts, params = mixed_requests(64)
@@ -24,6 +27,7 @@ def test_64_requests_under_preemption_match_each_run_alone(make_llm, alone, idle
     idle(llm)
 
 
+@pytest.mark.hint(1)
 def test_batched_equals_one_at_a_time(make_llm, idle):
     """The same requests give the same tokens with max_num_seqs=1 (one at a time) and with a large batch."""
     prompts, params = mixed_requests(24, seed=1)
@@ -33,6 +37,7 @@ def test_batched_equals_one_at_a_time(make_llm, idle):
     idle(make_llm(max_num_seqs=64))
 
 
+@pytest.mark.hint(5)
 def test_results_come_back_in_prompt_order_with_text(make_llm, greedy):
     """generate returns one dict per prompt, in prompt order, with "text" decoded from "token_ids"."""
     llm = make_llm()
@@ -45,6 +50,7 @@ def test_results_come_back_in_prompt_order_with_text(make_llm, greedy):
         assert out["text"] == llm.tokenizer.decode(out["token_ids"], skip_special_tokens=True)
 
 
+@pytest.mark.hint(5)
 def test_token_id_prompts_and_one_params_per_prompt(make_llm, greedy, random_prompt, alone):
     """Prompts may be token-id lists, and each may have its own SamplingParams (max_tokens honoured per request)."""
     llm = make_llm()
@@ -55,6 +61,7 @@ def test_token_id_prompts_and_one_params_per_prompt(make_llm, greedy, random_pro
     assert outputs[1]["token_ids"] == alone(llm, prompts[1], 7)
 
 
+@pytest.mark.hint(4)
 def test_eos_stops_a_request_unless_ignored(make_llm, greedy, random_prompt, alone, idle):
     """A request stops right after an EOS token (finish_reason "stop"); with ignore_eos it runs to max_tokens."""
     llm = make_llm()
@@ -86,6 +93,7 @@ def test_step_runs_a_prefill_then_decodes(make_llm, greedy, random_prompt):
     assert sorted(s.seq_id for s in finished) == sorted([a.seq_id, b.seq_id]) and llm.is_finished()
 
 
+@pytest.mark.hint(5)
 def test_generate_shows_a_progress_bar(make_llm, greedy, capsys):
     """generate draws a progress bar (on stderr) unless use_tqdm=False."""
     llm = make_llm()

@@ -2,6 +2,7 @@
 
 from types import SimpleNamespace
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
@@ -25,6 +26,7 @@ def seq_of(length, max_tokens=8, ignore_eos=False, block_size=4):
     return Sequence(list(range(1, length + 1)), params, block_size)
 
 
+@pytest.mark.hint(2)
 def test_prefill_first_then_decode():
     """Waiting requests are admitted as a prefill batch; with nobody waiting, every running sequence decodes."""
     scheduler = make_scheduler()
@@ -43,6 +45,7 @@ def test_prefill_first_then_decode():
     assert is_prefill and seqs == [c], "a waiting request that fits is admitted before the next decode"
 
 
+@pytest.mark.hint(2)
 def test_admission_respects_max_num_seqs():
     """No more than max_num_seqs sequences run at once."""
     scheduler = make_scheduler(max_num_seqs=3)
@@ -56,6 +59,7 @@ def test_admission_respects_max_num_seqs():
     assert not is_prefill and batch == seqs[:3], "full: decode, do not admit a fourth"
 
 
+@pytest.mark.hint(2)
 def test_admission_respects_the_token_budget_in_arrival_order():
     """A prefill holds at most max_num_batched_tokens tokens and stops at the first request that does not fit."""
     scheduler = make_scheduler(max_num_batched_tokens=16)
@@ -68,6 +72,7 @@ def test_admission_respects_the_token_budget_in_arrival_order():
     assert is_prefill and batch == [big, small]
 
 
+@pytest.mark.hint(2)
 def test_admission_needs_free_blocks():
     """A request is not admitted while its blocks cannot be allocated."""
     scheduler = make_scheduler(num_blocks=3, block_size=4)
@@ -78,6 +83,7 @@ def test_admission_needs_free_blocks():
     assert batch == [a] and b.status is SequenceStatus.WAITING and b.block_table == []
 
 
+@pytest.mark.hint(3)
 def test_decode_preempts_the_newest_sequence_when_blocks_run_out():
     """Out of blocks at decode time, the newest running sequence is preempted: blocks freed, back to the front of waiting."""
     scheduler = make_scheduler(num_blocks=4, block_size=2)
@@ -94,6 +100,7 @@ def test_decode_preempts_the_newest_sequence_when_blocks_run_out():
     assert list(scheduler.running) == [old] and scheduler.num_preemptions == 1
 
 
+@pytest.mark.hint(4)
 def test_postprocess_finishes_on_eos_and_max_tokens():
     """postprocess appends tokens; EOS finishes with "stop" (unless ignore_eos), max_tokens with "length"."""
     scheduler = make_scheduler()
@@ -111,6 +118,7 @@ def test_postprocess_finishes_on_eos_and_max_tokens():
     assert scheduler.block_manager.num_free_blocks == 16 - 2
 
 
+@pytest.mark.hint(4)
 def test_postprocess_stops_at_max_model_len():
     """A sequence that reaches max_model_len tokens finishes with "length" whatever its max_tokens."""
     scheduler = make_scheduler(max_model_len=6, max_num_batched_tokens=64)
@@ -118,6 +126,48 @@ def test_postprocess_stops_at_max_model_len():
     scheduler.add(seq)
     batch, _ = scheduler.schedule()
     assert scheduler.postprocess(batch, [9]) == [seq] and seq.finish_reason == "length" and len(seq) == 6
+
+
+@pytest.mark.hint(2)
+def test_a_prefill_may_fill_the_token_budget_exactly():
+    """A batch whose tokens exactly equal max_num_batched_tokens is admitted, one request as long as the budget too."""
+    scheduler = make_scheduler(max_num_batched_tokens=16, max_model_len=32)
+    first, second, whole = seq_of(6), seq_of(10), seq_of(16)
+    for seq in (first, second, whole):
+        scheduler.add(seq)
+    batch, _ = scheduler.schedule()
+    assert batch == [first, second], "6 + 10 tokens fit a budget of 16"
+    batch, is_prefill = scheduler.schedule()
+    assert is_prefill and batch == [whole], "a 16-token prompt fits a budget of 16"
+
+
+@pytest.mark.hint(3)
+def test_decode_preempts_from_the_back_of_running():
+    """With three running sequences short of blocks, the newest (the last one) is preempted, and only it."""
+    scheduler = make_scheduler(num_blocks=6, block_size=2)
+    oldest, middle, newest = (seq_of(4, block_size=2) for _ in range(3))
+    for seq in (oldest, middle, newest):
+        scheduler.add(seq)
+    batch, _ = scheduler.schedule()
+    scheduler.postprocess(batch, [7, 7, 7])  # each now needs a third block; none is free
+    batch, is_prefill = scheduler.schedule()
+    assert not is_prefill and batch == [oldest, middle], "freeing the newest one's two blocks makes room for both others"
+    assert list(scheduler.waiting) == [newest] and scheduler.num_preemptions == 1
+
+
+@pytest.mark.hint(4)
+def test_a_preempted_sequence_goes_back_ahead_of_later_arrivals():
+    """preempt puts the sequence at the front of waiting: it arrived before the requests still queued there."""
+    scheduler = make_scheduler(num_blocks=4, block_size=2, max_num_seqs=2)
+    old, new, late = seq_of(4, block_size=2), seq_of(4, block_size=2), seq_of(2, block_size=2)
+    for seq in (old, new, late):
+        scheduler.add(seq)
+    batch, _ = scheduler.schedule()
+    assert batch == [old, new] and list(scheduler.waiting) == [late], "max_num_seqs=2 keeps the third waiting"
+    scheduler.postprocess(batch, [7, 7])
+    batch, _ = scheduler.schedule()
+    assert batch == [old]
+    assert list(scheduler.waiting) == [new, late], "the preempted request must not lose its place to a later one"
 
 
 # As Config guarantees, the token budget holds the longest sequence (a preempted one is recomputed whole).
@@ -186,6 +236,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert self.scheduler.block_manager.num_free_blocks == NUM_BLOCKS
 
 
+@pytest.mark.hint(1)
 def test_scheduler_state_machine():
     """Random arrivals/outputs: never waiting and running at once, scheduled sequences hold their blocks, all finish."""
     run_state_machine_as_test(SchedulerMachine, settings=settings(max_examples=40, stateful_step_count=30,

@@ -70,6 +70,7 @@ def machine_for(num_blocks, block_size, max_num_seqs, max_len):
     return Machine
 
 
+@pytest.mark.hint(1)
 @pytest.mark.parametrize("num_blocks,block_size,max_num_seqs,max_len",
                          [(8, 1, 1, 8), (6, 2, 3, 12), (5, 8, 16, 40)])
 def test_scheduler_invariants_under_other_limits(num_blocks, block_size, max_num_seqs, max_len):
@@ -78,6 +79,7 @@ def test_scheduler_invariants_under_other_limits(num_blocks, block_size, max_num
                               settings=settings(max_examples=25, stateful_step_count=25, deadline=None))
 
 
+@pytest.mark.hint(4)
 def test_preempted_sequence_is_recomputed_with_its_generated_tokens():
     """A preempted sequence keeps its generated tokens; when re-admitted its prefill covers prompt + completion."""
     limits = SimpleNamespace(max_num_seqs=4, max_num_batched_tokens=32, max_model_len=32)
@@ -108,6 +110,7 @@ def test_step_on_an_idle_engine_does_nothing(make_llm, idle):
     idle(llm)
 
 
+@pytest.mark.hint(4)
 def test_max_model_len_ends_a_request(make_llm, greedy, random_prompt, idle):
     """A request stops at max_model_len tokens (prompt + completion) with finish_reason "length"."""
     llm = make_llm(max_model_len=32, max_num_batched_tokens=32)
@@ -116,6 +119,7 @@ def test_max_model_len_ends_a_request(make_llm, greedy, random_prompt, idle):
     idle(llm)
 
 
+@pytest.mark.hint(5)
 def test_strings_and_token_lists_in_one_call(make_llm, greedy):
     """One generate call may mix string prompts and token-id prompts."""
     llm = make_llm()
@@ -124,6 +128,7 @@ def test_strings_and_token_lists_in_one_call(make_llm, greedy):
     assert mixed[0]["token_ids"] == mixed[1]["token_ids"]
 
 
+@pytest.mark.hint(1)
 def test_generating_twice_gives_the_same_results(make_llm, greedy, random_prompt, idle):
     """The same generate call on the same engine twice gives the same outputs and leaves nothing behind."""
     llm = make_llm(num_kvcache_blocks=10, kvcache_block_size=4)
@@ -163,6 +168,7 @@ def record_batches(llm, monkeypatch):
     return batches
 
 
+@pytest.mark.hint(2)
 def test_engine_batches_respect_the_limits(make_llm, greedy, random_prompt, monkeypatch):
     """The engine never runs more than max_num_seqs sequences or a prefill over max_num_batched_tokens."""
     llm = make_llm(max_num_seqs=5, max_model_len=64, max_num_batched_tokens=64)
@@ -174,6 +180,7 @@ def test_engine_batches_respect_the_limits(make_llm, greedy, random_prompt, monk
     assert all(fed <= 64 for _, fed, prefill, _ in batches if prefill)
 
 
+@pytest.mark.hint(2)
 def test_a_freed_place_is_filled_while_others_still_run(make_llm, greedy, random_prompt, monkeypatch):
     """Continuous batching: a waiting request is admitted as soon as a place frees, not when the whole batch is done."""
     llm = make_llm(max_num_seqs=2)
@@ -189,6 +196,7 @@ def test_a_freed_place_is_filled_while_others_still_run(make_llm, greedy, random
     )
 
 
+@pytest.mark.hint(3)
 def test_heavy_preemption_still_finishes_everything(make_llm, greedy, random_prompt, alone, idle):
     """With room for about one long request at a time, 20 requests all finish with their run-alone tokens."""
     llm = make_llm(max_num_seqs=16, num_kvcache_blocks=8, kvcache_block_size=4)
