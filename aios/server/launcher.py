@@ -85,7 +85,9 @@ class AiosServer(uvicorn.Server):
         if self.should_exit and sig == signal.SIGINT:
             self.force_exit = True
             return
-        self.config.app.state.server.begin_drain()
+        openai_server = getattr(getattr(self.config.app, "state", None), "server", None)  # build_app's apps have one
+        if openai_server is not None:
+            openai_server.begin_drain()
         self.should_exit = True
 
 

@@ -29,8 +29,9 @@ class Scheduler:
 
         With every priority at its default 0 this is ``waiting.append``: arrival order.
         """
+        priority = getattr(seq, "priority", 0)
         position = len(self.waiting)
-        while position and self.waiting[position - 1].priority > seq.priority:
+        while position and getattr(self.waiting[position - 1], "priority", 0) > priority:
             position -= 1
         self.waiting.insert(position, seq)
 

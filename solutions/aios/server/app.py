@@ -532,6 +532,7 @@ class GuardMiddleware:
         try:
             self.keys.acquire(key)
         except LimitExceeded as exceeded:
+            logger.info("refused a request of key %r: %s", key.name, exceeded)
             raise APIError(429, f"{exceeded}; retry after {exceeded.retry_after} s", "rate_limit_error", None,
                            "rate_limit_exceeded", {"Retry-After": str(exceeded.retry_after)}) from None
         return key

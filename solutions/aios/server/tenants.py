@@ -12,7 +12,7 @@ reads one key a line, with optional settings after it::
 worth (a client may spend it in a burst, then gets one request every 60/rate seconds);
 ``max-concurrency`` caps the key's requests in flight (a stream counts until it ends).
 Over either limit the server answers 429 with a ``Retry-After`` header (seconds).
-``name`` is what the logs show instead of the key (default: the key's line number).
+``name`` is what the log shows instead of the key (default: "key-" and its line number).
 """
 
 from __future__ import annotations
