@@ -501,13 +501,13 @@ class GuardMiddleware:
                 self.metrics.http_requests.labels(endpoint=endpoint, status=str(message["status"])).inc()
             await send(message)
 
-        key = None
         try:
-            if path.startswith("/v1/"):
-                key = self.admit(Headers(scope=scope))
+            key = self.admit(Headers(scope=scope)) if path.startswith("/v1/") else None
+        except APIError as refused:
+            await error_response(refused)(scope, receive, counting_send)
+            return
+        try:
             await self.app(scope, receive, counting_send)
-        except APIError as error:  # refused before the app saw it
-            await error_response(error)(scope, receive, counting_send)
         except Exception as exc:  # noqa: BLE001 - a bug: answer it, count it, log it once
             logger.error("request %s (%s %s) failed: %s: %s", request_id, scope.get("method"), path,
                          type(exc).__name__, exc, exc_info=exc)

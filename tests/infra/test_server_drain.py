@@ -151,7 +151,8 @@ def test_sigterm_ends_long_requests_cleanly(tiny_model_dir, tmp_path):
 
 def test_sigterm_lets_requests_within_the_grace_period_finish(tiny_model_dir, tmp_path):
     log = tmp_path / "serve.log"
-    process, base_url = start_server(tiny_model_dir, log, "--shutdown-timeout", "120", "--api-key", KEY)
+    process, base_url = start_server(tiny_model_dir, log, "--shutdown-timeout", "120", "--api-key", "k-first",
+                                     "--api-key", KEY)
     try:
         client = Client(base_url, body(300, stream=True))
         client.start()
