@@ -6,55 +6,162 @@
     nox -s selfcheck           # reference passes, stubs fail, aios/ up to date
     nox -s tests               # every visible suite + tests/infra against the reference
     nox -s stubgen             # regenerate aios/ from solutions/aios/ (-- --check to only compare)
+    nox -s env                 # which Python the sessions run with, and what it lacks
     nox -s mutants             # maintainers: every catalogued bug fails its lesson's tests (docs/mutants.md)
 
-Environment choice: every session shares ONE virtual environment, ``.nox/aios``, made once
-with ``--system-site-packages`` (nox's own per-session environments would each download
-torch, several GB). Because it sees the system's site-packages, a torch already installed
-there (a CUDA build on a GPU machine, the pinned CPU build on CI) is reused as it is.
-Packages are installed into it only when missing: torch from ``$AIOS_TORCH_SPEC``
-(default ``torch==2.13.0`` when no NVIDIA driver is visible, plain ``torch`` otherwise),
-everything else from ``requirements-dev.txt``. ``$AIOS_PYTHON`` picks the interpreter
-the environment is made from (default: ``python3`` on PATH). Delete ``.nox/aios`` to
-start over.
+Environment choice: sessions run in a Python environment that already holds the pinned
+packages, so that nothing is installed twice. nox looks, in this order, at ``$AIOS_PYTHON``
+(when set, the only one looked at), the active virtual environment (``$VIRTUAL_ENV``), the
+interpreter running nox and ``python3`` on PATH. The first one whose packages match
+``requirements-dev.txt`` runs every session as it is: exact versions, except that any torch
+and any triton will do (a CUDA build, with the triton it brings, is never replaced).
+When none matches, every session shares ONE virtual environment, ``.nox/aios``, made from
+the first of them that has torch (else the first) with ``--system-site-packages``, plus a
+``.pth`` file that shows it that interpreter's own site-packages when it is itself a
+virtual environment (a venv made from a venv otherwise sees only the base interpreter's).
+Only what is missing or at another version is installed there, each listed with the
+reason: torch from ``$AIOS_TORCH_SPEC`` (default ``torch==2.13.0`` when no NVIDIA driver
+is visible, plain ``torch`` otherwise), everything else as pinned. ``nox -s env`` shows the
+choice. Delete ``.nox/aios`` to start over.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
+import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import nox
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".nox" / "aios"
 REQUIREMENTS = ROOT / "requirements-dev.txt"
 LESSONS = range(16)
+#: Any installed version will do: a CUDA torch build and the triton it brings must never be replaced.
+ANY_VERSION = frozenset({"torch", "triton"})
+#: The file in .nox/aios that shows it the site-packages of the virtual environment it was made from.
+BASE_PTH = "aios-base-env.pth"
 
 nox.options.default_venv_backend = "none"
 nox.options.sessions = ["grade"]
 
-MISSING_SCRIPT = """
-import importlib.metadata, re, sys
-missing = []
-for line in open(sys.argv[1]):
-    line = line.split("#")[0].strip()
-    if not line:
-        continue
-    name = re.split(r"[<>=!~\\[; ]", line)[0]
+
+class _NoUvNotice(logging.Filter):
+    """Drop nox's "uv binary not found." line: nox looks for uv before every session, even one
+    with ``venv_backend="none"`` (it lists the optional backends), and says so when uv is
+    absent; no session here uses uv, so the line is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "uv binary not found."
+
+
+logging.getLogger("nox").addFilter(_NoUvNotice())
+
+PROBE_SCRIPT = """
+import importlib.metadata, json, sys, sysconfig
+versions = {}
+for name in sys.argv[1:]:
     try:
-        importlib.metadata.distribution(name)
+        versions[name] = importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
-        missing.append(line)
-print("\\n".join(missing))
+        versions[name] = None
+paths = list(dict.fromkeys([sysconfig.get_path("purelib"), sysconfig.get_path("platlib")]))
+print(json.dumps({"python": sys.executable, "is_venv": sys.prefix != sys.base_prefix, "site": paths,
+                  "version": "%d.%d" % sys.version_info[:2], "versions": versions}))
 """
 
 
-def _venv_python() -> Path:
-    """The shared environment's interpreter."""
-    return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+@dataclass(frozen=True)
+class Interpreter:
+    """A Python interpreter and the versions it has of the pinned packages (None: not installed)."""
+
+    python: str
+    versions: dict[str, str | None]
+    is_venv: bool = False
+    site: tuple[str, ...] = ()
+    version: str = ""
+
+
+@dataclass(frozen=True)
+class Unmet:
+    """A pinned requirement an interpreter does not meet, and the version it has instead."""
+
+    requirement: Requirement
+    installed: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The package's normalized name."""
+        return canonicalize_name(self.requirement.name)
+
+    def __str__(self) -> str:
+        return f"{self.requirement} ({f'{self.installed} installed' if self.installed else 'not installed'})"
+
+
+def read_requirements(path: Path = REQUIREMENTS) -> list[Requirement]:
+    """The requirements in ``path`` (comments and blank lines left out)."""
+    lines = (line.split("#")[0].strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return [Requirement(line) for line in lines if line]
+
+
+def unmet(requirements: list[Requirement], versions: dict[str, str | None]) -> list[Unmet]:
+    """The requirements ``versions`` (normalized name: installed version or None) does not meet.
+
+    The version must match the pin, except for ANY_VERSION packages, which only must be
+    installed; a requirement whose environment marker excludes this platform is skipped.
+    """
+    problems = []
+    for req in requirements:
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        name = canonicalize_name(req.name)
+        installed = versions.get(name)
+        if installed is None or (name not in ANY_VERSION and not req.specifier.contains(installed, prereleases=True)):
+            problems.append(Unmet(req, installed))
+    return problems
+
+
+def choose(interpreters: list[Interpreter], requirements: list[Requirement]) -> tuple[Interpreter, list[Unmet]]:
+    """The first interpreter that meets every requirement, with ``[]``; when none does, the one
+    to build ``.nox/aios`` on (the first with torch, else the first) and what it lacks."""
+    for interpreter in interpreters:
+        if not unmet(requirements, interpreter.versions):
+            return interpreter, []
+    base = next((i for i in interpreters if i.versions.get("torch")), interpreters[0])
+    return base, unmet(requirements, base.versions)
+
+
+def candidates() -> list[str]:
+    """The interpreters that may already hold the pinned packages, in the order they are tried."""
+    if os.environ.get("AIOS_PYTHON"):
+        return [os.environ["AIOS_PYTHON"]]
+    active = os.environ.get("VIRTUAL_ENV")
+    found = [_venv_python(Path(active)) if active else None, sys.executable, shutil.which("python3")]
+    return list(dict.fromkeys(str(p) for p in found if p))
+
+
+def probe(python: str, requirements: list[Requirement]) -> Interpreter | None:
+    """What ``python`` has installed of ``requirements``; None when it does not run."""
+    names = sorted({canonicalize_name(r.name) for r in requirements})
+    try:
+        out = subprocess.run([python, "-c", PROBE_SCRIPT, *names], capture_output=True, text=True,
+                             timeout=120, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    data = json.loads(out)
+    return Interpreter(data["python"], data["versions"], data["is_venv"], tuple(data["site"]), data["version"])
+
+
+def _venv_python(venv: Path = VENV) -> Path:
+    """The interpreter of the virtual environment ``venv``."""
+    return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
 def _torch_spec() -> str:
@@ -65,23 +172,55 @@ def _torch_spec() -> str:
     return "torch" if cuda_visible else "torch==2.13.0"
 
 
+def _show_base_packages(shared: Interpreter, base: Interpreter) -> None:
+    """Let ``.nox/aios`` see ``base``'s own site-packages (a .pth file) when ``base`` is a virtual environment."""
+    pth = Path(shared.site[0]) / BASE_PTH
+    if not base.is_venv:
+        pth.unlink(missing_ok=True)
+        return
+    lines = [f"# made from {base.python}: its packages stay visible"]
+    lines += [f"import site; site.addsitedir({path!r})" for path in base.site]
+    pth.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
 def shared_env(session: nox.Session) -> str:
-    """Create ``.nox/aios`` if needed, install what is missing, return its python."""
-    python = _venv_python()
-    if not python.exists():
-        base = os.environ.get("AIOS_PYTHON") or shutil.which("python3") or sys.executable
-        session.log(f"creating the shared environment {VENV} (system site-packages visible)")
-        session.run(base, "-m", "venv", "--system-site-packages", str(VENV), external=True)
-    missing = session.run(str(python), "-c", MISSING_SCRIPT, str(REQUIREMENTS), external=True, silent=True,
-                          log=False)
-    missing = [line for line in (missing or "").splitlines() if line.strip()]
-    torch = [m for m in missing if m.startswith("torch") and m.split("=")[0].strip() == "torch"]
-    others = [m for m in missing if m not in torch]
-    if torch:
-        session.run(str(python), "-m", "pip", "install", "-q", _torch_spec(), external=True)
-    if others:
-        session.run(str(python), "-m", "pip", "install", "-q", *others, external=True)
-    return str(python)
+    """The python every session runs with: one that meets the pins, else ``.nox/aios`` completed."""
+    requirements = read_requirements()
+    interpreters = [found for found in (probe(p, requirements) for p in candidates()) if found]
+    if not interpreters:
+        session.error(f"no Python interpreter runs among {candidates()}; set $AIOS_PYTHON")
+    base, lacking = choose(interpreters, requirements)
+    if not lacking:
+        session.log(f"using {base.python}: it has every package requirements-dev.txt pins")
+        return base.python
+    session.log(f"{base.python} lacks {len(lacking)} of the pinned packages: sessions run in {VENV}, "
+                f"made from it, with its packages visible")
+    shared = probe(str(_venv_python()), requirements)
+    if shared is None or shared.version != base.version:
+        session.run(base.python, "-m", "venv", "--clear", "--system-site-packages", str(VENV), external=True)
+        shared = probe(str(_venv_python()), requirements)
+    if shared is None:
+        session.error(f"{_venv_python()} does not run; delete {VENV} and try again")
+    _show_base_packages(shared, base)
+    lacking = unmet(requirements, probe(shared.python, requirements).versions)
+    if lacking:
+        session.log(f"installing into {VENV}: " + "; ".join(map(str, lacking)))
+        specs = [_torch_spec() if u.name == "torch" else str(u.requirement) for u in lacking]
+        session.run(shared.python, "-m", "pip", "install", "-q", *specs, external=True)
+    return shared.python
+
+
+@nox.session(venv_backend="none")
+def env(session: nox.Session) -> None:
+    """Which Python the sessions run with, and why: what each candidate lacks of requirements-dev.txt."""
+    requirements = read_requirements()
+    for python in candidates():
+        found = probe(python, requirements)
+        lacking = unmet(requirements, found.versions) if found else []
+        verdict = ("does not run" if found is None else "has every pinned package" if not lacking
+                   else "lacks " + "; ".join(map(str, lacking)))
+        session.log(f"{python}: {verdict}")
+    session.log(f"sessions run with {shared_env(session)}")
 
 
 def _lesson_session(command: str, lesson: int, doc: str):
