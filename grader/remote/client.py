@@ -130,6 +130,7 @@ class Worker:
         self.methods: dict[str, frozenset] = {}
         self.importing: set[str] = set()
         self.tensors: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        self.shared = SharedTensors()
         self.alive = True
 
     # ---------------------------------------------------------------- requests
@@ -138,7 +139,8 @@ class Worker:
         """Send one request and wait for its answer, serving the worker's callbacks meanwhile."""
         if not self.alive:
             raise WorkerDied("the learner worker was stopped")
-        message = {"k": "req", "op": op, "a": args, "rel": self.released, "mode": _grad_mode()}
+        message = {"k": "req", "op": op, "a": args, "rel": self.released, "mode": _grad_mode(),
+                   "sync": self.shared.changed(), "relt": self.shared.forget()}
         raw = self._pickle(message)
         self.released = []
         try:
@@ -149,6 +151,8 @@ class Worker:
             if isinstance(exc, (protocol.WireError, OSError)):
                 raise WorkerDied(self.death_note()) from None
             raise
+        for tid, value in self.decode(header.get("wb", {"$": "list", "v": []}), buffers):
+            self.shared.write_back(tid, value)
         if header["k"] == "ret":
             return self.decode(header["v"], buffers)
         raise self.error(header)
@@ -276,18 +280,74 @@ def _grad_mode() -> int:
     return 0 if torch.is_grad_enabled() else 1
 
 
+class SharedTensors:
+    """The test's tensors the worker holds a copy of, kept in step both ways.
+
+    A tensor a test hands to learner code is copied into the worker once; later requests
+    name it by id and send its bytes again only after the test changed it (then the
+    worker's copy is updated in place, so learner objects holding it see the change). When
+    learner code changes its copy in place (``store_kvcache`` writing a test's cache), the
+    new contents are copied into the test's tensor when the request returns.
+    """
+
+    def __init__(self):
+        self.entries: dict[int, list] = {}  # id -> [weakref to the test's tensor, version last synced]
+        self.ids: dict[int, int] = {}
+        self.dead: list[int] = []
+        self.next_id = 1
+
+    def _id(self, tensor) -> int:
+        tid = self.ids.get(id(tensor))
+        if tid is None or self.entries[tid][0]() is not tensor:
+            tid, self.next_id = self.next_id, self.next_id + 1
+
+            def gone(_, tid=tid, key=id(tensor)):
+                self.entries.pop(tid, None)
+                if self.ids.get(key) == tid:
+                    del self.ids[key]
+                self.dead.append(tid)
+
+            self.entries[tid] = [weakref.ref(tensor, gone), None]
+            self.ids[id(tensor)] = tid
+        return tid
+
+    def reference(self, tensor) -> tuple:
+        """The persistent id naming ``tensor``: with its bytes when the worker's copy is not current."""
+        tid = self._id(tensor)
+        entry = self.entries[tid]
+        if entry[1] == tensor._version:
+            return ("tt", tid)
+        entry[1] = tensor._version
+        return ("tt", tid, *protocol.reduce_tensor(tensor)[1])
+
+    def changed(self) -> list:
+        """The shared tensors the test changed since the worker last saw them."""
+        alive = [(entry[0](), entry[1]) for entry in list(self.entries.values())]
+        return [tensor for tensor, version in alive if tensor is not None and tensor._version != version]
+
+    def forget(self) -> list[int]:
+        dead, self.dead = self.dead, []
+        return dead
+
+    def write_back(self, tid, value) -> None:
+        """Copy the worker's new contents of shared tensor ``tid`` into the test's tensor."""
+        entry = self.entries.get(tid)
+        tensor = entry[0]() if entry else None
+        if tensor is None or type(value) is not type(tensor) or value.shape != tensor.shape:
+            return
+        import torch
+
+        with torch.inference_mode() if tensor.is_inference() else torch.no_grad():
+            tensor.copy_(value)
+        entry[1] = tensor._version
+
+
 class Pickler(pickle.Pickler):
     """Pickles trusted values for the worker: handles by id, test code as callbacks."""
 
     def __init__(self, file, worker: Worker):
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
         self.worker = worker
-
-    def reducer_override(self, obj):
-        torch = sys.modules.get("torch")
-        if torch is not None and type(obj) is torch.Tensor and not obj.is_sparse:
-            return protocol.reduce_tensor(obj)
-        return NotImplemented
 
     def persistent_id(self, obj):
         if type(obj) in _PLAIN_FAST:
@@ -296,15 +356,26 @@ class Pickler(pickle.Pickler):
             return ("h", obj._aios_target(self.worker))
         if isinstance(obj, RemoteModule):
             return ("h", obj.__dict__["_aios_remote"]._aios_target(self.worker))
-        origin = getattr(obj, "__dict__", {}).get("_aios_origin") if type(obj) is _tensor_type() else None
-        if origin is not None and self.worker.tensors.get((origin[0], origin[2])) is obj \
-                and obj._version == origin[1]:
-            # A copy of a worker tensor, unchanged here: the worker uses its original (a
-            # Parameter a weight_loader must fill in place), or these bytes if it is gone.
-            return ("ts", origin[0], *protocol.reduce_tensor(obj)[1])
+        if type(obj) is _tensor_type() and not obj.is_sparse:
+            return self._tensor_id(obj)
         if _trusted_only(obj):
             return ("t", self.worker.trusted_id(obj))
         return None
+
+    def _tensor_id(self, tensor) -> tuple:
+        """How a test's tensor travels: as (a view of) the worker tensor it is a copy of, or shared."""
+        base = tensor._base if tensor._base is not None else tensor
+        origin = base.__dict__.get("_aios_origin")
+        if origin is None or self.worker.tensors.get((origin[0], origin[2])) is not base \
+                or base._version != origin[1]:
+            return self.worker.shared.reference(tensor)
+        # A copy of a worker tensor, unchanged here: the worker uses its original (a
+        # Parameter a weight_loader must fill in place), or these bytes if it is gone.
+        fallback = protocol.reduce_tensor(tensor)[1]
+        if base is tensor:
+            return ("ts", origin[0], *fallback)
+        layout = (list(base.shape), list(tensor.shape), list(tensor.stride()), tensor.storage_offset())
+        return ("tv", origin[0], layout, *fallback)
 
 
 _PLAIN_FAST = (type(None), bool, int, float, str, bytes, list, tuple, dict)

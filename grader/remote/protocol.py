@@ -253,10 +253,9 @@ def rebuild_tensor(raw: bytes, dtype, shape: list[int], device: str, requires_gr
 
     if isinstance(dtype, str):
         dtype = _dtype(torch, dtype)
+    tensor = torch.empty(shape, dtype=dtype)  # not a view: a test may take views of it
     if raw:
-        tensor = torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(dtype).reshape(shape)
-    else:
-        tensor = torch.empty(shape, dtype=dtype)
+        tensor.view(-1).view(torch.uint8).copy_(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
     if device != "cpu":
         tensor = tensor.to(device)
     if requires_grad and (dtype.is_floating_point or dtype.is_complex):

@@ -127,6 +127,7 @@ class Worker:
         self.next_id = 1
         self.tensor_serials: dict[int, tuple] = {}
         self.tensors_by_key: dict[int, weakref.ref] = {}
+        self.shared: dict[int, list] = {}  # the test's tensors: id -> [our copy, its version last synced]
 
     # ------------------------------------------------------------ values out
 
@@ -208,10 +209,44 @@ class Worker:
         else:
             protocol.send(self.sock, {"k": "ret", "v": self.handle(tensor)})
 
+    def original_tensor(self, kind: str, key: int, fallback: list):
+        """The tensor the test's copy was made of ("ts"), or the same view of it ("tv")."""
+        ref = self.tensors_by_key.get(key)
+        original = ref() if ref is not None else None
+        if kind == "tv":
+            (base_shape, shape, stride, offset), fallback = fallback[0], fallback[1:]
+            if original is not None and list(original.shape) == base_shape and original.is_contiguous():
+                return original.as_strided(shape, stride, original.storage_offset() + offset)
+            original = None
+        return original if original is not None else protocol.rebuild_tensor(*fallback)
+
+    def shared_tensor(self, tid: int, fallback: list):
+        """Our copy of the test's tensor ``tid``, updated in place when new bytes came with it."""
+        entry = self.shared.get(tid)
+        if not fallback:
+            return entry[0]
+        fresh = protocol.rebuild_tensor(*fallback)
+        if entry is not None and entry[0].shape == fresh.shape and entry[0].dtype == fresh.dtype:
+            torch = sys.modules["torch"]
+            with torch.no_grad():
+                entry[0].copy_(fresh)
+            fresh = entry[0]
+        self.shared[tid] = [fresh, fresh._version]
+        return fresh
+
+    def write_backs(self, buffers: list[bytes]):
+        """The test's tensors that learner code changed in place, as [[id, contents], ...]."""
+        changed = []
+        for tid, entry in self.shared.items():
+            if entry[0]._version != entry[1]:
+                entry[1] = entry[0]._version
+                changed.append([tid, entry[0]])
+        return protocol.encode(changed, self.handle, buffers)
+
     def reply(self, value) -> None:
         buffers: list[bytes] = []
         data = protocol.encode(value, self.handle, buffers, tensor_key=self.tensor_key)
-        protocol.send(self.sock, {"k": "ret", "v": data}, buffers)
+        protocol.send(self.sock, {"k": "ret", "v": data, "wb": self.write_backs(buffers)}, buffers)
 
     def reply_error(self, exc: BaseException) -> None:
         """The exception's class name, builtin bases, plain arguments and learner traceback."""
@@ -219,8 +254,10 @@ class Worker:
         args = list(exc.args) if all(type(a) in protocol.PLAIN for a in exc.args) else [str(exc)]
         args = [protocol.clip(a) if isinstance(a, str) else a for a in args[:8]]
         tb = protocol.clip("".join(traceback.format_exception(exc.with_traceback(_learner_frames(exc.__traceback__)))))
+        buffers: list[bytes] = []
         protocol.send(self.sock, {"k": "err", "name": cls.__qualname__, "module": cls.__module__,
-                                  "bases": _builtin_bases(cls), "args": args, "tb": tb})
+                                  "bases": _builtin_bases(cls), "args": args, "tb": tb,
+                                  "wb": self.write_backs(buffers)}, buffers)
 
     # ------------------------------------------------------------- values in
 
@@ -231,10 +268,10 @@ class Worker:
         class Unpickler(pickle.Unpickler):
             def persistent_load(self, pid):
                 kind, ident, *fallback = pid
-                if kind == "ts":
-                    ref = worker.tensors_by_key.get(ident)
-                    original = ref() if ref is not None else None
-                    return original if original is not None else protocol.rebuild_tensor(*fallback)
+                if kind == "tt":
+                    return worker.shared_tensor(ident, fallback)
+                if kind in ("ts", "tv"):
+                    return worker.original_tensor(kind, ident, fallback)
                 return worker.objects[ident] if kind == "h" else TrustedProxy(ident)
 
         import io
@@ -258,6 +295,8 @@ class Worker:
                     return message
                 raise protocol.WireError(f"unexpected {message['k']!r} message")
             self.release(message.get("rel", ()))
+            for tid in message.get("relt", ()):
+                self.shared.pop(tid, None)
             if message["op"] == "exit":
                 return None
             if message["op"] == "hold":
