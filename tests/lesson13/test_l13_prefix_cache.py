@@ -30,6 +30,7 @@ def hash_chain(tokens, block_size=BLOCK) -> list[int]:
     return hashes
 
 
+@pytest.mark.hint(2)
 def test_block_hash_covers_tokens_and_previous_hash():
     """compute_block_hash is a deterministic 64-bit value that changes with any token or with the previous hash."""
     tokens = [1, 2, 3, 4]
@@ -41,6 +42,7 @@ def test_block_hash_covers_tokens_and_previous_hash():
     assert compute_block_hash(tokens, first) != compute_block_hash(tokens, first + 1)
 
 
+@pytest.mark.hint(2)
 @settings(max_examples=50, deadline=None)
 @given(
     tokens=st.lists(st.integers(0, 3), min_size=BLOCK, max_size=6 * BLOCK),
@@ -57,6 +59,7 @@ def test_a_changed_token_changes_its_block_hash_and_every_later_one(tokens, posi
     assert all(a != b for a, b in zip(original[block:], edited[block:]))
 
 
+@pytest.mark.hint(1)
 def test_sequences_with_a_common_prefix_share_its_blocks():
     """A second sequence with the same first 3 blocks reuses them (ref count 2) and skips their 12 tokens."""
     manager = BlockManager(num_blocks=16, block_size=BLOCK, enable_prefix_caching=True)
@@ -72,6 +75,7 @@ def test_sequences_with_a_common_prefix_share_its_blocks():
     assert manager.num_free_blocks == 16 - 6
 
 
+@pytest.mark.hint(3)
 @pytest.mark.parametrize("length,cached", [(12, 8), (13, 12), (3, 0), (4, 0), (5, 4)])
 def test_a_fully_cached_prompt_still_computes_its_last_token(length, cached):
     """The block holding the last prompt token is never taken from the cache: prefill needs that token's logits."""
@@ -84,6 +88,7 @@ def test_a_fully_cached_prompt_still_computes_its_last_token(length, cached):
     assert again.num_cached_tokens < len(again)
 
 
+@pytest.mark.hint(1)
 def test_freed_blocks_keep_their_content_until_reused():
     """After a sequence is freed its full blocks stay findable: the same prompt gets the same blocks back."""
     manager = BlockManager(num_blocks=8, block_size=BLOCK, enable_prefix_caching=True)
@@ -100,6 +105,7 @@ def test_freed_blocks_keep_their_content_until_reused():
     assert all(manager.blocks[b].ref_count == 1 for b in again.block_table)
 
 
+@pytest.mark.hint(4)
 def test_a_block_taken_for_new_content_is_no_longer_found():
     """When the free list hands out a cached block for other tokens, its old prefix must stop matching."""
     manager = BlockManager(num_blocks=3, block_size=BLOCK, enable_prefix_caching=True)
@@ -115,6 +121,7 @@ def test_a_block_taken_for_new_content_is_no_longer_found():
     assert manager.hash_to_block_id[hash_chain(again.token_ids)[0]] == again.block_table[0]
 
 
+@pytest.mark.hint(5)
 @pytest.mark.parametrize("generated", [2, 5])
 def test_decode_registers_a_block_once_its_last_token_is_scheduled(generated):
     """may_append makes a block shareable as soon as the decode step that completes it is scheduled."""
@@ -132,6 +139,7 @@ def test_decode_registers_a_block_once_its_last_token_is_scheduled(generated):
     assert follower.num_cached_tokens == 8
 
 
+@pytest.mark.hint(3)
 def test_forced_hash_collisions_never_return_a_wrong_block(monkeypatch):
     """With every block hash forced equal, the token/parent check still never hands out a block of another prefix."""
     monkeypatch.setattr(block_manager_module, "compute_block_hash", lambda token_ids, prev_hash=-1: 42)
@@ -175,6 +183,7 @@ def test_engine_outputs_are_identical_with_and_without_prefix_caching(shared_pro
     assert runs[True][0] == runs[False][0]
 
 
+@pytest.mark.hint(4)
 def test_engine_prefills_the_shared_system_prompt_once(shared_prompt_runs):
     """With a shared 64-token system prompt (4 blocks), only the first request prefills it: 5 * 64 tokens saved."""
     prompts, runs = shared_prompt_runs

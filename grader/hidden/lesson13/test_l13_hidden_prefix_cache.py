@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 import aios.engine.block_manager as block_manager_module
 from aios import LLM, SamplingParams
 from aios.config import features_up_to
-from aios.engine.block_manager import BlockManager, OutOfBlocksError, compute_block_hash
+from aios.engine.block_manager import NO_CONTENT, NO_HASH, BlockManager, OutOfBlocksError, compute_block_hash
 from aios.engine.sequence import Sequence
 
 ENGINE_OPTIONS = {**features_up_to(13), "attention_backend": "torch"}
@@ -94,6 +94,7 @@ class Workload:
         self.admit(seq.token_ids)
 
 
+@pytest.mark.hint(1)
 @pytest.mark.parametrize("hash_name", list(HASHES))
 @settings(max_examples=25, deadline=None)
 @given(data=st.data())
@@ -126,6 +127,7 @@ def test_random_workloads_share_only_exact_prefixes(hash_name, data):
             check_invariants(manager, workload.live)
 
 
+@pytest.mark.hint(3)
 def test_equal_tokens_after_a_different_prefix_are_not_shared():
     """A block equal in tokens but following a different first block is not shared, even if all hashes collide."""
     for patch in (None, HASHES["constant"]):
@@ -145,6 +147,7 @@ def test_equal_tokens_after_a_different_prefix_are_not_shared():
                 assert again.block_table[i] == repeated.block_table[i]
 
 
+@pytest.mark.hint(4)
 def test_hash_map_follows_the_newest_copy_and_old_copies_unmap_only_themselves():
     """Two copies of one full block: taking back the older for new content must not unmap the newer one."""
     manager = BlockManager(num_blocks=4, block_size=2, enable_prefix_caching=True)
@@ -165,6 +168,7 @@ def test_hash_map_follows_the_newest_copy_and_old_copies_unmap_only_themselves()
     check_invariants(manager, [newer, follower])
 
 
+@pytest.mark.hint(3)
 def test_allocation_failure_changes_nothing():
     """With prefix caching on, an allocation that cannot fit raises OutOfBlocksError and leaves counts untouched."""
     manager = BlockManager(num_blocks=4, block_size=2, enable_prefix_caching=True)
@@ -180,6 +184,7 @@ def test_allocation_failure_changes_nothing():
     assert after == before
 
 
+@pytest.mark.hint(1)
 def test_sharing_a_freed_cached_block_takes_it_off_the_free_list():
     """Reusing a cached block that sits on the free list removes it from there (and it is not handed out twice)."""
     manager = BlockManager(num_blocks=5, block_size=2, enable_prefix_caching=True)
@@ -197,6 +202,38 @@ def test_sharing_a_freed_cached_block_takes_it_off_the_free_list():
     check_invariants(manager, [again, other])
 
 
+@pytest.mark.hint(4)
+def test_a_block_taken_for_new_content_forgets_its_old_prefix_entirely():
+    """A cached block handed out for the partial block of new tokens keeps no hash, tokens or content id of the old."""
+    manager = BlockManager(num_blocks=3, block_size=2, enable_prefix_caching=True)
+    old = seq_of([1, 1, 2, 2, 3], 2)  # [1 1] [2 2] cached, [3] partial
+    manager.allocate(old)
+    first_block = old.block_table[0]
+    manager.deallocate(old)  # free list: [3], [2 2], [1 1] (the beginning of a prefix last)
+    new = seq_of([5, 5, 6, 6, 7], 2)
+    manager.allocate(new)
+    assert new.block_table[-1] == first_block, "the block that held [1 1] now holds the partial [7]"
+    block = manager.blocks[first_block]
+    assert (block.hash, block.token_ids, block.content_id, block.parent_content_id) == (
+        NO_HASH, [], NO_CONTENT, NO_CONTENT)
+
+
+@pytest.mark.hint(4)
+def test_content_ids_are_never_reused():
+    """Every registration gives a new content_id, even to a block registered before: the old content's child no longer
+    matches after the block is re-used for other tokens."""
+    manager = BlockManager(num_blocks=4, block_size=2, enable_prefix_caching=True)
+    manager._register_block(0, 11, [1, 1], NO_CONTENT)
+    old_content = manager.blocks[0].content_id
+    manager._register_block(1, 12, [2, 2], old_content)
+    manager._uncache_block(0)
+    manager._register_block(0, 13, [3, 3], NO_CONTENT)
+    assert manager.blocks[0].content_id != old_content
+    assert manager._lookup_cached_block(12, [2, 2], old_content) == 1
+    assert manager._lookup_cached_block(12, [2, 2], manager.blocks[0].content_id) is None
+
+
+@pytest.mark.hint(2)
 def test_block_hash_chain_is_position_sensitive():
     """The same block of tokens hashes differently as a first block and after another block."""
     block = [3, 3, 3, 3]
@@ -215,6 +252,7 @@ def engine_outputs(model_dir, prompts, params, caching: bool, **options):
     return [seq.completion_token_ids for seq in seqs], prefilled, llm
 
 
+@pytest.mark.hint(4)
 def test_engine_with_preemption_matches_no_caching(tiny_model_dir):
     """A cache so small that sequences are preempted: outputs with prefix caching equal those without."""
     rng = random.Random(5)
@@ -228,6 +266,7 @@ def test_engine_with_preemption_matches_no_caching(tiny_model_dir):
     assert cached == plain
 
 
+@pytest.mark.hint(3)
 def test_engine_seeded_sampling_unchanged_by_prefix_caching(tiny_model_dir):
     """Seeded sampled requests sharing a prefix give the same tokens with and without prefix caching."""
     system = list(range(200, 240))
@@ -239,6 +278,7 @@ def test_engine_seeded_sampling_unchanged_by_prefix_caching(tiny_model_dir):
     assert prefilled == sum(len(p) for p in prompts) - 3 * 32  # 2 full blocks of 16 cached for 3 requests
 
 
+@pytest.mark.hint(5)
 def test_engine_second_turn_reuses_the_first_conversation(tiny_model_dir):
     """A follow-up prompt that extends an earlier prompt + answer prefills only the blocks not cached yet."""
     llm = LLM(tiny_model_dir, max_model_len=128, num_kvcache_blocks=32, kvcache_block_size=8, **ENGINE_OPTIONS)
