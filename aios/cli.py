@@ -94,6 +94,34 @@ def run_make_model(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- train-tiny
+
+
+def _args_train_tiny(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--size", choices=["lm", "cpu", "micro"], default="lm",
+                        help="lm: the shipped model (minutes on a GPU); cpu: smaller, for a CPU; micro: a smoke test")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if there is one), cuda or cpu")
+    parser.add_argument("--steps", type=int, help="training steps (default: the size's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("models/aios-tiny-lm"),
+                        help="checkpoint folder (default: models/aios-tiny-lm; the shipped one is assets/aios-tiny-lm)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def run_train_tiny(args: argparse.Namespace) -> int:
+    """Train the tiny fortune-cookie model (see :mod:`aios.fixtures.train_tiny`) and write it to ``--out``."""
+    from aios.fixtures.train_tiny import train
+
+    if args.steps is not None and args.steps < 1:
+        raise CliError("--steps must be >= 1")
+    figures = train(args.size, device=args.device, steps=args.steps, seed=args.seed, out=args.out,
+                    progress=args.progress)
+    print(f"wrote {args.out}: train loss {figures['train_loss']:.3f}, held-out loss {figures['held_out_loss']:.3f} "
+          f"(perplexity {figures['held_out_perplexity']:.1f}) after {figures['steps']} steps, "
+          f"{figures['seconds']:.0f} s on {figures['device']}")
+    return 0
+
+
 # ---------------------------------------------------------------- serve (lesson 15)
 
 
@@ -243,6 +271,8 @@ def run_bench_serve(args: argparse.Namespace) -> int:
 #: Every subcommand, in the order ``--help`` lists them.
 COMMANDS: list[Command] = [
     Command("make-model", "write an offline Qwen3 checkpoint with random weights", _args_make_model, run_make_model),
+    Command("train-tiny", "train the small fortune-cookie Qwen3 the demos use by default", _args_train_tiny,
+            run_train_tiny),
     Command("serve", "serve a model over an OpenAI-compatible HTTP API (lesson 15)", _args_serve, run_serve),
     Command("bench-serve", "load-test an OpenAI-compatible server: throughput, TTFT, TPOT (lesson 15)",
             _args_bench_serve, run_bench_serve),
