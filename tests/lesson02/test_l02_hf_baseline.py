@@ -23,6 +23,7 @@ def tokenizer(tiny_model_dir):
     return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
+@pytest.mark.hint(1)
 def test_load_hf_model_gives_eval_model_and_tokenizer(tiny_model_dir, hf_model):
     """load_hf_model returns (model in eval mode, tokenizer) whose logits equal transformers' own load."""
     model, tokenizer = load_hf_model(tiny_model_dir)
@@ -36,12 +37,14 @@ def test_load_hf_model_gives_eval_model_and_tokenizer(tiny_model_dir, hf_model):
     torch.testing.assert_close(ours, ref, atol=0, rtol=0)
 
 
+@pytest.mark.hint(1)
 def test_load_hf_model_honours_dtype(tiny_model_dir):
     """load_hf_model(dtype=torch.bfloat16) loads every parameter in bfloat16."""
     model, _ = load_hf_model(tiny_model_dir, dtype=torch.bfloat16)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
 
 
+@pytest.mark.hint(1)
 def test_load_hf_model_wrong_path_is_a_clear_error(tiny_model_dir, tmp_path):
     """A real checkpoint loads; a directory without config.json raises FileNotFoundError naming it."""
     model, tokenizer = load_hf_model(tiny_model_dir)
@@ -50,6 +53,7 @@ def test_load_hf_model_wrong_path_is_a_clear_error(tiny_model_dir, tmp_path):
         load_hf_model(tmp_path / "no-such-model")
 
 
+@pytest.mark.hint(2)
 def test_chat_prompt_follows_the_chatml_template(tokenizer):
     """chat_prompt renders <|im_start|>user ...<|im_end|> and ends with the assistant header."""
     prompt = chat_prompt(tokenizer, [{"role": "user", "content": "What is a KV cache?"}])
@@ -59,6 +63,7 @@ def test_chat_prompt_follows_the_chatml_template(tokenizer):
     assert prompt.endswith("<|im_start|>assistant\n")
 
 
+@pytest.mark.hint(3)
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_hf_greedy_generate_matches_generate(hf_model, tokenizer, prompt):
     """hf_greedy_generate gives exactly the tokens of model.generate(do_sample=False)."""

@@ -33,6 +33,7 @@ def reference_generate(model, ids, max_new_tokens, eos):
     return out[0, len(ids):].tolist()
 
 
+@pytest.mark.hint(1)
 def test_load_hf_model_other_checkpoint(other_model_dir, hf_model):
     """load_hf_model loads an untied checkpoint: same logits as transformers, tokenizer round-trips text."""
     model, tokenizer = load_hf_model(other_model_dir)
@@ -45,6 +46,7 @@ def test_load_hf_model_other_checkpoint(other_model_dir, hf_model):
                                    atol=0, rtol=0)
 
 
+@pytest.mark.hint(4)
 def test_hf_greedy_generate_stops_after_eos(hf_model, tokenizer):
     """Generation stops right after eos_token_id and includes it in the result."""
     ids = tokenizer("Once upon a time")["input_ids"]
@@ -56,6 +58,7 @@ def test_hf_greedy_generate_stops_after_eos(hf_model, tokenizer):
     assert ours == reference_generate(hf_model, ids, 8, stop)
 
 
+@pytest.mark.hint(4)
 def test_hf_greedy_generate_zero_and_one_token(hf_model, tokenizer):
     """max_new_tokens=0 returns []; max_new_tokens=1 returns the argmax of the last prompt position."""
     ids = tokenizer("Hello")["input_ids"]
@@ -65,6 +68,7 @@ def test_hf_greedy_generate_zero_and_one_token(hf_model, tokenizer):
     assert hf_greedy_generate(hf_model, ids, max_new_tokens=1) == [expected]
 
 
+@pytest.mark.hint(4)
 @pytest.mark.parametrize("prompt", ["Hello world", "Tell me a story about a robot", "x y z"])
 def test_hf_greedy_generate_returns_only_new_tokens(hf_model, tokenizer, prompt):
     """The result holds only the generated ids (not the prompt), equal to model.generate, prompt list untouched."""
@@ -77,6 +81,7 @@ def test_hf_greedy_generate_returns_only_new_tokens(hf_model, tokenizer, prompt)
     assert ours == reference_generate(hf_model, ids, 10, eos)
 
 
+@pytest.mark.hint(2)
 def test_chat_prompt_multi_turn_matches_template(tokenizer):
     """A system + user + assistant + user conversation renders every turn, in order, as the template does."""
     messages = [
@@ -93,6 +98,7 @@ def test_chat_prompt_multi_turn_matches_template(tokenizer):
     assert prompt.endswith("<|im_start|>assistant\n")
 
 
+@pytest.mark.hint(2)
 def test_chat_prompt_uses_the_checkpoints_own_template(other_model_dir, tmp_path):
     """chat_prompt renders with the checkpoint's chat template, never a hard-coded ChatML string."""
     doctored = tmp_path / "other-template"
