@@ -35,7 +35,7 @@ SYLLABUS_LADDER = [
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference", action="store_true", help="import solutions/aios instead of your aios/")
-    parser.add_argument("--model", type=Path, help="checkpoint directory (default: the cached 'small' fixture)")
+    parser.add_argument("--model", type=Path, help="checkpoint directory (default: the trained model, assets/aios-tiny-lm)")
     return parser.parse_args()
 
 
@@ -79,11 +79,11 @@ def main() -> int:
     args = parse_args()
     select_tree(args.reference)
     import aios
-    from aios.fixtures import cached_model
+    from aios.fixtures import trained_model
 
     print(f"aios imported from {Path(aios.__file__).parent}\n")
     report_environment()
-    describe_checkpoint(args.model or cached_model("small"))
+    describe_checkpoint(args.model or trained_model())
     print("\nThe syllabus's throughput ladder (targets, not measurements):")
     for lesson, target, change in SYLLABUS_LADDER:
         print(f"  lesson {lesson:>2}: {target:>12}  {change}")

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference", action="store_true", help="import solutions/aios instead of your aios/")
-    parser.add_argument("--model", type=Path, help="checkpoint directory (default: the cached 'small' fixture)")
+    parser.add_argument("--model", type=Path, help="checkpoint directory (default: the trained model, assets/aios-tiny-lm)")
     return parser.parse_args()
 
 
@@ -140,9 +140,9 @@ def show_silu() -> None:
 def main() -> int:
     args = parse_args()
     select_tree(args.reference)
-    from aios.fixtures import cached_model
+    from aios.fixtures import trained_model
 
-    model_dir = args.model or cached_model("small")
+    model_dir = args.model or trained_model()
     sections = [lambda: show_tokens(model_dir), show_parameter_count, show_rms_norm, show_rope, show_attention,
                 show_silu]
     missing = 0

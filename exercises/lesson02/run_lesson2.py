@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference", action="store_true", help="import solutions/aios instead of your aios/")
-    parser.add_argument("--model", type=Path, help="checkpoint directory (default: the cached 'small' fixture)")
+    parser.add_argument("--model", type=Path, help="checkpoint directory (default: the trained model, assets/aios-tiny-lm)")
     parser.add_argument("--prompt", default="Explain what a KV cache is in one sentence.")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     return parser.parse_args()
@@ -59,10 +59,10 @@ def run(model_dir: Path, prompt: str, max_new_tokens: int) -> None:
 def main() -> int:
     args = parse_args()
     select_tree(args.reference)
-    from aios.fixtures import cached_model
+    from aios.fixtures import trained_model
 
     try:
-        run(args.model or cached_model("small"), args.prompt, args.max_new_tokens)
+        run(args.model or trained_model(), args.prompt, args.max_new_tokens)
     except NotImplementedError as error:
         print(f"\nNot implemented yet: {error}\n(run with --reference to see the finished version)")
         return 1

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference", action="store_true", help="import solutions/aios instead of your aios/")
-    parser.add_argument("--model", type=Path, help="checkpoint directory (default: the cached 'small' fixture)")
+    parser.add_argument("--model", type=Path, help="checkpoint directory (default: the trained model, assets/aios-tiny-lm)")
     parser.add_argument("--requests", type=int, default=32, help="requests in the mixed workload")
     parser.add_argument("--batch", type=int, default=8, help="max_num_seqs (and the static batch size)")
     return parser.parse_args()
@@ -78,10 +78,10 @@ def run(model_dir: Path, num_requests: int, batch: int) -> None:
 def main() -> int:
     args = parse_args()
     select_tree(args.reference)
-    from aios.fixtures import cached_model
+    from aios.fixtures import trained_model
 
     try:
-        run(args.model or cached_model("small"), args.requests, args.batch)
+        run(args.model or trained_model(), args.requests, args.batch)
     except NotImplementedError as error:
         print(f"\nNot implemented yet: {error}\n(run with --reference to see the finished version)")
         return 1

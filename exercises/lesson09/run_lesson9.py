@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference", action="store_true", help="import solutions/aios instead of your aios/")
-    parser.add_argument("--model", type=Path, help="checkpoint directory (default: the cached 'small' fixture)")
+    parser.add_argument("--model", type=Path, help="checkpoint directory (default: the trained model, assets/aios-tiny-lm)")
     parser.add_argument("--requests", type=int, default=16, help="requests in the GPU timing")
     return parser.parse_args()
 
@@ -115,10 +115,10 @@ def main() -> None:
 
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    from aios.fixtures import cached_model
+    from aios.fixtures import trained_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model_dir = args.model or cached_model("small")
+    model_dir = args.model or trained_model()
     print(f"aios from {'solutions/' if args.reference else 'your aios/'}; device {device}"
           f"{' (Triton interpreter)' if device == 'cpu' else ''}\n\nkernels against lesson 7:")
     check_kernels(device)

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference", action="store_true", help="import solutions/aios instead of your aios/")
-    parser.add_argument("--model", type=Path, help="checkpoint directory (default: the cached 'small' fixture)")
+    parser.add_argument("--model", type=Path, help="checkpoint directory (default: the trained model, assets/aios-tiny-lm)")
     parser.add_argument("--tokens", type=int, default=512, help="prompt length of the timed forward pass")
     return parser.parse_args()
 
@@ -101,10 +101,10 @@ def main() -> None:
     select_tree(args.reference)
     import torch
 
-    from aios.fixtures import cached_model
+    from aios.fixtures import trained_model
     from aios.utils.loader import load_qwen3
 
-    model_dir = args.model or cached_model("small")
+    model_dir = args.model or trained_model()
     plain = load_qwen3(model_dir, dtype=torch.float32)
     fused = load_qwen3(model_dir, dtype=torch.float32, fused_layers=True)
     show_layouts(plain, fused)

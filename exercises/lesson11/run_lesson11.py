@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference", action="store_true", help="import solutions/aios instead of your aios/")
-    parser.add_argument("--model", type=Path, help="checkpoint directory (default: the cached 'small' fixture)")
+    parser.add_argument("--model", type=Path, help="checkpoint directory (default: the trained model, assets/aios-tiny-lm)")
     parser.add_argument("--requests", type=int, default=8, help="requests decoded together on the GPU")
     return parser.parse_args()
 
@@ -90,14 +90,14 @@ def main() -> None:
     select_tree(args.reference)
     import torch
 
-    from aios.fixtures import cached_model
+    from aios.fixtures import trained_model
 
     print(f"aios from {'solutions/' if args.reference else 'your aios/'}\n")
     show_padding()
     if not torch.cuda.is_available():
         print("\n(no GPU: CUDA graphs need one; the tests replay with a CPU stand-in)")
         return
-    model_dir = args.model or cached_model("small")
+    model_dir = args.model or trained_model()
     print(f"\n{args.requests} requests decoded together on {model_dir}:")
     time_decode(Path(model_dir), args.requests)
 

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference", action="store_true", help="import solutions/aios instead of your aios/")
-    parser.add_argument("--model", type=Path, help="checkpoint directory (default: the cached 'small' fixture)")
+    parser.add_argument("--model", type=Path, help="checkpoint directory (default: the trained model, assets/aios-tiny-lm)")
     parser.add_argument("--draws", type=int, default=20_000, help="samples per setting in the distribution table")
     return parser.parse_args()
 
@@ -107,10 +107,10 @@ def main() -> int:
     args = parse_args()
     select_tree(args.reference)
     from aios import LLM
-    from aios.fixtures import cached_model
+    from aios.fixtures import trained_model
 
     try:
-        llm = LLM(str(args.model or cached_model("small")), **engine_options())
+        llm = LLM(str(args.model or trained_model()), **engine_options())
         show_completions(llm)
         show_distribution(args.draws)
         show_seeds(llm)

@@ -26,7 +26,7 @@ QUESTIONS = ["What is a KV cache?", "Why do blocks have a fixed size?", "What do
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference", action="store_true", help="import solutions/aios instead of your aios/")
-    parser.add_argument("--model", type=Path, help="checkpoint directory (default: the cached 'small' fixture)")
+    parser.add_argument("--model", type=Path, help="checkpoint directory (default: the trained model, assets/aios-tiny-lm)")
     parser.add_argument("--requests", type=int, default=16, help="requests in the shared-prompt workload")
     return parser.parse_args()
 
@@ -114,9 +114,9 @@ def show_second_turn(model_dir: Path) -> None:
 def main() -> int:
     args = parse_args()
     select_tree(args.reference)
-    from aios.fixtures import cached_model
+    from aios.fixtures import trained_model
 
-    model_dir = args.model or cached_model("small")
+    model_dir = args.model or trained_model()
     try:
         show_two_requests(model_dir)
         show_workload(model_dir, args.requests)

@@ -25,7 +25,7 @@ PROMPTS = ["Split the weights", "Every rank holds", "An all-reduce adds", "The d
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference", action="store_true", help="import solutions/aios instead of your aios/")
-    parser.add_argument("--model", type=Path, help="checkpoint directory (default: the cached 'small' fixture)")
+    parser.add_argument("--model", type=Path, help="checkpoint directory (default: the trained model, assets/aios-tiny-lm)")
     parser.add_argument("--tp", type=int, default=2, help="tensor-parallel size (default: 2)")
     parser.add_argument("--max-tokens", type=int, default=24)
     parser.add_argument("--show-failure", action="store_true", help="kill a worker mid-step and show the report")
@@ -119,10 +119,10 @@ def main() -> None:
     select_tree(args.reference)
     import torch
 
-    from aios.fixtures import cached_model
+    from aios.fixtures import trained_model
     from aios.utils.hf_config import load_model_config
 
-    model_dir = Path(args.model or cached_model("small"))
+    model_dir = Path(args.model or trained_model())
     device = "cuda" if torch.cuda.device_count() >= args.tp else "cpu"
     show_shards(load_model_config(model_dir), args.tp)
     compare(model_dir, args.tp, device, args.max_tokens)

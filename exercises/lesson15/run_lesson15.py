@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference", action="store_true", help="import solutions/aios instead of your aios/")
-    parser.add_argument("--model", type=Path, help="checkpoint directory (default: the cached 'small' fixture)")
+    parser.add_argument("--model", type=Path, help="checkpoint directory (default: the trained model, assets/aios-tiny-lm)")
     parser.add_argument("--num-prompts", type=int, default=32, help="requests in the benchmark (default: 32)")
     parser.add_argument("--max-concurrency", type=int, default=8, help="benchmark concurrency (default: 8)")
     parser.add_argument("--output-len", type=int, default=32)
@@ -103,10 +103,10 @@ def demo(base_url: str, app, name: str, args: argparse.Namespace) -> None:
 def main() -> int:
     args = parse_args()
     select_tree(args.reference)
-    from aios.fixtures import cached_model
+    from aios.fixtures import trained_model
     from aios.server.launcher import ServerThread, create_app
 
-    model = args.model or cached_model("small")
+    model = args.model or trained_model()
     name = Path(model).resolve().name
     print(f"aios from {__import__('aios').__file__}\nloading {model} ...")
     try:
