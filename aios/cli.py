@@ -126,7 +126,8 @@ def run_train_tiny(args: argparse.Namespace) -> int:
 
 
 def _args_serve(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, type=Path, metavar="DIR", help="Qwen3 checkpoint folder")
+    parser.add_argument("--model", type=Path, metavar="DIR",
+                        help="Qwen3 checkpoint folder (default: the trained aios-tiny-lm, assets/aios-tiny-lm)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default: 127.0.0.1, this machine only; 0.0.0.0 opens it to the network)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000; 0 picks a free one)")
@@ -180,6 +181,10 @@ def run_serve(args: argparse.Namespace) -> int:
         from aios.server.launcher import AiosServer, create_app, server_config
     except ImportError as exc:
         raise CliError(f"{exc.name} is missing: pip install fastapi uvicorn prometheus-client") from exc
+    if args.model is None:
+        from aios.fixtures import trained_model
+
+        args.model = trained_model()
     if not args.model.is_dir():
         raise CliError(f"{args.model} is not a folder; make a checkpoint with `python -m aios make-model tiny DIR`")
     options = {name: getattr(args, name) for name in SERVE_ENGINE_OPTIONS if getattr(args, name) is not None}
