@@ -51,6 +51,7 @@ def torch_reference(q, k_cache, v_cache, context, scale):
     return paged_attention(q.float(), k_cache.float(), v_cache.float(), context, scale)
 
 
+@pytest.mark.hint(1)
 def test_store_kvcache_matches_torch_store():
     """store_kvcache writes every token's K and V rows into the same slots as lesson 6's store_kvcache."""
     gen = torch.Generator().manual_seed(1)
@@ -64,6 +65,7 @@ def test_store_kvcache_matches_torch_store():
     assert torch.equal(k_cache, k_expected) and torch.equal(v_cache, v_expected)
 
 
+@pytest.mark.hint(1)
 def test_store_kvcache_skips_padding_slots():
     """A token whose slot is -1 is padding: the cache must stay exactly as it was."""
     key = torch.ones(4, 2, 8, device=DEVICE)
@@ -79,6 +81,7 @@ def test_store_kvcache_skips_padding_slots():
     assert (flat_k[~written.to(DEVICE)] == -5).all() and (flat_v[~written.to(DEVICE)] == -5).all()
 
 
+@pytest.mark.hint(3)
 @pytest.mark.parametrize(
     "context_lens,query_lens",
     [
@@ -97,6 +100,7 @@ def test_prefill_attention_matches_paged_attention(context_lens, query_lens):
     torch.testing.assert_close(out, torch_reference(q, k_cache, v_cache, context, scale), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.hint(4)
 @pytest.mark.parametrize("num_splits", [1, 3])
 def test_decode_attention_matches_paged_attention(num_splits):
     """decode_attention (one query per sequence) equals paged_attention, with one split or several."""
@@ -115,6 +119,7 @@ def test_decode_attention_float16_within_rounding():
     torch.testing.assert_close(out.float(), torch_reference(q, k_cache, v_cache, context, 0.25), atol=3e-3, rtol=3e-3)
 
 
+@pytest.mark.hint(3)
 def test_decode_attention_zero_length_context_gives_zeros():
     """A padded row (context length 0, as CUDA graphs use) reads nothing and returns zeros, never NaN."""
     q, k_cache, v_cache, context = paged_batch([6, 6], [1, 1], seed=4)
@@ -139,6 +144,7 @@ def test_plan_decode_splits_covers_the_context():
     assert few == 1 and many > few, "a batch that fills the GPU needs no split; a lone sequence needs many"
 
 
+@pytest.mark.hint(1)
 def test_paged_kv_cache_triton_backend_matches_torch_backend():
     """PagedKVCache(backend="triton").attend stores and attends exactly like the torch backend."""
     caches = {b: PagedKVCache(1, 6, 4, 2, 16, torch.float32, DEVICE, backend=b) for b in ("torch", "triton")}
