@@ -147,12 +147,15 @@ class Worker:
             protocol.send(self.sock, {"pickle": 1}, [raw])
             header, buffers = self._wait()
         except BaseException as exc:
+            broken = isinstance(exc, (protocol.WireError, OSError))
+            note = self.death_note(exc) if broken else ""
             self.stop()
-            if isinstance(exc, (protocol.WireError, OSError)):
-                raise WorkerDied(self.death_note()) from None
+            if broken:
+                raise WorkerDied(note) from None
             raise
         for tid, value in self.decode(header.get("wb", {"$": "list", "v": []}), buffers):
             self.shared.write_back(tid, value)
+        _echo(header)
         if header["k"] == "ret":
             return self.decode(header["v"], buffers)
         raise self.error(header)
@@ -248,11 +251,14 @@ class Worker:
 
     # --------------------------------------------------------------- lifecycle
 
-    def death_note(self) -> str:
+    def death_note(self, exc: BaseException) -> str:
         """Why the worker is gone, with the end of its log."""
-        code = self.proc.poll()
+        try:
+            code = self.proc.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            code = None
         if code is None:
-            what = "was stopped"
+            what = f"stopped answering ({exc})"
         elif code < 0:
             what = f"was killed by signal {-code}"
         else:
@@ -268,6 +274,15 @@ class Worker:
             self.sock.close()
         finally:
             _kill_group(self.proc)
+
+
+def _echo(header: dict) -> None:
+    """Print what learner code printed during the request (pytest captures it for the test)."""
+    for key, stream in (("out", sys.stdout), ("err", sys.stderr)):
+        text = header.get(key)
+        if text and type(text) is str:
+            stream.write(text)
+            stream.flush()
 
 
 def _grad_mode() -> int:
@@ -437,7 +452,7 @@ class Remote:
     """
 
     __slots__ = ("_aios_worker", "_aios_id", "_aios_seen", "_aios_record", "_aios_path", "_aios_fresh",
-                 "__weakref__")
+                 "_aios_patched", "__weakref__")
 
     def __init__(self, worker: Worker, hid: int, record: dict):
         object.__setattr__(self, "_aios_worker", worker)
@@ -446,6 +461,7 @@ class Remote:
         object.__setattr__(self, "_aios_record", record)
         object.__setattr__(self, "_aios_path", None)
         object.__setattr__(self, "_aios_fresh", None)
+        object.__setattr__(self, "_aios_patched", {})  # attribute name -> times the tests set it
 
     def __del__(self):
         worker = self._aios_worker
@@ -489,6 +505,7 @@ class Remote:
 
     def __setattr__(self, name: str, value) -> None:
         self._aios("setattr", self, name, value)
+        self._aios_patched[name] = self._aios_patched.get(name, 0) + 1
 
     def __delattr__(self, name: str) -> None:
         self._aios("delattr", self, name)
@@ -597,13 +614,17 @@ def _plain(value, kind: type):
 class RemoteMethod:
     """``handle.name`` for a method of the handle's class: calling it is one request."""
 
-    __slots__ = ("owner", "name")
+    __slots__ = ("owner", "name", "patched")
 
     def __init__(self, owner: Remote, name: str):
         self.owner, self.name = owner, name
+        self.patched = owner._aios_patched.get(name, 0)
 
     def __call__(self, *args, **kwargs):
-        return self.owner._aios("method", self.owner, self.name, args, kwargs)
+        # Taken before a test replaced the method (monkeypatch keeps the original to call):
+        # it stays the class's method, as a bound method would.
+        op = "method" if self.owner._aios_patched.get(self.name, 0) == self.patched else "class_method"
+        return self.owner._aios(op, self.owner, self.name, args, kwargs)
 
     def __getattr__(self, attr):
         return getattr(self.owner._aios("getattr", self.owner, self.name), attr)

@@ -21,6 +21,7 @@ import contextlib
 import importlib
 import importlib.util
 import inspect
+import io
 import operator
 import os
 import pickle
@@ -49,6 +50,7 @@ OPERATORS = {name: getattr(operator, name) for name in (
 OPERATORS.update(eq=lambda a, b: bool(a == b), ne=lambda a, b: bool(a != b), contains=lambda a, b: bool(b in a),
                  len=len, bool=bool, hash=hash, repr=repr, str=str, format=format, int=int, float=float,
                  iter=iter, fspath=os.fspath, dir=lambda a: sorted(dir(a)), reversed=reversed, round=round)
+PRINTED_LIMIT = 64_000
 STOP = object()  # what ``next`` answers at the end of an iterator
 HF_MODEL_MODULES = "transformers.modeling_utils"
 
@@ -106,6 +108,11 @@ def _builtin_bases(cls: type) -> list[str]:
 
 def _qualname(obj) -> str:
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__name__)}"
+
+
+def _printed(out: io.StringIO, err: io.StringIO) -> dict:
+    """What learner code printed during a request (the end of it), for the test's own output."""
+    return {"out": protocol.clip(out.getvalue(), PRINTED_LIMIT), "err": protocol.clip(err.getvalue(), PRINTED_LIMIT)}
 
 
 def _learner_frames(tb):
@@ -243,12 +250,12 @@ class Worker:
                 changed.append([tid, entry[0]])
         return protocol.encode(changed, self.handle, buffers)
 
-    def reply(self, value) -> None:
+    def reply(self, value, printed: dict) -> None:
         buffers: list[bytes] = []
         data = protocol.encode(value, self.handle, buffers, tensor_key=self.tensor_key)
-        protocol.send(self.sock, {"k": "ret", "v": data, "wb": self.write_backs(buffers)}, buffers)
+        protocol.send(self.sock, {"k": "ret", "v": data, "wb": self.write_backs(buffers), **printed}, buffers)
 
-    def reply_error(self, exc: BaseException) -> None:
+    def reply_error(self, exc: BaseException, printed: dict | None = None) -> None:
         """The exception's class name, builtin bases, plain arguments and learner traceback."""
         cls = type(exc)
         args = list(exc.args) if all(type(a) in protocol.PLAIN for a in exc.args) else [str(exc)]
@@ -257,7 +264,7 @@ class Worker:
         buffers: list[bytes] = []
         protocol.send(self.sock, {"k": "err", "name": cls.__qualname__, "module": cls.__module__,
                                   "bases": _builtin_bases(cls), "args": args, "tb": tb,
-                                  "wb": self.write_backs(buffers)}, buffers)
+                                  "wb": self.write_backs(buffers), **(printed or {})}, buffers)
 
     # ------------------------------------------------------------- values in
 
@@ -273,8 +280,6 @@ class Worker:
                 if kind in ("ts", "tv"):
                     return worker.original_tensor(kind, ident, fallback)
                 return worker.objects[ident] if kind == "h" else TrustedProxy(ident)
-
-        import io
 
         return Unpickler(io.BytesIO(raw)).load()
 
@@ -302,16 +307,18 @@ class Worker:
             if message["op"] == "hold":
                 self.hold(*message["a"])
                 continue
+            out, err = io.StringIO(), io.StringIO()
             try:
-                with grad_mode(message.get("mode", 0)):
+                with grad_mode(message.get("mode", 0)), \
+                        contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
                     value = self.run(message["op"], *message["a"])
             except BaseException as exc:  # noqa: BLE001 - every learner failure goes back to the tests
-                self.reply_error(exc)
+                self.reply_error(exc, _printed(out, err))
                 continue
             try:
-                self.reply(value)
+                self.reply(value, _printed(out, err))
             except Exception as exc:  # noqa: BLE001 - an unencodable value is the learner's failure too
-                self.reply_error(exc)
+                self.reply_error(exc, _printed(out, err))
 
     def run(self, op: str, *args):
         """Carry out one request."""
@@ -327,6 +334,9 @@ class Worker:
             return args[0](*args[1], **args[2])
         if op == "method":
             return getattr(args[0], args[1])(*args[2], **args[3])
+        if op == "class_method":
+            obj, name = args[0], args[1]
+            return inspect.getattr_static(type(obj), name).__get__(obj, type(obj))(*args[2], **args[3])
         if op == "op":
             return self.operate(args[0], args[1])
         if op == "isinstance":
