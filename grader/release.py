@@ -51,6 +51,8 @@ STUDENT_TOP_FILES = ("noxfile.py", "requirements-dev.txt", ".gitignore")
 #: More top-level files for the bundle: the pinned environment the classroom workflow installs
 #: (never the student's own requirements-dev.txt, which a submission can change).
 BUNDLE_TOP_FILES = ("requirements-dev.txt",)
+#: The trained demo model and its corpus (the demos' default model, aios.fixtures.trained_model()).
+STUDENT_ASSETS = ("assets/aios-tiny-lm", "assets/corpus")
 #: Docs students may read (docs/conventions.md is left out: its example is lesson 1's code).
 STUDENT_DOCS = ("docs/learner-workflow.md", "docs/progression.md", "docs/benchmarks.md", "docs/classroom.md")
 #: tests/infra files that pass on the stubbed aios/ and need no solutions/.
@@ -236,7 +238,7 @@ def student_files(curriculum: Curriculum) -> dict[str, bytes]:
     if not (root / "solutions" / "aios").is_dir():
         raise ReleaseError(f"{root} has no solutions/aios: release runs in the instructor's repository")
     paths = list(TOP_FILES) + list(STUDENT_TOP_FILES) + grader_paths(root)
-    paths += [p for p in STUDENT_DOCS + STUDENT_INFRA_TESTS if (root / p).exists()]
+    paths += [p for p in STUDENT_DOCS + STUDENT_INFRA_TESTS + STUDENT_ASSETS if (root / p).exists()]
     for lesson in curriculum.lessons:
         paths += [p for p in (lesson.folder, lesson.visible) if (root / p).exists()]
     files = _collect(root, paths)
