@@ -4,6 +4,7 @@ Fusion changes how the work is grouped (one matmul instead of three, one instead
 two), not what is computed: in float32 the logits agree to rounding.
 """
 
+import pytest
 import torch
 
 from aios.config import features_up_to
@@ -20,6 +21,7 @@ def logits(model, ids: list[int]) -> torch.Tensor:
         return model.compute_logits(hidden)
 
 
+@pytest.mark.hint(5)
 def test_fused_logits_equal_unfused_logits(tiny_model_dir):
     """load_qwen3(fused_layers=True) gives the unfused model's logits (fp32, atol 1e-5) at every position."""
     unfused = load_qwen3(tiny_model_dir, dtype=torch.float32)
@@ -38,6 +40,7 @@ def test_fused_model_holds_qkv_and_gate_up_matrices(tiny_model_dir):
         assert torch.equal(merged.mlp.gate_up_proj.weight, torch.cat([plain.mlp.gate_proj.weight, plain.mlp.up_proj.weight]))
 
 
+@pytest.mark.hint(5)
 def test_engine_with_fused_layers_generates_the_same_tokens(tiny_model_dir):
     """LLM(fused_layers=True) and LLM(fused_layers=False) produce the same greedy completions."""
     prompts = [PROMPT, [9, 8, 7], list(range(40, 75))]

@@ -42,6 +42,7 @@ def fused_model(model_dir) -> Qwen3ForCausalLM:
     return Qwen3ForCausalLM(load_model_config(model_dir), fused_layers=True)
 
 
+@pytest.mark.hint(3)
 def test_plan_routes_projections_into_fused_parameters(tiny_model_dir):
     """checkpoint_plan maps k_proj to (qkv_proj, "k"), up_proj to (gate_up_proj, 1), a norm to itself (None)."""
     plan = checkpoint_plan(fused_model(tiny_model_dir))
@@ -50,12 +51,14 @@ def test_plan_routes_projections_into_fused_parameters(tiny_model_dir):
     assert plan["model.norm.weight"] == ("model.norm.weight", None)
 
 
+@pytest.mark.hint(3)
 def test_plan_expects_exactly_the_checkpoint_tensors(tiny_model_dir):
     """checkpoint_plan's keys are the checkpoint's tensor names (the tied lm_head aside), nothing more or less."""
     expected = set(read_checkpoint(tiny_model_dir)) - {"lm_head.weight"}
     assert set(checkpoint_plan(fused_model(tiny_model_dir))) == expected
 
 
+@pytest.mark.hint(4)
 def test_every_fused_piece_is_loaded_exactly_once(tiny_model_dir, learner_object):
     """load_packed_weights calls each fused parameter's weight_loader once per shard id (q, k, v; 0, 1)."""
     model = fused_model(tiny_model_dir)
@@ -76,6 +79,7 @@ def test_every_fused_piece_is_loaded_exactly_once(tiny_model_dir, learner_object
     assert calls == expected
 
 
+@pytest.mark.hint(4)
 def test_missing_tensor_is_named(tiny_model_dir, tmp_path):
     """A checkpoint without one k_proj makes load_qwen3(fused_layers=True) raise an error naming that tensor."""
     tensors = read_checkpoint(tiny_model_dir)
@@ -85,6 +89,7 @@ def test_missing_tensor_is_named(tiny_model_dir, tmp_path):
         load_qwen3(broken, fused_layers=True)
 
 
+@pytest.mark.hint(4)
 def test_unexpected_tensor_is_named(tiny_model_dir, tmp_path):
     """A checkpoint tensor the model has no place for is an error naming it."""
     tensors = read_checkpoint(tiny_model_dir)

@@ -11,6 +11,7 @@ def numbered(rows: int, cols: int, start: int) -> torch.Tensor:
     return torch.arange(start, start + rows * cols, dtype=torch.float32).view(rows, cols)
 
 
+@pytest.mark.hint(1)
 def test_qkv_loader_places_q_then_k_then_v():
     """QKVParallelLinear.weight_loader: q_proj -> rows [0, q), k_proj -> [q, q+kv), v_proj -> [q+kv, q+2kv)."""
     layer = QKVParallelLinear(hidden_size=6, head_dim=2, total_num_heads=4, total_num_kv_heads=2)
@@ -20,6 +21,7 @@ def test_qkv_loader_places_q_then_k_then_v():
     assert torch.equal(layer.weight, torch.cat([q, k, v]))
 
 
+@pytest.mark.hint(1)
 def test_qkv_output_is_the_three_projections_side_by_side():
     """After loading, qkv_proj(x) == [x @ q.T | x @ k.T | x @ v.T] (the fused matmul replaces three)."""
     torch.manual_seed(0)
@@ -32,6 +34,7 @@ def test_qkv_output_is_the_three_projections_side_by_side():
     torch.testing.assert_close(layer(x), expected, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.hint(2)
 def test_merged_loader_places_gate_then_up():
     """MergedColumnParallelLinear.weight_loader: shard 0 (gate_proj) fills the first rows, shard 1 (up_proj) the rest."""
     layer = MergedColumnParallelLinear(input_size=3, output_sizes=[5, 5])
@@ -41,6 +44,7 @@ def test_merged_loader_places_gate_then_up():
     assert torch.equal(layer.weight, torch.cat([gate, up]))
 
 
+@pytest.mark.hint(2)
 def test_qkv_loader_rejects_a_projection_of_the_wrong_shape():
     """weight_loader raises ValueError (mentioning both shapes) when a projection does not fit its block."""
     layer = QKVParallelLinear(hidden_size=6, head_dim=2, total_num_heads=4, total_num_kv_heads=2)

@@ -34,6 +34,7 @@ def state(model) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
+@pytest.mark.hint(4)
 def test_sharded_checkpoint_loads_like_a_single_file(tiny_model_dir, tmp_path):
     """A checkpoint split over three files fills every fused parameter exactly as the one-file checkpoint does."""
     tensors = read_checkpoint(tiny_model_dir)
@@ -46,6 +47,7 @@ def test_sharded_checkpoint_loads_like_a_single_file(tiny_model_dir, tmp_path):
     assert all(torch.equal(got[name], expected[name]) for name in expected)
 
 
+@pytest.mark.hint(4)
 def test_tensor_present_twice_is_an_error(tiny_model_dir, tmp_path):
     """A tensor that appears in two checkpoint files is an error naming it (each tensor is consumed once)."""
     tensors = read_checkpoint(tiny_model_dir)
@@ -55,6 +57,7 @@ def test_tensor_present_twice_is_an_error(tiny_model_dir, tmp_path):
         load_qwen3(broken, fused_layers=True)
 
 
+@pytest.mark.hint(4)
 def test_wrongly_shaped_projection_is_named(tiny_model_dir, tmp_path):
     """A v_proj of the wrong shape makes the loader raise CheckpointMismatchError naming v_proj."""
     tensors = read_checkpoint(tiny_model_dir)
@@ -65,6 +68,7 @@ def test_wrongly_shaped_projection_is_named(tiny_model_dir, tmp_path):
         load_qwen3(broken, fused_layers=True)
 
 
+@pytest.mark.hint(4)
 def test_tied_checkpoint_with_an_lm_head_copy_loads(tiny_model_dir, tmp_path):
     """A tied checkpoint that also stores lm_head.weight loads; the head stays the embedding."""
     tensors = read_checkpoint(tiny_model_dir)
@@ -76,22 +80,26 @@ def test_tied_checkpoint_with_an_lm_head_copy_loads(tiny_model_dir, tmp_path):
 
 
 def toy_model(nn):
-    """attn.qk (fused q and k) and attn.q_norm, built with ``nn`` (the learner side's torch.nn)."""
-    attn = nn.ModuleDict({"qk": MergedColumnParallelLinear(2, [2, 2]), "q_norm": nn.Linear(2, 2, bias=False)})
+    """attn.qk (fused q and k), attn.q_norm and attn.qk_norm, built with ``nn`` (the learner side's torch.nn)."""
+    attn = nn.ModuleDict({"qk": MergedColumnParallelLinear(2, [2, 2]), "q_norm": nn.Linear(2, 2, bias=False),
+                          "qk_norm": nn.Linear(2, 2, bias=False)})  # qk_norm contains "qk" but is not it
     model = nn.ModuleDict({"attn": attn})
     model.packed_modules_mapping = {"q": ("qk", 0), "k": ("qk", 1)}
     return model
 
 
+@pytest.mark.hint(3)
 def test_plan_matches_whole_module_names_only(learner_import):
-    """checkpoint_plan maps q -> (qk, 0) and k -> (qk, 1) but leaves q_norm alone (whole names, not substrings)."""
+    """checkpoint_plan maps q -> (qk, 0) and k -> (qk, 1) but leaves q_norm and qk_norm alone (whole names only)."""
     assert checkpoint_plan(toy_model(learner_import("torch.nn"))) == {
         "attn.q.weight": ("attn.qk.weight", 0),
         "attn.k.weight": ("attn.qk.weight", 1),
         "attn.q_norm.weight": ("attn.q_norm.weight", None),
+        "attn.qk_norm.weight": ("attn.qk_norm.weight", None),
     }
 
 
+@pytest.mark.hint(2)
 def test_qkv_loader_fills_bias_blocks_too():
     """With bias=True, each projection's bias lands in the same block of the fused bias as its weight rows."""
     layer = QKVParallelLinear(hidden_size=4, head_dim=3, total_num_heads=2, total_num_kv_heads=1, bias=True)
@@ -101,6 +109,7 @@ def test_qkv_loader_fills_bias_blocks_too():
     assert torch.equal(layer.bias, torch.cat([biases["q"], biases["k"], biases["v"]]))
 
 
+@pytest.mark.hint(1)
 def test_qkv_loader_with_three_query_heads_per_kv_head():
     """QKV blocks are right for 6 query heads, 2 KV heads and head_dim 4 (q: 24 rows, k and v: 8 each)."""
     layer = QKVParallelLinear(hidden_size=5, head_dim=4, total_num_heads=6, total_num_kv_heads=2)
@@ -111,6 +120,7 @@ def test_qkv_loader_with_three_query_heads_per_kv_head():
     assert layer.weight.shape == (40, 5)
 
 
+@pytest.mark.hint(1)
 def test_merged_loader_with_unequal_parts():
     """MergedColumnParallelLinear with output_sizes [3, 5] puts part 1 at rows 3..7."""
     layer = MergedColumnParallelLinear(input_size=2, output_sizes=[3, 5])

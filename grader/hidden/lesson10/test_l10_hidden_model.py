@@ -23,6 +23,7 @@ def our_logits(model_dir, **options) -> torch.Tensor:
         return model.compute_logits(model(torch.tensor(IDS), torch.arange(len(IDS))))
 
 
+@pytest.mark.hint(5)
 def test_fused_logits_match_transformers(untied_mha_dir):
     """The fused model's logits equal transformers' Qwen3ForCausalLM (fp32, atol 1e-4), untied lm_head, 4 KV heads."""
     hf = AutoModelForCausalLM.from_pretrained(untied_mha_dir, dtype=torch.float32).eval()
@@ -31,6 +32,7 @@ def test_fused_logits_match_transformers(untied_mha_dir):
     torch.testing.assert_close(our_logits(untied_mha_dir, fused_layers=True), expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.hint(5)
 def test_fused_with_fused_residual_norm_matches_unfused(untied_mha_dir):
     """fused_layers=True with fuse_residual_norm=True (the engine's setting) gives the lesson-3 logits (atol 1e-5)."""
     torch.testing.assert_close(
@@ -39,6 +41,7 @@ def test_fused_with_fused_residual_norm_matches_unfused(untied_mha_dir):
     )
 
 
+@pytest.mark.hint(5)
 def test_fused_model_in_bfloat16_stays_close(tiny_model_dir):
     """In bfloat16 the fused and unfused models pick the same next token at every position."""
     fused = load_qwen3(tiny_model_dir, dtype=torch.bfloat16, fused_layers=True)
