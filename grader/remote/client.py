@@ -721,10 +721,10 @@ class Session:
             self.current = Worker(self.tree, self.block_hf_models, self.log_path)
         return self.current
 
-    def seed(self, value: int) -> None:
-        """Forward a ``torch.manual_seed`` from the tests to the learner's torch."""
+    def torch_setting(self, name: str, args: tuple) -> None:
+        """Apply a test's ``torch.<name>(*args)`` (one of FORWARDED) in the worker too."""
         if self.current is not None and self.current.alive:
-            self.current.request("seed", int(value))
+            self.current.request("torch_setting", name, args)
 
     def close(self) -> None:
         if self.current is not None:
@@ -741,7 +741,7 @@ def install(tree: Path, *, block_hf_models: bool, log_path: Path) -> Session:
     for name in [n for n in sys.modules if _is_aios(n)]:
         del sys.modules[name]
     sys.meta_path.insert(0, RemoteFinder())
-    _forward_seeds()
+    _forward_torch_settings()
     return SESSION
 
 
@@ -764,23 +764,28 @@ def worker_module(name: str) -> Remote:
     return module
 
 
-def _forward_seeds() -> None:
-    """Make ``torch.manual_seed`` in a test seed the worker's torch too (learner code draws there)."""
+FORWARDED = ("manual_seed", "set_num_threads", "set_default_dtype")
+
+
+def _forward_torch_settings() -> None:
+    """Make the tests' ``torch.manual_seed``, ``set_num_threads`` and ``set_default_dtype`` apply
+    to the worker's torch as well: learner code draws random numbers and computes there."""
     import torch
 
-    original = torch.manual_seed
-    if getattr(original, "_aios_forwards", False):
-        return
+    for name in FORWARDED:
+        original = getattr(torch, name)
+        if getattr(original, "_aios_forwards", False):
+            continue
 
-    def manual_seed(seed):
-        result = original(seed)
-        if SESSION is not None:
-            SESSION.seed(seed)
-        return result
+        def forwarding(*args, _original=original, _name=name):
+            result = _original(*args)
+            if SESSION is not None:
+                SESSION.torch_setting(_name, args)
+            return result
 
-    manual_seed._aios_forwards = True
-    manual_seed.__doc__ = original.__doc__
-    torch.manual_seed = manual_seed
+        forwarding._aios_forwards = True
+        forwarding.__doc__, forwarding.__name__ = original.__doc__, name
+        setattr(torch, name, forwarding)
 
 
 def uninstall() -> None:

@@ -343,8 +343,8 @@ class Worker:
             return bool(isinstance(args[0], args[1]))
         if op == "issubclass":
             return bool(issubclass(args[0], args[1]))
-        if op == "seed":
-            return self.seed(args[0])
+        if op == "torch_setting":
+            return self.torch_setting(args[0], args[1])
         if op == "spawn":
             return spawn(*args)
         if op == "ping":
@@ -362,13 +362,13 @@ class Worker:
         return OPERATORS[name](*operands)
 
     @staticmethod
-    def seed(value: int) -> None:
-        """Seed torch and ``random`` the way the test just seeded its own process."""
-        import random
+    def torch_setting(name: str, args: tuple) -> None:
+        """What the test just did to its own torch: seed it, set its threads or default dtype."""
+        if name not in ("manual_seed", "set_num_threads", "set_default_dtype"):
+            raise ValueError(f"not a forwarded torch setting: {name}")
+        import torch
 
-        random.seed(value)
-        if "torch" in sys.modules:
-            sys.modules["torch"].manual_seed(value)
+        getattr(torch, name)(*args)
 
     def callback(self, tid: int, op: str, name: str, args: tuple, kwargs: dict):
         """Ask the trusted side to use one of its values; serve nested requests meanwhile."""
