@@ -272,3 +272,45 @@ def test_offline_generate_gets_the_same_clear_errors(live):
         engine.check_request([1, 2], SamplingParams(top_k=vocab + 1))
     assert refused.value.param == "top_k"
     engine.check_request([1, 2], SamplingParams(top_k=vocab))
+
+
+# ---------------------------------------------------------------- red-team pass (second review)
+
+
+def test_a_step_failing_before_the_model_ran_leaves_no_unwritten_block_in_the_prefix_cache(live, monkeypatch):
+    """Prefix caching registers a prefill's full blocks when they are allocated, before the model
+    writes their K/V. If that step fails before the model ran, those blocks hold nothing: a later
+    request with the same prefix must not reuse them (it must get the tokens an uncached run gets)."""
+    _, _, app = live
+    from aios.engine.block_manager import compute_block_hash
+    from aios.sampling_params import SamplingParams
+
+    async_engine = app.state.async_engine
+    engine = async_engine.engine
+    manager = engine.block_manager
+    prompt = engine.tokenize("the prefix-cache red team: " + "zebra orchid " * 20)
+    assert len(prompt) > 3 * manager.block_size
+    params = SamplingParams(temperature=0, max_tokens=8)
+
+    async def run() -> list[int]:
+        tokens = []
+        async for output in async_engine.generate(prompt, params):
+            tokens.extend(output.new_token_ids)
+        return tokens
+
+    with monkeypatch.context() as patched:  # the tokens of an uncached run (nothing gets registered)
+        patched.setattr(manager, "enable_prefix_caching", False)
+        expected = asyncio.run(run())
+
+    real_run = engine.model_runner.run
+
+    def fails_before_the_model(seqs, is_prefill):
+        monkeypatch.setattr(engine.model_runner, "run", real_run)  # only this once
+        raise RuntimeError("out of memory while preparing the batch")
+
+    monkeypatch.setattr(engine.model_runner, "run", fails_before_the_model)
+    with pytest.raises(Exception, match="out of memory"):
+        asyncio.run(run())
+    assert compute_block_hash(prompt[: manager.block_size]) not in manager.hash_to_block_id
+    assert asyncio.run(run()) == expected
+    assert manager.num_free_blocks == manager.num_blocks

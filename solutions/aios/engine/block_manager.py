@@ -134,6 +134,18 @@ class BlockManager:
             seq.block_table.append(self._take_free_block())
         # END SOLUTION
 
+    def forget_computed_blocks(self, seq: Sequence) -> None:
+        """After a failed step: the blocks ``seq`` computes itself must no longer be found by their content.
+
+        Prefix caching registers a block before the step that writes its K/V (``allocate`` for a
+        prefill, ``may_append`` for a decode). If that step raised, maybe before the model ran, the
+        block may hold nothing, and a request reusing it would attend to garbage. Blocks ``seq``
+        reused (its first ``num_cached_blocks``) were written by an earlier step and stay cached.
+        """
+        if self.enable_prefix_caching:
+            for block_id in seq.block_table[seq.num_cached_blocks :]:
+                self._uncache_block(block_id)
+
     # ------------------------------------------------------------------ prefix caching (lesson 13)
 
     def _lookup_cached_block(self, block_hash: int, token_ids: list[int], parent_content_id: int) -> int | None:

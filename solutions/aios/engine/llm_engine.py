@@ -135,6 +135,14 @@ class LLMEngine:
             return f"{type(exc).__name__}: {exc}"
         return None
 
+    def forget_failed_step(self) -> None:
+        """After ``step`` raised: keep the prefix cache from finding blocks that step may not have written.
+
+        Call it before the running sequences are requeued or aborted (they still hold their blocks).
+        """
+        for seq in self.scheduler.running:
+            self.block_manager.forget_computed_blocks(seq)
+
     def requeue_running(self) -> None:
         """Send every running sequence back to the waiting queue (its blocks freed, recomputed when re-admitted)."""
         self.scheduler.requeue_running()

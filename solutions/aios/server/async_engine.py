@@ -214,6 +214,7 @@ class AsyncEngine:
                 self.engine.step()
                 self._dispatch()
             except Exception as exc:  # noqa: BLE001 - one bad step must not take the server down
+                self.engine.forget_failed_step()
                 if not self._fail_culprits():
                     self._fail_running(exc)
                 continue
