@@ -35,6 +35,7 @@ class RecordingSlice:
         return self.tensor[index].clone()
 
 
+@pytest.mark.hint(2)
 def test_shard_for_rank_splits_rows_and_columns():
     """shard_for_rank gives rank r the r-th equal block along dim 0 or dim 1; the blocks rebuild the tensor."""
     full = torch.arange(24.0).view(6, 4)
@@ -45,6 +46,7 @@ def test_shard_for_rank_splits_rows_and_columns():
     assert torch.equal(torch.cat(rows, 0), full) and torch.equal(torch.cat(columns, 1), full)
 
 
+@pytest.mark.hint(2)
 def test_shard_for_rank_reads_only_its_part_of_a_slice():
     """From a safetensors-like slice, shard_for_rank reads just the rank's block (never the whole tensor)."""
     full = torch.arange(32.0).view(8, 4)
@@ -55,12 +57,14 @@ def test_shard_for_rank_reads_only_its_part_of_a_slice():
     assert lazy.tensor[lazy.reads[0]].shape == (4, 4)
 
 
+@pytest.mark.hint(2)
 def test_shard_for_rank_refuses_an_uneven_split():
     """A dimension that does not divide by tp_size is a ValueError, not a silently short slice."""
     with pytest.raises(ValueError):
         shard_for_rank(torch.zeros(5, 4), 0, 0, TP)
 
 
+@pytest.mark.hint(1)
 def test_column_parallel_outputs_concatenate_to_the_full_output():
     """ColumnParallelLinear ranks each load their rows; their outputs side by side equal the full layer's."""
     torch.manual_seed(0)
@@ -73,6 +77,7 @@ def test_column_parallel_outputs_concatenate_to_the_full_output():
     torch.testing.assert_close(torch.cat(outputs, dim=-1), x @ weight.T)
 
 
+@pytest.mark.hint(1)
 def test_row_parallel_partial_sums_add_up_to_the_full_output():
     """RowParallelLinear ranks load their columns; the sum of x_r @ W_r.T over ranks is x @ W.T."""
     torch.manual_seed(1)
@@ -85,6 +90,7 @@ def test_row_parallel_partial_sums_add_up_to_the_full_output():
     torch.testing.assert_close(total, x @ weight.T)
 
 
+@pytest.mark.hint(1)
 def test_qkv_ranks_hold_whole_heads():
     """With 4 query heads and 2 KV heads on 2 ranks, rank r holds [q heads 2r, 2r+1; k head r; v head r]."""
     head_dim, hidden = 2, 3
@@ -97,6 +103,7 @@ def test_qkv_ranks_hold_whole_heads():
         assert torch.equal(layer.weight, expected)
 
 
+@pytest.mark.hint(1)
 def test_gate_up_ranks_hold_their_rows_of_both():
     """MergedColumnParallelLinear rank r holds [gate rows of r; up rows of r], so SiluAndMul still pairs them."""
     gate, up = torch.randn(6, 2), torch.randn(6, 2)
@@ -107,6 +114,7 @@ def test_gate_up_ranks_hold_their_rows_of_both():
         assert torch.equal(layer.weight, torch.cat([gate[3 * rank : 3 * rank + 3], up[3 * rank : 3 * rank + 3]]))
 
 
+@pytest.mark.hint(3)
 def test_vocab_shards_of_the_embedding_sum_to_the_full_lookup():
     """embed_vocab_shard gives each id's row on the rank that owns it and zeros elsewhere; the ranks sum to F.embedding."""
     torch.manual_seed(2)

@@ -41,6 +41,7 @@ def greedy(llm) -> list[list[int]]:
     return [out["token_ids"] for out in llm.generate(PROMPTS, params, use_tqdm=False)]
 
 
+@pytest.mark.hint(4)
 def test_two_ranks_give_the_logits_of_one(tiny_model_dir):
     """The fused model split over 2 gloo ranks gives the 1-process logits on rank 0 (fp32, atol 1e-4), None on rank 1."""
     expected = one_process_logits(tiny_model_dir)
@@ -50,6 +51,7 @@ def test_two_ranks_give_the_logits_of_one(tiny_model_dir):
     assert (rank0["qkv_rows"], rank0["down_columns"], rank0["embedding_rows"]) == (64, 64, 256)  # half of each
 
 
+@pytest.mark.hint(5)
 def test_engine_with_two_ranks_generates_what_one_rank_does(tiny_model_dir):
     """LLM(tensor_parallel_size=2) produces the same greedy tokens as tensor_parallel_size=1."""
     expected = greedy(LLM(tiny_model_dir, **ENGINE_OPTIONS))
@@ -60,6 +62,7 @@ def test_engine_with_two_ranks_generates_what_one_rank_does(tiny_model_dir):
         llm.shutdown()
 
 
+@pytest.mark.hint(5)
 def test_shutdown_stops_every_worker(tiny_model_dir):
     """LLM.shutdown() makes every worker exit cleanly (exit code 0) and returns this process to one rank."""
     llm = LLM(tiny_model_dir, tensor_parallel_size=2, **ENGINE_OPTIONS)
@@ -70,6 +73,7 @@ def test_shutdown_stops_every_worker(tiny_model_dir):
     assert get_tp_size() == 1
 
 
+@pytest.mark.hint(5)
 def test_dead_worker_is_reported_promptly(tiny_model_dir):
     """A worker killed in the middle of a step makes generate() raise TensorParallelError naming rank 1 within seconds."""
     llm = LLM(tiny_model_dir, tensor_parallel_size=2, **ENGINE_OPTIONS)
@@ -88,6 +92,7 @@ def test_dead_worker_is_reported_promptly(tiny_model_dir):
     assert get_tp_size() == 1
 
 
+@pytest.mark.hint(5)
 def test_failing_driver_step_stops_the_workers(tiny_model_dir, monkeypatch):
     """When the driver's own part of a step fails, its error surfaces within seconds and no worker is left running."""
     llm = LLM(tiny_model_dir, tensor_parallel_size=2, **ENGINE_OPTIONS)

@@ -38,6 +38,7 @@ def result(ranks, rank: int, name: str):
     return value
 
 
+@pytest.mark.hint(4)
 def test_gather_to_driver_concatenates_in_rank_order(ranks):
     """gather_to_driver puts rank 0's tensor first and rank 1's second on the driver (any dim); rank 1 gets None."""
     expected = torch.cat([torch.zeros(2, 3), torch.ones(2, 3)], dim=-1)
@@ -46,6 +47,7 @@ def test_gather_to_driver_concatenates_in_rank_order(ranks):
     assert result(ranks, 1, "gather_last_dim") is None
 
 
+@pytest.mark.hint(1)
 @pytest.mark.parametrize("rank", [0, 1])
 def test_row_parallel_forward_sums_ranks_and_adds_bias_once(ranks, rank):
     """RowParallelLinear.forward all-reduces the partial products: every rank gets x @ W.T + b (bias counted once)."""
@@ -53,6 +55,7 @@ def test_row_parallel_forward_sums_ranks_and_adds_bias_once(ranks, rank):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.hint(3)
 @pytest.mark.parametrize("rank", [0, 1])
 def test_vocab_parallel_embedding_gives_every_rank_the_full_lookup(ranks, rank):
     """VocabParallelEmbedding.forward: ids from both halves of the vocabulary come out right on both ranks."""
@@ -60,6 +63,7 @@ def test_vocab_parallel_embedding_gives_every_rank_the_full_lookup(ranks, rank):
     torch.testing.assert_close(got, expected)
 
 
+@pytest.mark.hint(4)
 def test_parallel_lm_head_gives_full_logits_on_the_driver_only(ranks):
     """ParallelLMHead.forward returns [n, vocab] logits on rank 0 (both halves of the vocabulary) and None on rank 1."""
     got, expected = result(ranks, 0, "lm_head")
@@ -67,6 +71,7 @@ def test_parallel_lm_head_gives_full_logits_on_the_driver_only(ranks):
     assert result(ranks, 1, "lm_head")[0] is None
 
 
+@pytest.mark.hint(1)
 def test_untied_model_on_two_ranks_matches_one(ranks, untied_dir):
     """An untied model with 4 KV heads split over 2 ranks gives the 1-process logits (fp32, atol 1e-4)."""
     model = load_qwen3(untied_dir, dtype=torch.float32, fused_layers=True)

@@ -59,6 +59,7 @@ def two_ranks(tiny_model_dir, one_rank):
     llm.shutdown()
 
 
+@pytest.mark.hint(5)
 def test_prefill_and_decode_logits_match_one_rank(one_rank, two_ranks):
     """Driver logits of a prefill and two decode steps on 2 ranks equal the 1-process logits (fp32, atol 1e-4)."""
     got = scripted_logits(two_ranks, two_ranks.model_runner.step_logits)
@@ -66,11 +67,13 @@ def test_prefill_and_decode_logits_match_one_rank(one_rank, two_ranks):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4, msg=lambda m, step=step: f"step {step}: {m}")
 
 
+@pytest.mark.hint(5)
 def test_preempting_run_matches_one_rank(one_rank, two_ranks):
     """A run that overflows the KV cache (preemption, recompute) gives the 1-process greedy tokens on 2 ranks."""
     assert long_run(two_ranks) == one_rank["long_run"]
 
 
+@pytest.mark.hint(5)
 def test_sampled_requests_finish_on_two_ranks(two_ranks):
     """Requests with temperature > 0 (sampled on the driver only) all finish with their max_tokens on 2 ranks."""
     params = [SamplingParams(temperature=t, max_tokens=5, ignore_eos=True) for t in (0.7, 1.0, 0.0)]
@@ -91,6 +94,7 @@ def wait_for_worker_pid(driver, pids, timeout: float) -> int:
     pytest.fail(f"the driver's two-rank engine did not start within {timeout:.0f} s")
 
 
+@pytest.mark.hint(5)
 def test_worker_exits_when_its_driver_is_killed(tiny_model_dir):
     """Killing the driver process (SIGKILL, no clean-up) makes its worker exit within seconds: no orphans."""
     context = multiprocessing.get_context("spawn")
