@@ -72,6 +72,12 @@ class LLMEngine:
         )
         self.scheduler = Scheduler(self.config, self.block_manager, self.eos_token_ids)
 
+    @property
+    def max_request_len(self) -> int:
+        """The longest a request (prompt + completion) can grow: max_model_len, or less when the whole
+        KV cache holds fewer tokens (the last generated token needs no slot, see ``check_request``)."""
+        return min(self.config.max_model_len, self.block_manager.num_blocks * self.config.kvcache_block_size + 1)
+
     def tokenize(self, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, str):
             return self.tokenizer.encode(prompt)

@@ -43,7 +43,7 @@ from aios.server.async_engine import AsyncEngine, EngineError, RequestOutput
 from aios.server.metrics import RequestTimer, ServerMetrics
 from aios.server.protocol import (CHAT_REQUEST_SCHEMA, COMPLETION_REQUEST_SCHEMA, APIError, GenerationRequest,
                                   bad_request, parse_chat_request, parse_completion_request, parse_json,
-                                  sampling_params_from_request)
+                                  rename_param, sampling_params_from_request)
 from aios.server.tenants import APIKey, KeyRing, LimitExceeded
 
 logger = logging.getLogger("aios.server")
@@ -108,9 +108,26 @@ def engine_error_reply(error: EngineError) -> APIError:
     return APIError(status, str(error), kind, None, code)
 
 
+def check_media_type(headers: Headers) -> None:
+    """415 for a body that is compressed or declared as something else than JSON (a missing
+    Content-Type is read as JSON). Compressed bodies are refused, not inflated: a few kilobytes
+    of gzip can inflate to gigabytes, past any body size limit."""
+    encoding = headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise APIError(415, f"Content-Encoding {encoding!r} is not supported: send the body uncompressed",
+                       "invalid_request_error", None, "unsupported_media_type")
+    content_type = headers.get("content-type")
+    media_type = (content_type or "application/json").partition(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise APIError(415, f"Content-Type {content_type!r} is not supported: send JSON with "
+                       "'Content-Type: application/json'", "invalid_request_error", None, "unsupported_media_type")
+
+
 async def read_json_body(request: Request, limit: int, timeout: float = 30.0) -> dict:
-    """The request body as a JSON object: 413 when it is larger than ``limit`` bytes, 400 when it is not
-    JSON (protocol.parse_json), 408 when the client takes more than ``timeout`` seconds to send it."""
+    """The request body as a JSON object: 415 when it is not sent as plain JSON (``check_media_type``),
+    413 when it is larger than ``limit`` bytes, 400 when it is not JSON (protocol.parse_json),
+    408 when the client takes more than ``timeout`` seconds to send it."""
+    check_media_type(request.headers)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise APIError(413, f"the request body has {declared} bytes; the limit is {limit}",
@@ -205,7 +222,7 @@ class OpenAIServer:
         self.tokenizer = self.engine.tokenizer
         self.settings = settings
         self.metrics = metrics
-        self.max_model_len = self.engine.config.max_model_len
+        self.max_model_len = self.engine.max_request_len  # the context, or the KV cache if that is smaller
         self.max_tokens_limit = settings.max_tokens_limit or self.max_model_len - 1
         self.created = int(time.time())
         self.draining = False
@@ -348,7 +365,10 @@ class OpenAIServer:
         body = await read_json_body(request, self.settings.max_body_bytes, self.settings.body_timeout)
         messages, parsed = parse_chat_request(body, self.settings.served_model_name)
         prompt_ids = self.tokenizer.encode(self.chat_prompt(messages), add_special_tokens=False)
-        job = self.make_job(prompt_ids, parsed.sampling, None, parsed.priority)
+        try:
+            job = self.make_job(prompt_ids, parsed.sampling, None, parsed.priority)
+        except APIError as error:
+            raise rename_param(error, parsed.param_names) from None
         request_id, model = f"chatcmpl-{request_id_of(request)}", self.settings.served_model_name
         if parsed.stream:
             events = self.chat_events(request_id, model, job, parsed, arrival)

@@ -3,12 +3,17 @@
 import math
 from dataclasses import dataclass
 
+#: Temperatures below this sample greedily (vLLM's rule too): logits / 1e-39 overflows float32 to
+#: +-inf, and an argmax over several +inf is the first of them, not the most likely token.
+GREEDY_BELOW_TEMPERATURE = 1e-5
+
 
 @dataclass
 class SamplingParams:
     """How to pick each next token of one request (names follow vLLM's).
 
-    temperature: 0.0 means greedy (argmax); larger values flatten the distribution.
+    temperature: 0.0 means greedy (argmax), and so does any value below GREEDY_BELOW_TEMPERATURE;
+                 larger values flatten the distribution.
     top_k:       keep only the k most likely tokens; -1 (or 0) keeps all.
     top_p:       keep the smallest set of tokens whose probability mass reaches top_p (1.0 keeps all).
     seed:        per-request random seed in [0, 2**64): the same seed gives the same tokens, whatever
@@ -44,7 +49,7 @@ class SamplingParams:
 
     @property
     def is_greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < GREEDY_BELOW_TEMPERATURE
 
 
 def _is_int(value) -> bool:

@@ -314,3 +314,87 @@ def test_a_step_failing_before_the_model_ran_leaves_no_unwritten_block_in_the_pr
     assert compute_block_hash(prompt[: manager.block_size]) not in manager.hash_to_block_id
     assert asyncio.run(run()) == expected
     assert manager.num_free_blocks == manager.num_blocks
+
+
+@pytest.mark.parametrize("temperature", [1e-39, 1e-45, 1e-300])
+def test_a_vanishing_temperature_samples_greedily(live, temperature):
+    """logits / 1e-39 overflows float32 to +-inf, and argmax over several +inf picks the first one:
+    the answer was token 0 every time. A temperature too small to divide by is greedy (vLLM too)."""
+    _, http, _ = live
+    for prompt in ("The", "hello world", "Why"):
+        greedy = ok_completion(http, prompt=prompt, max_tokens=6, temperature=0)["choices"][0]["text"]
+        tiny = ok_completion(http, prompt=prompt, max_tokens=6, temperature=temperature, seed=1)
+        assert tiny["choices"][0]["text"] == greedy
+
+
+def chat_body(**extra) -> dict:
+    return {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, **extra}
+
+
+REFUSED_FIELDS = {
+    "user not a string": ("/v1/completions", {"model": MODEL, "prompt": "hi", "user": 5}, "user"),
+    "user an object": ("/v1/chat/completions", chat_body(user={"id": 1}), "user"),
+    "message without content": ("/v1/chat/completions", chat_body(messages=[{"role": "user"}]), "messages"),
+    "message with tool_calls": ("/v1/chat/completions", chat_body(messages=[
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "", "tool_calls": [{"id": "1", "type": "function"}]}]), "messages"),
+    "message with a name": ("/v1/chat/completions",
+                            chat_body(messages=[{"role": "user", "content": "hi", "name": "bob"}]), "messages"),
+    "message with an unknown key": ("/v1/chat/completions",
+                                    chat_body(messages=[{"role": "user", "content": "hi", "foo": 1}]), "messages"),
+    "max_completion_tokens 0": ("/v1/chat/completions", chat_body(max_completion_tokens=0), "max_completion_tokens"),
+    "max_completion_tokens over the limit": ("/v1/chat/completions", chat_body(max_completion_tokens=10**6),
+                                             "max_completion_tokens"),
+    "chat prompt over the context": ("/v1/chat/completions",
+                                     chat_body(messages=[{"role": "user", "content": "word " * 400}]), "messages"),
+}
+
+
+@pytest.mark.parametrize("name", list(REFUSED_FIELDS))
+def test_fields_it_cannot_honour_are_refused_by_name(live, name):
+    """A field the server would silently drop (and so answer something else than asked) is a 400
+    naming the field the client sent; the error names the client's field, not the server's alias."""
+    _, http, _ = live
+    path, body, param = REFUSED_FIELDS[name]
+    error = error_of(http.post(path, json=body), 400)
+    assert error["param"] == param, error
+    ok_completion(http)
+
+
+@pytest.mark.parametrize("headers,status", [
+    ({"Content-Encoding": "gzip"}, 415), ({"Content-Encoding": "br"}, 415), ({"Content-Encoding": "identity"}, 200),
+    ({"Content-Type": "text/plain"}, 415), ({"Content-Type": "application/x-www-form-urlencoded"}, 415),
+    ({"Content-Type": "application/json; charset=utf-8"}, 200), ({"Content-Type": "Application/JSON"}, 200),
+])
+def test_a_body_it_cannot_read_as_json_is_refused(live, headers, status):
+    """A compressed body (or one declared as something else than JSON) is not parsed as if it were
+    plain JSON: 415 with the error object. Compression is refused rather than inflated (no zip bombs)."""
+    _, http, _ = live
+    body = json.dumps({"model": MODEL, "prompt": "hi", "max_tokens": 2}).encode()
+    response = http.post("/v1/completions", content=body, headers={"Content-Type": "application/json", **headers})
+    if status == 200:
+        assert response.status_code == 200, response.text
+    else:
+        assert error_of(response, status)["code"] == "unsupported_media_type"
+    ok_completion(http)
+
+
+def test_chat_without_max_tokens_fits_a_kv_cache_smaller_than_the_context(tiny_model_dir):
+    """With no max_tokens the chat endpoint asks for "whatever still fits": that is bounded by the
+    KV cache too, not only by the context length, else every such request is refused."""
+    from aios.engine.llm_engine import LLMEngine
+    from aios.server.app import OpenAIServer, ServerSettings
+    from aios.server.async_engine import AsyncEngine
+    from aios.server.metrics import ServerMetrics
+
+    engine = LLMEngine(str(tiny_model_dir), **{**OPTIONS, "num_kvcache_blocks": 4, "kvcache_block_size": 16})
+    async_engine = AsyncEngine(engine)
+    server = OpenAIServer(async_engine, ServerSettings(served_model_name=MODEL), ServerMetrics(async_engine))
+    prompt = engine.tokenize("hello there")
+    job = server.make_job(prompt, {}, None)
+    assert len(prompt) + job.params.max_tokens - 1 <= 4 * 16
+    assert server.model_card()["max_model_len"] == 4 * 16 + 1
+    with pytest.raises(Exception, match="context length") as refused:
+        server.make_job(prompt, {"max_tokens": 4 * 16}, None)
+    assert refused.value.status == 400
+    engine.shutdown()

@@ -183,9 +183,14 @@ class Sampler:
 
 
 def sampling_tensors(params: list, steps: list[int], device) -> dict:
-    """The keyword arguments of ``Sampler.__call__`` for a batch of SamplingParams (one per row)."""
+    """The keyword arguments of ``Sampler.__call__`` for a batch of SamplingParams (one per row).
+
+    A greedy request's temperature is sent as 0 (``SamplingParams.is_greedy`` also counts temperatures
+    too small to divide by).
+    """
     return {
-        "temperatures": torch.tensor([p.temperature for p in params], dtype=torch.float32, device=device),
+        "temperatures": torch.tensor([0.0 if p.is_greedy else p.temperature for p in params],
+                                     dtype=torch.float32, device=device),
         "top_ks": torch.tensor([p.top_k for p in params], dtype=torch.int64, device=device),
         "top_ps": torch.tensor([p.top_p for p in params], dtype=torch.float32, device=device),
         "seeds": [p.seed for p in params],

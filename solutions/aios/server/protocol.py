@@ -159,6 +159,13 @@ def _same(value, off) -> bool:
     return value == off and isinstance(value, bool) == isinstance(off, bool)
 
 
+def check_user(body: dict) -> None:
+    """``user`` (an end-user id for abuse tracking, which this server only accepts) must be a string."""
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise bad_request(f"'user' must be a string, got {user!r}", param="user")
+
+
 def check_model(body: dict, served_model_name: str) -> None:
     """The ``model`` field must name the model this server serves (404 otherwise, like OpenAI)."""
     model = body.get("model")
@@ -199,7 +206,8 @@ class GenerationRequest:
     """A checked request: one or more prompts (text or token ids) and how to stream them.
 
     ``sampling`` holds the raw sampling fields; ``sampling_params_from_request`` turns them
-    into SamplingParams once the prompt's length is known.
+    into SamplingParams once the prompt's length is known. Its errors name ``prompt`` and
+    ``max_tokens``; ``param_names`` says what the client called them (``rename_param``).
     """
 
     prompts: list[str | list[int]]
@@ -207,6 +215,8 @@ class GenerationRequest:
     include_usage: bool = False
     sampling: dict = field(default_factory=dict)
     priority: int = 0
+    #: the client's name of a field whose errors name it otherwise (chat: "prompt" -> "messages")
+    param_names: dict[str, str] = field(default_factory=dict)
 
 
 def _priority(body: dict) -> int:
@@ -230,6 +240,7 @@ def parse_completion_request(body: dict, served_model_name: str) -> GenerationRe
     a list of token ids or a list of token-id lists (one choice per prompt)."""
     check_fields(body, SERVED_FIELDS | {"prompt"}, UNSUPPORTED_COMPLETION_FIELDS)
     check_model(body, served_model_name)
+    check_user(body)
     prompt = body.get("prompt")
     if isinstance(prompt, str):
         prompts = [prompt]
@@ -260,7 +271,11 @@ def message_text(content, index: int) -> str:
 
 
 def parse_chat_messages(messages) -> list[dict]:
-    """Check ``messages`` and return them as ``[{"role": str, "content": str}, ...]``."""
+    """Check ``messages`` and return them as ``[{"role": str, "content": str}, ...]``.
+
+    A message holds exactly ``role`` and ``content``: the chat template would drop anything else
+    (``name``, ``tool_calls``, ...), answering another conversation than the one sent.
+    """
     if not isinstance(messages, list) or not messages:
         raise bad_request("'messages' must be a non-empty list of {role, content} objects", param="messages")
     checked = []
@@ -270,7 +285,13 @@ def parse_chat_messages(messages) -> list[dict]:
         if message["role"] not in ("system", "user", "assistant", "developer"):
             raise bad_request(f"messages[{i}].role {message['role']!r} is not supported "
                               "(use system, developer, user or assistant)", param="messages")
-        checked.append({"role": message["role"], "content": message_text(message.get("content", ""), i)})
+        if "content" not in message:
+            raise bad_request(f"messages[{i}] has no 'content'", param="messages")
+        extra = sorted(set(message) - {"role", "content"})
+        if extra:
+            raise bad_request(f"messages[{i}].{extra[0]} is not supported by this server (a message has "
+                              "only 'role' and 'content')", param="messages", code="unsupported_parameter")
+        checked.append({"role": message["role"], "content": message_text(message["content"], i)})
     return checked
 
 
@@ -281,13 +302,25 @@ def parse_chat_request(body: dict, served_model_name: str) -> tuple[list[dict], 
     """
     check_fields(body, SERVED_FIELDS | {"messages", "max_completion_tokens"}, UNSUPPORTED_CHAT_FIELDS)
     check_model(body, served_model_name)
+    check_user(body)
     messages = parse_chat_messages(body.get("messages"))
     stream, include_usage = _stream_flags(body)
     sampling = {k: body[k] for k in ("max_tokens", "temperature", "top_p", "top_k", "seed", "ignore_eos")
                 if k in body}
+    param_names = {"prompt": "messages"}
     if body.get("max_completion_tokens") is not None:
         sampling["max_tokens"] = body["max_completion_tokens"]
-    return messages, GenerationRequest([], stream, include_usage, sampling, _priority(body))
+        param_names["max_tokens"] = "max_completion_tokens"
+    return messages, GenerationRequest([], stream, include_usage, sampling, _priority(body), param_names)
+
+
+def rename_param(error: APIError, param_names: dict[str, str]) -> APIError:
+    """``error`` naming the field as the client sent it (``'max_tokens'`` -> ``'max_completion_tokens'``)."""
+    name = param_names.get(error.param)
+    if name is not None:
+        error.message = error.message.replace(f"'{error.param}'", f"'{name}'")
+        error.param = name
+    return error
 
 
 # ---------------------------------------------------------------- sampling
@@ -373,7 +406,7 @@ _SERVED_SCHEMA = {
     "stream_options": _nullable({"type": "object", "properties": {"include_usage": {"type": "boolean"}},
                                  "additionalProperties": False}),
     "ignore_eos": _nullable({"type": "boolean"}),
-    "user": {"type": "string"},
+    "user": _nullable({"type": "string"}),
     "priority": _nullable({"type": "integer", "minimum": PRIORITY_RANGE[0], "maximum": PRIORITY_RANGE[1]}),
 }
 _TOKEN_IDS = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}
@@ -391,7 +424,8 @@ CHAT_REQUEST_SCHEMA = {
     "type": "object", "required": ["model", "messages"], "additionalProperties": False,
     "properties": {**_SERVED_SCHEMA, "max_completion_tokens": _nullable({"type": "integer", "minimum": 1}),
                    "messages": {"type": "array", "minItems": 1, "items": {
-                       "type": "object", "required": ["role", "content"], "properties": {
+                       "type": "object", "required": ["role", "content"], "additionalProperties": False,
+                       "properties": {
                            "role": {"enum": ["system", "developer", "user", "assistant"]},
                            "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": {
                                "type": "object", "required": ["type", "text"],
