@@ -129,7 +129,7 @@ class Worker:
         self.trusted_ids: dict[int, int] = {}
         self.methods: dict[str, frozenset] = {}
         self.importing: set[str] = set()
-        self.tensors: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        self.tensors = CopyCache()
         self.shared = SharedTensors()
         self.alive = True
 
@@ -140,7 +140,7 @@ class Worker:
         if not self.alive:
             raise WorkerDied("the learner worker was stopped")
         message = {"k": "req", "op": op, "a": args, "rel": self.released, "mode": _grad_mode(),
-                   "sync": self.shared.changed(), "relt": self.shared.forget()}
+                   "sync": self.shared.changed(), "relt": self.shared.forget(), "orig": self._changed_copies()}
         raw = self._pickle(message)
         self.released = []
         try:
@@ -159,6 +159,19 @@ class Worker:
         if header["k"] == "ret":
             return self.decode(header["v"], buffers)
         raise self.error(header)
+
+    def _changed_copies(self) -> list:
+        """Copies of worker tensors the test changed in place (``context.context_lens[1] = 0``):
+        their new contents, for the worker to write into the originals. The copies of the last
+        reply are held until then, so a copy changed and dropped at once counts too."""
+        changed = []
+        recent, self.tensors.recent = self.tensors.recent, []
+        for tensor in {id(t): t for t in [*self.tensors.values(), *recent]}.values():
+            origin = tensor.__dict__.get("_aios_origin")
+            if origin is not None and tensor._version != origin[1]:
+                tensor._aios_origin = (origin[0], tensor._version, origin[2])
+                changed.append((origin[0], *protocol.reduce_tensor(tensor)[1]))
+        return changed
 
     def _pickle(self, message: dict) -> bytes:
         buffer = io.BytesIO()
@@ -223,6 +236,8 @@ class Worker:
             return STOP
         if tag == "t":
             return self.trusted[int(record["id"])]
+        if tag == "tt":
+            return self.shared.own(int(record["id"]))
         if tag == "exc":
             return exception_class(str(record["module"]), str(record["name"]), list(record.get("bases", [])))
         if tag != "h":
@@ -295,6 +310,14 @@ def _grad_mode() -> int:
     return 0 if torch.is_grad_enabled() else 1
 
 
+class CopyCache(weakref.WeakValueDictionary):
+    """The copies made of worker tensors, by (key, version); ``recent``: those of the last reply."""
+
+    def __init__(self):
+        super().__init__()
+        self.recent: list = []
+
+
 class SharedTensors:
     """The test's tensors the worker holds a copy of, kept in step both ways.
 
@@ -339,6 +362,11 @@ class SharedTensors:
         """The shared tensors the test changed since the worker last saw them."""
         alive = [(entry[0](), entry[1]) for entry in list(self.entries.values())]
         return [tensor for tensor, version in alive if tensor is not None and tensor._version != version]
+
+    def own(self, tid: int):
+        """The test's tensor ``tid`` (None when it is gone)."""
+        entry = self.entries.get(tid)
+        return entry[0]() if entry is not None else None
 
     def forget(self) -> list[int]:
         dead, self.dead = self.dead, []

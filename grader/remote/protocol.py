@@ -94,13 +94,14 @@ def _dtype_name(dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def encode(value, handle, buffers: list[bytes], depth: int = 0, tensor_key=None):
+def encode(value, handle, buffers: list[bytes], depth: int = 0, tensors=None):
     """``value`` as JSON-ready data; raw bytes go to ``buffers``; ``handle(obj)`` names the rest.
 
     Only exact builtin types count as data (a ``str`` subclass is an object); every
-    tensor, subclass or not, crosses as its bytes, so its class never does. ``tensor_key(t)``
-    (optional) numbers tensor objects, so that the trusted side can give back the same copy
-    for the same unchanged tensor (``a.weight is b.weight`` for tied weights).
+    tensor, subclass or not, crosses as its bytes, so its class never does. ``tensors``
+    (the worker's ``Tensors``) numbers tensor objects, so that the trusted side can give back
+    the same copy for the same unchanged tensor (``a.weight is b.weight`` for tied weights),
+    and names the tests' own tensors (sent with their contents all the same).
     """
     kind = type(value)
     if kind in PLAIN:
@@ -109,10 +110,10 @@ def encode(value, handle, buffers: list[bytes], depth: int = 0, tensor_key=None)
     if depth > MAX_DEPTH:
         return handle(value)
     if kind in (list, tuple, set, frozenset):
-        return {"$": kind.__name__, "v": [encode(v, handle, buffers, depth + 1, tensor_key) for v in value]}
+        return {"$": kind.__name__, "v": [encode(v, handle, buffers, depth + 1, tensors) for v in value]}
     if kind is dict:
-        return {"$": "dict", "k": [encode(k, handle, buffers, depth + 1, tensor_key) for k in value],
-                "v": [encode(v, handle, buffers, depth + 1, tensor_key) for v in value.values()]}
+        return {"$": "dict", "k": [encode(k, handle, buffers, depth + 1, tensors) for k in value],
+                "v": [encode(v, handle, buffers, depth + 1, tensors) for v in value.values()]}
     if kind in (bytes, bytearray):
         buffers.append(bytes(value))
         return {"$": "bytes", "b": len(buffers) - 1}
@@ -122,12 +123,15 @@ def encode(value, handle, buffers: list[bytes], depth: int = 0, tensor_key=None)
     if torch is not None:
         if isinstance(value, torch.Tensor):
             record = _encode_tensor(torch, value, buffers)
-            if tensor_key is not None and not value.is_inference():
-                record.update(oid=tensor_key(value), ver=value._version, ptr=value.data_ptr())
+            shared = tensors.shared_id(value) if tensors is not None else None
+            if shared is not None:
+                return {"$": "tt", "id": shared, "data": record}
+            if tensors is not None and not value.is_inference():
+                record.update(oid=tensors.key(value), ver=value._version, ptr=value.data_ptr())
             extra = {k: v for k, v in getattr(value, "__dict__", {}).items()
                      if type(k) is str and not k.startswith("_")}
             if extra:
-                record["attrs"] = encode(extra, handle, buffers, depth + 1, tensor_key)
+                record["attrs"] = encode(extra, handle, buffers, depth + 1, tensors)
             return record
         if kind is torch.Size:
             return {"$": "size", "v": [int(v) for v in value]}
@@ -162,9 +166,9 @@ def decode(data, buffers: list[bytes], handle, depth: int = 0, tensors=None):
     """Rebuild a value from :func:`encode`'s output; ``handle(record)`` makes remote handles.
 
     Whatever the worker sent, the result is built only from builtin containers, plain
-    tensors and what ``handle`` returns. ``tensors`` (a weak-valued mapping) keeps the
-    copies made of numbered tensors: the same tensor, unchanged, decodes to the same copy,
-    whose ``data_ptr()`` answers the worker tensor's.
+    tensors and what ``handle`` returns. ``tensors`` (a weak-valued mapping with a list
+    ``recent``) keeps the copies made of numbered tensors: the same tensor, unchanged,
+    decodes to the same copy, whose ``data_ptr()`` answers the worker tensor's.
     """
     if type(data) in PLAIN:
         return data
@@ -184,6 +188,9 @@ def decode(data, buffers: list[bytes], handle, depth: int = 0, tensors=None):
         return bytes(buffers[int(data["b"])])
     if tag == "path":
         return pathlib.Path(str(data["v"]))
+    if tag == "tt":  # the test's own tensor (its contents, should the test have dropped it)
+        own = handle(data)
+        return own if own is not None else decode(data["data"], buffers, handle, depth + 1, tensors)
     if tag == "tensor":
         numbered = tensors is not None and "oid" in data
         tensor = _decode_numbered(data, buffers, tensors) if numbered else _decode_torch(tag, data, buffers)
@@ -218,6 +225,7 @@ def _decode_numbered(data: dict, buffers: list[bytes], tensors):
         tensor.data_ptr = lambda: ptr
         tensor._aios_origin = (key[0], tensor._version, key[1])
         tensors[key] = tensor
+    tensors.recent.append(tensor)
     return tensor
 
 

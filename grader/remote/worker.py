@@ -110,6 +110,10 @@ def _qualname(obj) -> str:
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__name__)}"
 
 
+def _raw(tensor) -> bytes:
+    return protocol.reduce_tensor(tensor)[1][0]
+
+
 def _printed(out: io.StringIO, err: io.StringIO) -> dict:
     """What learner code printed during a request (the end of it), for the test's own output."""
     return {"out": protocol.clip(out.getvalue(), PRINTED_LIMIT), "err": protocol.clip(err.getvalue(), PRINTED_LIMIT)}
@@ -122,6 +126,100 @@ def _learner_frames(tb):
     return tb
 
 
+class Tensors:
+    """The worker's book of tensors that cross the wire.
+
+    * Its own tensors get a number (``key``) when sent, so that the tests can give them
+      back: a copy the test did not change stands for the original (``original``), and
+      what the test changed in its copy is written into the original (``update_original``).
+    * The tests' tensors (``shared``) are copied in once and kept in step: learner code
+      writing into them in place is reported back (``changed_shared``), and a shared tensor
+      learner code returns goes back as the test's own tensor (``shared_id``).
+    """
+
+    def __init__(self):
+        self.serials: dict[int, tuple] = {}  # id(tensor) -> (weakref, key)
+        self.by_key: dict[int, weakref.ref] = {}
+        self.next_key = 1
+        self.shared: dict[int, list] = {}  # test tensor id -> [our copy, version, bytes] when last synced
+        self.shared_ids: dict[int, tuple] = {}  # id(our copy) -> (our copy, test tensor id)
+        self.touched: set[int] = set()  # shared tensors named by the current request
+
+    def key(self, tensor) -> int:
+        """A number for this tensor object, the same as long as it lives."""
+        entry = self.serials.get(id(tensor))
+        if entry is None or entry[0]() is not tensor:
+            oid, key = id(tensor), self.next_key
+            self.next_key += 1
+
+            def forget(_, oid=oid, key=key):
+                self.by_key.pop(key, None)
+                if self.serials.get(oid, (None, None))[1] == key:
+                    del self.serials[oid]
+
+            entry = (weakref.ref(tensor, forget), key)
+            self.serials[oid], self.by_key[key] = entry, entry[0]
+        return entry[1]
+
+    def numbered(self, key: int):
+        ref = self.by_key.get(key)
+        return ref() if ref is not None else None
+
+    def original(self, kind: str, key: int, fallback: list):
+        """The tensor the test's copy was made of ("ts"), or the same view of it ("tv")."""
+        original = self.numbered(key)
+        if kind == "tv":
+            (base_shape, shape, stride, offset), fallback = fallback[0], fallback[1:]
+            if original is not None and list(original.shape) == base_shape and original.is_contiguous():
+                return original.as_strided(shape, stride, original.storage_offset() + offset)
+            original = None
+        return original if original is not None else protocol.rebuild_tensor(*fallback)
+
+    def update_original(self, key: int, contents: list) -> None:
+        """Write what the test changed in its copy of tensor ``key`` into the tensor itself."""
+        original, fresh = self.numbered(key), protocol.rebuild_tensor(*contents)
+        if original is not None and original.shape == fresh.shape and original.dtype == fresh.dtype:
+            with sys.modules["torch"].no_grad():
+                original.copy_(fresh)
+
+    def shared_tensor(self, tid: int, fallback: list):
+        """Our copy of the test's tensor ``tid``, updated in place when new bytes came with it."""
+        self.touched.add(tid)
+        entry = self.shared.get(tid)
+        if not fallback:
+            return entry[0]
+        fresh = protocol.rebuild_tensor(*fallback)
+        if entry is not None and entry[0].shape == fresh.shape and entry[0].dtype == fresh.dtype:
+            with sys.modules["torch"].no_grad():
+                entry[0].copy_(fresh)
+            fresh = entry[0]
+        self.shared[tid] = [fresh, fresh._version, fallback[0]]
+        self.shared_ids[id(fresh)] = (fresh, tid)
+        return fresh
+
+    def shared_id(self, tensor) -> int | None:
+        """The test's id for ``tensor`` when it is our copy of a test tensor."""
+        entry = self.shared_ids.get(id(tensor))
+        return entry[1] if entry is not None and entry[0] is tensor else None
+
+    def forget_shared(self, tids) -> None:
+        for tid in tids:
+            entry = self.shared.pop(tid, None)
+            if entry is not None:
+                self.shared_ids.pop(id(entry[0]), None)
+
+    def changed_shared(self) -> list:
+        """[[test tensor id, our copy], ...] for the shared tensors learner code changed."""
+        changed = []
+        for tid, entry in self.shared.items():
+            # A Triton kernel writes without bumping the version: compare the bytes of those named.
+            if entry[0]._version != entry[1] or tid in self.touched and _raw(entry[0]) != entry[2]:
+                entry[1], entry[2] = entry[0]._version, _raw(entry[0])
+                changed.append([tid, entry[0]])
+        self.touched.clear()
+        return changed
+
+
 class Worker:
     """The handle table and the request loop of one worker process."""
 
@@ -132,9 +230,7 @@ class Worker:
         self.sent: dict[int, int] = {}
         self.types_sent: set[int] = set()
         self.next_id = 1
-        self.tensor_serials: dict[int, tuple] = {}
-        self.tensors_by_key: dict[int, weakref.ref] = {}
-        self.shared: dict[int, list] = {}  # the test's tensors: id -> [our copy, its version last synced]
+        self.tensors = Tensors()
 
     # ------------------------------------------------------------ values out
 
@@ -182,22 +278,6 @@ class Worker:
                     names.add(name)
         return sorted(names)
 
-    def tensor_key(self, tensor) -> int:
-        """A number for this tensor object, the same as long as it lives."""
-        entry = self.tensor_serials.get(id(tensor))
-        if entry is None or entry[0]() is not tensor:
-            oid, serial = id(tensor), self.next_id
-            self.next_id += 1
-
-            def forget(_, oid=oid, serial=serial):
-                self.tensors_by_key.pop(serial, None)
-                if self.tensor_serials.get(oid, (None, None))[1] == serial:
-                    del self.tensor_serials[oid]
-
-            entry = (weakref.ref(tensor, forget), serial)
-            self.tensor_serials[oid], self.tensors_by_key[serial] = entry, entry[0]
-        return entry[1]
-
     def release(self, pairs) -> None:
         """Forget handles the trusted side no longer holds (``(id, times it was received)`` pairs)."""
         for hid, count in pairs:
@@ -209,50 +289,19 @@ class Worker:
 
     def hold(self, key: int) -> None:
         """Answer with a handle to a numbered tensor itself (not a copy), to set attributes on it."""
-        ref = self.tensors_by_key.get(key)
-        tensor = ref() if ref is not None else None
+        tensor = self.tensors.numbered(key)
         if tensor is None:
             self.reply_error(LookupError("that tensor no longer exists in the learner worker"))
         else:
             protocol.send(self.sock, {"k": "ret", "v": self.handle(tensor)})
 
-    def original_tensor(self, kind: str, key: int, fallback: list):
-        """The tensor the test's copy was made of ("ts"), or the same view of it ("tv")."""
-        ref = self.tensors_by_key.get(key)
-        original = ref() if ref is not None else None
-        if kind == "tv":
-            (base_shape, shape, stride, offset), fallback = fallback[0], fallback[1:]
-            if original is not None and list(original.shape) == base_shape and original.is_contiguous():
-                return original.as_strided(shape, stride, original.storage_offset() + offset)
-            original = None
-        return original if original is not None else protocol.rebuild_tensor(*fallback)
-
-    def shared_tensor(self, tid: int, fallback: list):
-        """Our copy of the test's tensor ``tid``, updated in place when new bytes came with it."""
-        entry = self.shared.get(tid)
-        if not fallback:
-            return entry[0]
-        fresh = protocol.rebuild_tensor(*fallback)
-        if entry is not None and entry[0].shape == fresh.shape and entry[0].dtype == fresh.dtype:
-            torch = sys.modules["torch"]
-            with torch.no_grad():
-                entry[0].copy_(fresh)
-            fresh = entry[0]
-        self.shared[tid] = [fresh, fresh._version]
-        return fresh
-
     def write_backs(self, buffers: list[bytes]):
         """The test's tensors that learner code changed in place, as [[id, contents], ...]."""
-        changed = []
-        for tid, entry in self.shared.items():
-            if entry[0]._version != entry[1]:
-                entry[1] = entry[0]._version
-                changed.append([tid, entry[0]])
-        return protocol.encode(changed, self.handle, buffers)
+        return protocol.encode(self.tensors.changed_shared(), self.handle, buffers)
 
     def reply(self, value, printed: dict) -> None:
         buffers: list[bytes] = []
-        data = protocol.encode(value, self.handle, buffers, tensor_key=self.tensor_key)
+        data = protocol.encode(value, self.handle, buffers, tensors=self.tensors)
         protocol.send(self.sock, {"k": "ret", "v": data, "wb": self.write_backs(buffers), **printed}, buffers)
 
     def reply_error(self, exc: BaseException, printed: dict | None = None) -> None:
@@ -276,9 +325,9 @@ class Worker:
             def persistent_load(self, pid):
                 kind, ident, *fallback = pid
                 if kind == "tt":
-                    return worker.shared_tensor(ident, fallback)
+                    return worker.tensors.shared_tensor(ident, fallback)
                 if kind in ("ts", "tv"):
-                    return worker.original_tensor(kind, ident, fallback)
+                    return worker.tensors.original(kind, ident, fallback)
                 return worker.objects[ident] if kind == "h" else TrustedProxy(ident)
 
         return Unpickler(io.BytesIO(raw)).load()
@@ -300,8 +349,9 @@ class Worker:
                     return message
                 raise protocol.WireError(f"unexpected {message['k']!r} message")
             self.release(message.get("rel", ()))
-            for tid in message.get("relt", ()):
-                self.shared.pop(tid, None)
+            self.tensors.forget_shared(message.get("relt", ()))
+            for key, *contents in message.get("orig", ()):
+                self.tensors.update_original(key, contents)
             if message["op"] == "exit":
                 return None
             if message["op"] == "hold":
@@ -373,7 +423,7 @@ class Worker:
     def callback(self, tid: int, op: str, name: str, args: tuple, kwargs: dict):
         """Ask the trusted side to use one of its values; serve nested requests meanwhile."""
         buffers: list[bytes] = []
-        data = protocol.encode([list(args), kwargs], self.handle, buffers, tensor_key=self.tensor_key)
+        data = protocol.encode([list(args), kwargs], self.handle, buffers, tensors=self.tensors)
         protocol.send(self.sock, {"k": "cb", "id": tid, "op": op, "name": name, "v": data}, buffers)
         reply = self.serve(until_reply=True)
         if reply["k"] == "ret":
