@@ -289,3 +289,72 @@ def test_lesson_points_rule():
     assert classroom.lesson_points(10, 6, 7) == 8
     assert classroom.lesson_points(20, 2, 5) == 8
     assert classroom.lesson_points(10, 0, 0) == 0
+
+
+SCORING_CURRICULUM = """
+[defaults]
+test_timeout = 10
+
+[[lesson]]
+id = 0
+title = "Outcomes"
+status = "ready"
+prerequisites = []
+points = 12
+timeout = 60
+
+[[lesson]]
+id = 1
+title = "Only a GPU test"
+status = "ready"
+prerequisites = []
+points = 10
+timeout = 60
+"""
+
+SCORING_TESTS = {
+    "tests/lesson00/test_outcomes.py": '''
+        import pytest
+        from aios.good import add
+
+        def test_passes():
+            assert add(1, 1) == 2
+
+        def test_learner_xfails():
+            pytest.xfail("not done yet")
+
+        @pytest.mark.xfail(reason="the test itself expects a failure")
+        def test_xpasses():
+            assert add(1, 1) == 2
+
+        def test_learner_skips():
+            pytest.skip("nothing to see here")
+
+        @pytest.mark.skipif(True, reason="needs a CUDA GPU")
+        def test_declared_skip():
+            assert False
+        ''',
+    "tests/lesson01/test_gpu_only.py": '''
+        import pytest
+
+        @pytest.mark.skip(reason="needs a CUDA GPU")
+        def test_on_a_gpu():
+            pass
+        ''',
+}
+
+
+def test_only_passed_counts_and_only_declared_skips_are_excused(tmp_path, capsys):
+    """xfail, xpass and a skip raised at run time fail; a skip the markers declared is not counted."""
+    course = write_files(tmp_path / "course", {"grader/curriculum.toml": SCORING_CURRICULUM, "conftest.py": CONFTEST,
+                                               **SCORING_TESTS})
+    learner = make_learner(tmp_path / "learner")
+    out = tmp_path / "grade.json"
+    code, _, _ = autograde(course, capsys, "--impl", str(learner), "--json", str(out))
+    assert code == 0
+    outcomes_, gpu_only = json.loads(out.read_text())["lessons"]
+    assert outcomes(outcomes_) == {"test_passes": "passed", "test_learner_xfails": "xfailed",
+                                   "test_xpasses": "xpassed", "test_learner_skips": "skipped",
+                                   "test_declared_skip": "skipped"}
+    assert (outcomes_["tests_passed"], outcomes_["tests_counted"], outcomes_["score"]) == (1, 4, 3)
+    assert (gpu_only["tests_counted"], gpu_only["score"]) == (0, 0)  # nothing counted: no points
