@@ -8,8 +8,10 @@ lesson's visible then hidden suite through the grader's runner (``grader/runner.
 same per-test timeouts and crash handling as ``grade``), stopping at the first failure.
 Both suites go in one pytest process (visible files first) unless two of their files would
 import under the same module name (``selfcheck.batches``): one interpreter start-up, torch
-imported once. A mutant is *killed* when a test fails, errors, times out or crashes; it
-*survived* when every test that ran passed.
+imported once. A mutant is *killed* when a test fails, errors, times out or crashes, and that
+test passes on the unmutated reference (checked once per killing test: see Control); it
+*survived* when every test that ran passed; it is *inconclusive* when its killing test
+fails on the reference as well.
 
 ``--sample K --seed S`` runs K mutants per lesson, chosen with seed S (CI runs a rotating
 sample; the seed is printed so that a run can be repeated). ``--record`` writes the figures
@@ -27,6 +29,7 @@ import random
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -47,6 +50,7 @@ class Outcome:
     killed: bool
     killer: str = ""
     message: str = ""
+    inconclusive: bool = False  # the killing test fails on the unmutated reference too
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -97,6 +101,43 @@ def grade_mutant(curriculum: cur.Curriculum, mutant: Mutant, scratch: Path) -> O
     finally:
         shutil.rmtree(tree, ignore_errors=True)
     outcome.seconds = round(time.monotonic() - started, 1)
+    return outcome
+
+
+class Control:
+    """Whether a killing test passes on the unmutated reference (one run per test, remembered).
+
+    A kill counts only when the test that failed on the mutant passes on the reference through
+    the same runner: a test broken for another reason (an environment problem, a suite being
+    edited) would otherwise "kill" every mutant it meets.
+    """
+
+    def __init__(self, curriculum: cur.Curriculum):
+        self.curriculum = curriculum
+        self.verdicts: dict[str, str] = {}
+        self.lock = threading.Lock()
+
+    def failure(self, lesson_id: int, nodeid: str) -> str:
+        """'' when ``nodeid`` passes on the reference, else what went wrong there."""
+        with self.lock:
+            if nodeid not in self.verdicts:
+                lesson = self.curriculum.get(lesson_id)
+                reference = str(self.curriculum.root / "solutions")
+                run = run_pytest(self.curriculum.root, [nodeid], impl=reference, test_timeout=lesson.test_timeout,
+                                 run_timeout=lesson.timeout, extra_args=["-p", "no:randomly"])
+                bad = [t for t in run.collect_errors + run.tests if not t.ok]
+                self.verdicts[nodeid] = ("" if run.tests and not bad else
+                                         f"{bad[0].outcome}: {_first_line(bad[0].message)}" if bad else "not collected")
+            return self.verdicts[nodeid]
+
+
+def confirm(outcome: Outcome, control: Control) -> Outcome:
+    """Void a kill whose test also fails on the reference (the outcome is then inconclusive)."""
+    if outcome.killed and "::" in outcome.killer:
+        problem = control.failure(outcome.lesson, outcome.killer)
+        if problem:
+            outcome.killed, outcome.inconclusive = False, True
+            outcome.message = f"{outcome.killer} fails on the reference too ({problem})"
     return outcome
 
 
@@ -173,9 +214,12 @@ def run(args, curriculum: cur.Curriculum) -> int:
     print(f"mutants: {len(mutants)} of {len(catalogue)} catalogued; repeat with: {command_line(args)}", flush=True)
     with tempfile.TemporaryDirectory(prefix="aios-mutants-") as scratch:
 
+        control = Control(curriculum)
+
         def one(mutant: Mutant) -> Outcome:
-            outcome = grade_mutant(curriculum, mutant, Path(scratch))
-            verdict = f"killed by {outcome.killer}: {outcome.message[:90]}" if outcome.killed else "SURVIVED"
+            outcome = confirm(grade_mutant(curriculum, mutant, Path(scratch)), control)
+            verdict = (f"killed by {outcome.killer}: {outcome.message[:90]}" if outcome.killed else
+                       f"INCONCLUSIVE: {outcome.message[:150]}" if outcome.inconclusive else "SURVIVED")
             print(f"{outcome.key:<50} {verdict} ({outcome.seconds:.0f} s)", flush=True)
             return outcome
 
@@ -199,11 +243,15 @@ def summary(outcomes: list[Outcome]) -> None:
     """Killed/total per lesson (with the survivors) and overall."""
     for lesson in sorted({o.lesson for o in outcomes}):
         mine = [o for o in outcomes if o.lesson == lesson]
-        survivors = [o.key.split("/", 1)[1] for o in mine if not o.killed]
+        survivors = [o.key.split("/", 1)[1] for o in mine if not o.killed and not o.inconclusive]
+        unsure = [o.key.split("/", 1)[1] for o in mine if o.inconclusive]
         extra = f"; survived: {', '.join(survivors)}" if survivors else ""
+        extra += f"; inconclusive (killing test fails on the reference): {', '.join(unsure)}" if unsure else ""
         print(f"lesson {lesson:2d}: {sum(o.killed for o in mine)}/{len(mine)} killed{extra}")
     seconds = sum(o.seconds for o in outcomes)
-    print(f"mutants: {sum(o.killed for o in outcomes)} killed, {sum(not o.killed for o in outcomes)} survived "
+    print(f"mutants: {sum(o.killed for o in outcomes)} killed, "
+          f"{sum(not o.killed and not o.inconclusive for o in outcomes)} survived, "
+          f"{sum(o.inconclusive for o in outcomes)} inconclusive "
           f"({seconds:.0f} s of grading)")
 
 
@@ -219,7 +267,8 @@ def record(path: Path, outcomes: list[Outcome], lessons: list[int], command: str
         mine = [o for o in outcomes if o.lesson == lesson]
         entries[str(lesson)] = {
             "date": today, "command": command, "mutants": len(mine), "killed": sum(o.killed for o in mine),
-            "survived": [o.key for o in mine if not o.killed], "seconds": round(sum(o.seconds for o in mine)),
+            "survived": [o.key for o in mine if not o.killed and not o.inconclusive],
+            "inconclusive": [o.key for o in mine if o.inconclusive], "seconds": round(sum(o.seconds for o in mine)),
         }
     data["lessons"] = dict(sorted(entries.items(), key=lambda kv: int(kv[0])))
     path.parent.mkdir(parents=True, exist_ok=True)

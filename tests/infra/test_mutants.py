@@ -143,6 +143,18 @@ def test_runner_reports_the_killer_and_the_survivor(tmp_path, capsys):
     entry = json.loads(results.read_text())["lessons"]["1"]
     assert entry["mutants"] == 2 and entry["killed"] == 1 and entry["survived"] == ["lesson01/shift"]
     assert not list((tmp_path / "scratch").iterdir()), "the planted trees are removed"
+    control = mutants_run.Control(curriculum)
+    assert mutants_run.confirm(killed, control).killed  # its killing test passes on the reference
+
+
+def test_a_kill_by_a_test_that_fails_on_the_reference_is_inconclusive(tmp_path):
+    broken = {"tests/lesson01/test_broken.py": "def test_broken():\n    assert False\n"}
+    root = write_files(tmp_path / "repo", {**SYNTHETIC, **broken})
+    curriculum = cur.load(root)
+    outcome = mutants_run.grade_mutant(curriculum, SURVIVOR, tmp_path / "scratch")
+    assert outcome.killed and outcome.killer == "tests/lesson01/test_broken.py::test_broken"
+    outcome = mutants_run.confirm(outcome, mutants_run.Control(curriculum))
+    assert not outcome.killed and outcome.inconclusive and "fails on the reference too" in outcome.message
 
 
 def test_sample_is_one_per_lesson_and_repeats_with_its_seed():

@@ -15,6 +15,7 @@ def models(tiny_model_dir):
     return hf, load_qwen3(tiny_model_dir, dtype=torch.float32), AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
+@pytest.mark.hint(5)
 @pytest.mark.parametrize("prompt", ["Hello world", "The quick brown fox", "<|im_start|>user\nHi<|im_end|>\n"])
 def test_generate_no_cache_matches_hf(models, prompt):
     """generate_no_cache yields the same greedy tokens as hf_greedy_generate and model.generate."""
@@ -28,6 +29,7 @@ def test_generate_no_cache_matches_hf(models, prompt):
     assert got == expected
 
 
+@pytest.mark.hint(5)
 def test_generate_no_cache_stops_at_eos(models):
     """Generation stops right after eos_token_id, which is included in the result."""
     _, ours, tokenizer = models

@@ -44,6 +44,7 @@ def untied_model_dir(tmp_path_factory):
     return make_model("tiny", tmp_path_factory.mktemp("l03") / "tiny-untied", tie_word_embeddings=False)
 
 
+@pytest.mark.hint(4)
 @pytest.mark.parametrize("text", PROMPTS)
 def test_logits_match_hf_tied(tiny_model_dir, text):
     """load_qwen3 + our forward give transformers' logits (fp32, atol 1e-4) on a tied checkpoint."""
@@ -52,6 +53,7 @@ def test_logits_match_hf_tied(tiny_model_dir, text):
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.hint(4)
 @pytest.mark.parametrize("text", PROMPTS[:2])
 def test_logits_match_hf_untied(untied_model_dir, text):
     """With tie_word_embeddings=False the checkpoint's own lm_head.weight is loaded: logits still match."""
@@ -60,6 +62,7 @@ def test_logits_match_hf_untied(untied_model_dir, text):
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.hint(4)
 def test_load_weights_fills_every_parameter(untied_model_dir):
     """After load_weights every parameter holds its checkpoint tensor (none left at its initial value)."""
     model = Qwen3ForCausalLM(load_model_config(untied_model_dir))
@@ -84,6 +87,7 @@ def doctored_checkpoint(source, target, edit):
     return target
 
 
+@pytest.mark.hint(4)
 def test_missing_tensor_is_named(tiny_model_dir, tmp_path):
     """A checkpoint without one tensor raises CheckpointMismatchError naming that parameter."""
     missing = "model.layers.1.mlp.up_proj.weight"
@@ -93,6 +97,7 @@ def test_missing_tensor_is_named(tiny_model_dir, tmp_path):
         load_weights(model, broken)
 
 
+@pytest.mark.hint(4)
 def test_extra_tensor_is_named(tiny_model_dir, tmp_path):
     """A checkpoint tensor the model has no place for raises CheckpointMismatchError naming it."""
     extra = "model.layers.0.self_attn.rotary_extra.weight"

@@ -48,6 +48,7 @@ def capture_io(hf_model, module, input_ids):
     return seen["input"][0], seen["output"][0]
 
 
+@pytest.mark.hint(1)
 @pytest.mark.parametrize("layer", [0, 1])
 def test_qwen3_mlp_matches_hf(hf_model, config, input_ids, layer):
     """Qwen3MLP.forward gives transformers' MLP output for the same input and weights."""
@@ -59,6 +60,7 @@ def test_qwen3_mlp_matches_hf(hf_model, config, input_ids, layer):
         torch.testing.assert_close(ours(x), expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.hint(2)
 @pytest.mark.parametrize("layer", [0, 1])
 def test_qwen3_attention_matches_hf(hf_model, config, input_ids, layer):
     """Qwen3Attention.forward (projections, q/k norm, RoPE, causal GQA, o_proj) matches transformers."""
@@ -72,6 +74,7 @@ def test_qwen3_attention_matches_hf(hf_model, config, input_ids, layer):
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.hint(3)
 @pytest.mark.parametrize("layer", [0, 1])
 def test_decoder_layer_matches_hf(hf_model, config, input_ids, layer):
     """Qwen3DecoderLayer (unfused) returns (transformers' layer output, None)."""
@@ -85,6 +88,7 @@ def test_decoder_layer_matches_hf(hf_model, config, input_ids, layer):
     torch.testing.assert_close(hidden, expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.hint(1)
 def test_model_final_hidden_states_match_hf(hf_model, config, input_ids):
     """Qwen3Model.forward: embed, every layer, final norm, equal to transformers' last_hidden_state."""
     ours = Qwen3ForCausalLM(config)

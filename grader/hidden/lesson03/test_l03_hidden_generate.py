@@ -4,6 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from aios.fixtures import make_model
 from aios.generate import generate_no_cache
 from aios.utils.loader import load_qwen3
 
@@ -14,6 +15,7 @@ def small(small_model_dir):
     return hf, load_qwen3(small_model_dir, dtype=torch.float32), AutoTokenizer.from_pretrained(small_model_dir)
 
 
+@pytest.mark.hint(5)
 def test_small_preset_generation_matches_hf_generate(small):
     """On the small preset (GQA 8:4, untied) greedy tokens equal model.generate(do_sample=False)."""
     hf, ours, tokenizer = small
@@ -25,6 +27,7 @@ def test_small_preset_generation_matches_hf_generate(small):
     assert got == expected
 
 
+@pytest.mark.hint(5)
 def test_generate_no_cache_edges(small):
     """max_new_tokens=0 gives []; the prompt list is left unchanged; results are plain ints."""
     _, ours, tokenizer = small
@@ -36,6 +39,7 @@ def test_generate_no_cache_edges(small):
     assert len(out) == 3 and all(type(t) is int for t in out)
 
 
+@pytest.mark.hint(5)
 def test_each_step_feeds_the_whole_sequence(small):
     """Step k's token is the argmax of the last position over prompt + the k tokens before it."""
     _, ours, tokenizer = small
@@ -46,3 +50,16 @@ def test_each_step_feeds_the_whole_sequence(small):
         with torch.no_grad():
             scores = ours.compute_logits(ours(seq, torch.arange(len(seq)))[-1:])
         assert int(scores.argmax()) == out[step], f"step {step}"
+
+
+@pytest.mark.hint(5)
+def test_generation_may_fill_the_whole_context(tmp_path_factory):
+    """Positions run 0 .. len - 1, so a forward over exactly max_position_embeddings tokens works."""
+    model_dir = make_model("tiny", tmp_path_factory.mktemp("l03") / "tiny-ctx24", seed=3, max_position_embeddings=24)
+    ours = load_qwen3(model_dir, dtype=torch.float32)
+    prompt = list(range(10, 30))
+    out = generate_no_cache(ours, prompt, max_new_tokens=5)  # the last step runs on 24 tokens
+    assert len(out) == 5
+    with torch.no_grad():
+        last = ours.compute_logits(ours(torch.tensor(prompt + out[:4]), torch.arange(24))[-1:])
+    assert int(last.argmax()) == out[4]

@@ -38,6 +38,7 @@ def logits(model, ids):
         return model.compute_logits(model(torch.tensor(ids), torch.arange(len(ids))))
 
 
+@pytest.mark.hint(4)
 def test_sharded_checkpoint_loads_every_file(tiny_model_dir, tmp_path):
     """Weights split over three safetensors files load to the same model as the single-file checkpoint."""
     tensors = checkpoint_tensors(tiny_model_dir)
@@ -48,6 +49,7 @@ def test_sharded_checkpoint_loads_every_file(tiny_model_dir, tmp_path):
     torch.testing.assert_close(logits(load_qwen3(sharded), ids), logits(load_qwen3(tiny_model_dir), ids), atol=0, rtol=0)
 
 
+@pytest.mark.hint(4)
 def test_tied_checkpoint_that_also_stores_lm_head(tiny_model_dir, tmp_path):
     """A tied checkpoint that also stores lm_head.weight loads without error; the head stays the embedding."""
     tensors = checkpoint_tensors(tiny_model_dir)
@@ -59,6 +61,7 @@ def test_tied_checkpoint_that_also_stores_lm_head(tiny_model_dir, tmp_path):
     torch.testing.assert_close(model.model.embed_tokens.weight.detach(), tensors["model.embed_tokens.weight"])
 
 
+@pytest.mark.hint(4)
 def test_all_missing_and_extra_tensors_are_named(tiny_model_dir, tmp_path):
     """One error lists every missing parameter and every unexpected tensor, not only the first."""
     tensors = checkpoint_tensors(tiny_model_dir)
@@ -74,6 +77,7 @@ def test_all_missing_and_extra_tensors_are_named(tiny_model_dir, tmp_path):
         assert name in str(info.value), f"the error should name {name}"
 
 
+@pytest.mark.hint(4)
 def test_wrong_shape_is_an_error_naming_the_tensor(tiny_model_dir, tmp_path):
     """A tensor of the wrong shape is refused with an error naming it (never silently broadcast)."""
     tensors = checkpoint_tensors(tiny_model_dir)
@@ -84,6 +88,7 @@ def test_wrong_shape_is_an_error_naming_the_tensor(tiny_model_dir, tmp_path):
         load_weights(Qwen3ForCausalLM(load_model_config(broken)), broken)
 
 
+@pytest.mark.hint(4)
 def test_directory_without_weights_is_file_not_found(tiny_model_dir, tmp_path):
     """config.json but no *.safetensors file: FileNotFoundError, not an empty or half-loaded model."""
     empty = tmp_path / "no-weights"
@@ -92,6 +97,7 @@ def test_directory_without_weights_is_file_not_found(tiny_model_dir, tmp_path):
         load_weights(Qwen3ForCausalLM(load_model_config(empty)), empty)
 
 
+@pytest.mark.hint(4)
 def test_load_qwen3_bfloat16_converts_every_parameter(tiny_model_dir):
     """load_qwen3(dtype=torch.bfloat16) holds every parameter in bfloat16, each the rounded checkpoint tensor."""
     model = load_qwen3(tiny_model_dir, dtype=torch.bfloat16)
