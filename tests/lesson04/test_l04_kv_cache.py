@@ -17,6 +17,7 @@ def random_qkv(tokens: int, seed: int = 0):
             torch.randn(tokens, 2, 16, generator=g))
 
 
+@pytest.mark.hint(2)
 def test_growing_cache_attends_over_everything_seen():
     """GrowingKVCache.attend: new queries see every cached key plus their own, like full causal attention."""
     q, k, v = random_qkv(9)
@@ -30,6 +31,7 @@ def test_growing_cache_attends_over_everything_seen():
         start = end
 
 
+@pytest.mark.hint(2)
 def test_growing_cache_keeps_layers_apart():
     """GrowingKVCache keeps one K/V history per layer: layer 1's tokens never leak into layer 0."""
     q0, k0, v0 = random_qkv(6, seed=1)
@@ -64,6 +66,7 @@ def test_every_step_logits_equal_the_no_cache_logits(tiny_model, recording, rand
         assert generated[step] == int(logits.argmax())
 
 
+@pytest.mark.hint(4)
 def test_prefill_once_then_one_token_per_decode_step(tiny_model, recording, random_prompt):
     """The first forward is the whole prompt; every later forward feeds one token at its absolute position."""
     prompt = random_prompt(11, seed=5)
@@ -77,6 +80,7 @@ def test_prefill_once_then_one_token_per_decode_step(tiny_model, recording, rand
         assert positions == [11 + i]
 
 
+@pytest.mark.hint(5)
 def test_stops_after_the_eos_token(tiny_model, random_prompt):
     """generation stops right after eos_token_id and includes it."""
     prompt = random_prompt(9, seed=6)

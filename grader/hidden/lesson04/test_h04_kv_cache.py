@@ -30,6 +30,7 @@ def test_step_logits_match_transformers(tiny_model, recording, random_prompt, hf
         torch.testing.assert_close(logits, hf_logits[len(prompt) - 1 + step], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.hint(3)
 def test_token_by_token_attention_equals_full_attention():
     """GrowingKVCache fed one token at a time from empty (no prefill) still equals causal attention."""
     g = torch.Generator().manual_seed(3)
@@ -41,6 +42,7 @@ def test_token_by_token_attention_equals_full_attention():
         torch.testing.assert_close(out, expected[i : i + 1], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.hint(5)
 def test_one_new_token_needs_only_the_prefill(tiny_model, recording, random_prompt):
     """max_new_tokens=1 runs the model once (the prefill) and returns one token."""
     prompt = random_prompt(8, seed=12)
@@ -49,6 +51,7 @@ def test_one_new_token_needs_only_the_prefill(tiny_model, recording, random_prom
     assert len(model.calls) == 1 and got == generate_no_cache(tiny_model, prompt, 1)
 
 
+@pytest.mark.hint(4)
 def test_no_token_is_computed_twice(tiny_model, recording, random_prompt):
     """Across all steps the model is fed prompt + new - 1 tokens: nothing is recomputed."""
     prompt = random_prompt(30, seed=13)
@@ -68,6 +71,7 @@ def test_long_prompt_matches_no_cache(tiny_model, random_prompt):
     )
 
 
+@pytest.mark.hint(5)
 def test_eos_as_the_first_token_stops_at_once(tiny_model, recording, random_prompt):
     """When the very first generated token is the EOS, the result is just [eos] after one forward."""
     prompt = random_prompt(10, seed=15)
