@@ -73,7 +73,7 @@ def test_transformers_and_the_reference_engine_give_the_same_greedy_tokens(hf_mo
     from aios import LLM, SamplingParams
 
     model, tok = hf_model
-    llm = LLM(str(trained_model()), device="cpu", dtype="float32", max_model_len=256)
+    llm = LLM(str(trained_model()), device="cpu", dtype="float32", max_model_len=256, num_kvcache_blocks=64)
     ours = llm.generate([list(ids) for ids in prompts],
                         SamplingParams(temperature=0.0, max_tokens=16), use_tqdm=False)
     for ids, out in zip(prompts, ours):
