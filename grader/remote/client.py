@@ -89,6 +89,8 @@ def _trusted_only(obj) -> bool:
     """Whether ``obj`` must stay here (the worker gets a callback handle): test code, lambdas, locals."""
     if isinstance(obj, (types.GeneratorType, types.CoroutineType)):
         return True
+    if type(obj).__module__.startswith("transformers.") and isinstance(obj, _module_type()):
+        return True  # a Hugging Face model: its code may be refused in the worker; it runs here
     target = obj if isinstance(obj, (type, types.FunctionType, types.MethodType)) else type(obj)
     if isinstance(obj, types.MethodType):
         return _trusted_only(obj.__self__) or _trusted_only(obj.__func__)
@@ -168,8 +170,8 @@ class Worker:
         recent, self.tensors.recent = self.tensors.recent, []
         for tensor in {id(t): t for t in [*self.tensors.values(), *recent]}.values():
             origin = tensor.__dict__.get("_aios_origin")
-            if origin is not None and tensor._version != origin[1]:
-                tensor._aios_origin = (origin[0], tensor._version, origin[2])
+            if origin is not None and protocol.version(tensor) != origin[1]:
+                tensor._aios_origin = (origin[0], protocol.version(tensor), origin[2])
                 changed.append((origin[0], *protocol.reduce_tensor(tensor)[1]))
         return changed
 
@@ -353,15 +355,15 @@ class SharedTensors:
         """The persistent id naming ``tensor``: with its bytes when the worker's copy is not current."""
         tid = self._id(tensor)
         entry = self.entries[tid]
-        if entry[1] == tensor._version:
+        if entry[1] == protocol.version(tensor) != -1:  # an inference tensor keeps no version: always sent
             return ("tt", tid)
-        entry[1] = tensor._version
+        entry[1] = protocol.version(tensor)
         return ("tt", tid, *protocol.reduce_tensor(tensor)[1])
 
     def changed(self) -> list:
         """The shared tensors the test changed since the worker last saw them."""
         alive = [(entry[0](), entry[1]) for entry in list(self.entries.values())]
-        return [tensor for tensor, version in alive if tensor is not None and tensor._version != version]
+        return [tensor for tensor, version in alive if tensor is not None and protocol.version(tensor) != version]
 
     def own(self, tid: int):
         """The test's tensor ``tid`` (None when it is gone)."""
@@ -382,7 +384,7 @@ class SharedTensors:
 
         with torch.inference_mode() if tensor.is_inference() else torch.no_grad():
             tensor.copy_(value)
-        entry[1] = tensor._version
+        entry[1] = protocol.version(tensor)
 
 
 class Pickler(pickle.Pickler):
@@ -410,7 +412,7 @@ class Pickler(pickle.Pickler):
         base = tensor._base if tensor._base is not None else tensor
         origin = base.__dict__.get("_aios_origin")
         if origin is None or self.worker.tensors.get((origin[0], origin[2])) is not base \
-                or base._version != origin[1]:
+                or protocol.version(base) != origin[1]:
             return self.worker.shared.reference(tensor)
         # A copy of a worker tensor, unchanged here: the worker uses its original (a
         # Parameter a weight_loader must fill in place), or these bytes if it is gone.
@@ -422,6 +424,11 @@ class Pickler(pickle.Pickler):
 
 
 _PLAIN_FAST = (type(None), bool, int, float, str, bytes, list, tuple, dict)
+
+
+def _module_type():
+    torch = sys.modules.get("torch")
+    return torch.nn.Module if torch is not None else ()
 
 
 def _tensor_type():

@@ -81,6 +81,11 @@ def recv(sock: socket.socket) -> tuple[dict, list[bytes]]:
     return header, buffers
 
 
+def version(tensor) -> int:
+    """The tensor's in-place write counter (-1 for an inference tensor, which keeps none)."""
+    return -1 if tensor.is_inference() else tensor._version
+
+
 def clip(text: str, limit: int = MAX_MESSAGE) -> str:
     """``text`` cut to ``limit`` characters (the end kept, where tracebacks say the most)."""
     text = str(text)
@@ -127,7 +132,7 @@ def encode(value, handle, buffers: list[bytes], depth: int = 0, tensors=None):
             if shared is not None:
                 return {"$": "tt", "id": shared, "data": record}
             if tensors is not None and not value.is_inference():
-                record.update(oid=tensors.key(value), ver=value._version, ptr=value.data_ptr())
+                record.update(oid=tensors.key(value), ver=version(value), ptr=value.data_ptr())
             extra = {k: v for k, v in getattr(value, "__dict__", {}).items()
                      if type(k) is str and not k.startswith("_")}
             if extra:
@@ -223,7 +228,7 @@ def _decode_numbered(data: dict, buffers: list[bytes], tensors):
         tensor = _decode_torch("tensor", data, buffers)
         ptr = int(data["ptr"])
         tensor.data_ptr = lambda: ptr
-        tensor._aios_origin = (key[0], tensor._version, key[1])
+        tensor._aios_origin = (key[0], version(tensor), key[1])
         tensors[key] = tensor
     tensors.recent.append(tensor)
     return tensor

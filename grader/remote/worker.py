@@ -193,7 +193,7 @@ class Tensors:
             with sys.modules["torch"].no_grad():
                 entry[0].copy_(fresh)
             fresh = entry[0]
-        self.shared[tid] = [fresh, fresh._version, fallback[0]]
+        self.shared[tid] = [fresh, protocol.version(fresh), fallback[0]]
         self.shared_ids[id(fresh)] = (fresh, tid)
         return fresh
 
@@ -213,8 +213,8 @@ class Tensors:
         changed = []
         for tid, entry in self.shared.items():
             # A Triton kernel writes without bumping the version: compare the bytes of those named.
-            if entry[0]._version != entry[1] or tid in self.touched and _raw(entry[0]) != entry[2]:
-                entry[1], entry[2] = entry[0]._version, _raw(entry[0])
+            if protocol.version(entry[0]) != entry[1] or tid in self.touched and _raw(entry[0]) != entry[2]:
+                entry[1], entry[2] = protocol.version(entry[0]), _raw(entry[0])
                 changed.append([tid, entry[0]])
         self.touched.clear()
         return changed
@@ -343,7 +343,13 @@ class Worker:
     def serve(self, until_reply: bool = False):
         """Answer requests; with ``until_reply``, return the first reply (to a callback)."""
         while True:
-            message = self.receive()
+            try:
+                message = self.receive()
+            except protocol.WireError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a request whose arguments cannot be rebuilt here
+                self.reply_error(exc)
+                continue
             if message["k"] != "req":
                 if until_reply:
                     return message
