@@ -189,9 +189,12 @@ def run_serve(args: argparse.Namespace) -> int:
         raise CliError(f"{args.model} is not a folder; make a checkpoint with `python -m aios make-model tiny DIR`")
     options = {name: getattr(args, name) for name in SERVE_ENGINE_OPTIONS if getattr(args, name) is not None}
     name = args.served_model_name or args.model.resolve().name
-    settings = ServerSettings(served_model_name=name, api_keys=_api_keys(args), max_body_bytes=args.max_body_bytes,
-                              max_tokens_limit=args.max_tokens_limit, body_timeout=args.client_timeout,
-                              shutdown_timeout=args.shutdown_timeout)
+    try:
+        settings = ServerSettings(served_model_name=name, api_keys=_api_keys(args),
+                                  max_body_bytes=args.max_body_bytes, max_tokens_limit=args.max_tokens_limit,
+                                  body_timeout=args.client_timeout, shutdown_timeout=args.shutdown_timeout)
+    except ValueError as exc:  # --client-timeout sets body_timeout
+        raise CliError(f"{exc} (--client-timeout, --shutdown-timeout, --max-body-bytes, --max-tokens-limit)") from exc
     if args.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_keys:
         print(f"warning: serving on {args.host} without --api-key: anyone who can reach it may use it", file=sys.stderr)
     try:

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -72,6 +73,18 @@ class ServerSettings:
     max_tokens_limit: int | None = None
     body_timeout: float = 30.0
     shutdown_timeout: float = 30.0
+
+    def __post_init__(self):
+        problems = [f"{name} must be a positive number of seconds, got {value!r}"
+                    for name, value in (("body_timeout", self.body_timeout), ("shutdown_timeout", self.shutdown_timeout))
+                    if not (isinstance(value, (int, float)) and 0 < value < math.inf)]
+        if not isinstance(self.max_body_bytes, int) or self.max_body_bytes < 1:
+            problems.append(f"max_body_bytes must be >= 1, got {self.max_body_bytes!r}")
+        if self.max_tokens_limit is not None and (not isinstance(self.max_tokens_limit, int)
+                                                  or self.max_tokens_limit < 1):
+            problems.append(f"max_tokens_limit must be None (the context length) or >= 1, got {self.max_tokens_limit!r}")
+        if problems:
+            raise ValueError("Invalid server settings: " + "; ".join(problems))
 
     def all_keys(self) -> list[APIKey]:
         return ([APIKey(self.api_key, "api-key")] if self.api_key else []) + list(self.api_keys)

@@ -398,3 +398,16 @@ def test_chat_without_max_tokens_fits_a_kv_cache_smaller_than_the_context(tiny_m
         server.make_job(prompt, {"max_tokens": 4 * 16}, None)
     assert refused.value.status == 400
     engine.shutdown()
+
+
+@pytest.mark.parametrize("option,value", [("--client-timeout", "-1"), ("--client-timeout", "nan"),
+                                          ("--shutdown-timeout", "-3"), ("--shutdown-timeout", "inf"),
+                                          ("--max-body-bytes", "0"), ("--max-tokens-limit", "-5")])
+def test_serve_refuses_settings_that_would_refuse_every_client(tiny_model_dir, capsys, option, value):
+    """A negative client timeout closed every connection at once; --max-tokens-limit -5 made every
+    request a 400. Such settings are the operator's mistake: refused at start, before the model loads."""
+    from aios.cli import main
+
+    assert main(["serve", "--model", str(tiny_model_dir), "--port", "0", option, value]) == 2
+    assert option.removeprefix("--").replace("-", "_").replace("client_timeout", "body_timeout") \
+        in capsys.readouterr().err
