@@ -75,14 +75,15 @@ class ServerSettings:
     shutdown_timeout: float = 30.0
 
     def __post_init__(self):
-        problems = [f"{name} must be a positive number of seconds, got {value!r}"
-                    for name, value in (("body_timeout", self.body_timeout), ("shutdown_timeout", self.shutdown_timeout))
+        timeouts = {"body_timeout": self.body_timeout, "shutdown_timeout": self.shutdown_timeout}
+        problems = [f"{name} must be a positive number of seconds, got {value!r}" for name, value in timeouts.items()
                     if not (isinstance(value, (int, float)) and 0 < value < math.inf)]
         if not isinstance(self.max_body_bytes, int) or self.max_body_bytes < 1:
             problems.append(f"max_body_bytes must be >= 1, got {self.max_body_bytes!r}")
         if self.max_tokens_limit is not None and (not isinstance(self.max_tokens_limit, int)
                                                   or self.max_tokens_limit < 1):
-            problems.append(f"max_tokens_limit must be None (the context length) or >= 1, got {self.max_tokens_limit!r}")
+            problems.append(f"max_tokens_limit must be None (the context length) or >= 1, "
+                            f"got {self.max_tokens_limit!r}")
         if problems:
             raise ValueError("Invalid server settings: " + "; ".join(problems))
 
@@ -238,6 +239,9 @@ class OpenAIServer:
         self.max_model_len = self.engine.max_request_len  # the context, or the KV cache if that is smaller
         self.max_tokens_limit = settings.max_tokens_limit or self.max_model_len - 1
         self.created = int(time.time())
+        #: the tokenizer's special tokens ("<|im_start|>", ...): chat messages may not contain them
+        added = getattr(self.tokenizer, "added_tokens_decoder", {}).values()
+        self.control_tokens = sorted(token.content for token in added if token.special and token.content)
         self.draining = False
         self.loop: asyncio.AbstractEventLoop | None = None  # the server's event loop, once started
 
@@ -276,9 +280,18 @@ class OpenAIServer:
         return Job(token_ids, params, priority)
 
     def chat_prompt(self, messages: list[dict]) -> str:
-        """The checkpoint's chat template applied to ``messages``, ending with the assistant's turn."""
+        """The checkpoint's chat template applied to ``messages``, ending with the assistant's turn.
+
+        The result is tokenized with its special tokens parsed, so a message may not contain one:
+        "<|im_end|>" in a user's text would end their turn and let them write the system's.
+        """
         if not getattr(self.tokenizer, "chat_template", None):
             raise bad_request("this model has no chat template; use /v1/completions", param="messages")
+        for i, message in enumerate(messages):
+            forged = next((token for token in self.control_tokens if token in message["content"]), None)
+            if forged is not None:
+                raise bad_request(f"messages[{i}].content contains the control token {forged!r}, which only "
+                                  "the chat template may write", param="messages")
         try:
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         except Exception as exc:  # noqa: BLE001 - a template error is the request's fault
