@@ -7,6 +7,7 @@
     nox -s tests               # every visible suite + tests/infra against the reference
     nox -s stubgen             # regenerate aios/ from solutions/aios/ (-- --check to only compare)
     nox -s env                 # which Python the sessions run with, and what it lacks
+    nox -s docs                # the course website into site/, checked in headless Chromium (requirements-docs.txt)
     nox -s mutants             # maintainers: every catalogued bug fails its lesson's tests (docs/mutants.md)
 
 Environment choice: sessions run in a Python environment that already holds the pinned
@@ -221,6 +222,22 @@ def env(session: nox.Session) -> None:
                    else "lacks " + "; ".join(map(str, lacking)))
         session.log(f"{python}: {verdict}")
     session.log(f"sessions run with {shared_env(session)}")
+
+
+@nox.session(venv_backend="none")
+def docs(session: nox.Session) -> None:
+    """The course website: mkdocs build --strict into site/, then tests/docs in headless Chromium (-- --no-test: build only)."""
+    python = shared_env(session)
+    requirements = read_requirements(ROOT / "requirements-docs.txt")
+    lacking = unmet(requirements, probe(python, requirements).versions)
+    if lacking:
+        session.error(f"{python} lacks " + "; ".join(map(str, lacking)) +
+                      f"; install them with: {python} -m pip install -r requirements-docs.txt")
+    quiet = {"NO_MKDOCS_2_WARNING": "1"}  # Material's notice of its end of life (May 2027), on every build
+    session.run(python, "-m", "mkdocs", "build", "--strict", external=True, env=quiet)
+    if "--no-test" not in session.posargs:
+        session.run(python, "-m", "pytest", "tests/docs", "-q", "-p", "no:cacheprovider", *session.posargs,
+                    external=True, env={**quiet, "AIOS_DOCS_SITE": str(ROOT / "site")})
 
 
 def _lesson_session(command: str, lesson: int, doc: str):

@@ -67,8 +67,7 @@ def base_url(site):
 
 @pytest.fixture(scope="session")
 def browser():
-    """Headless Chromium driven by Playwright (each page opens in a fresh context: in a shared one,
-    the search of a second page never answers)."""
+    """Headless Chromium driven by Playwright."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install -r requirements-docs.txt")
     executable = chromium_path()
     if executable is None:
