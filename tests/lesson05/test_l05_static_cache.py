@@ -1,5 +1,6 @@
 """Lesson 5: the pre-allocated KV cache and RMSNorm fused with the residual add."""
 
+import pytest
 import torch
 
 from aios.engine.kv_cache import GrowingKVCache, StaticKVCache
@@ -36,6 +37,7 @@ class WatchedCache:
         return out
 
 
+@pytest.mark.hint(1)
 def test_static_cache_is_allocated_up_front():
     """StaticKVCache.__init__ allocates K and V as [layers, max_len, kv_heads, head_dim] in the given dtype."""
     cache = StaticKVCache(num_layers=3, max_len=20, num_kv_heads=2, head_dim=8, dtype=torch.float64, device="cpu")
@@ -45,6 +47,7 @@ def test_static_cache_is_allocated_up_front():
     assert cache.k.data_ptr() != cache.v.data_ptr(), "K and V need storage of their own"
 
 
+@pytest.mark.hint(2)
 def test_static_cache_writes_each_token_at_its_position():
     """StaticKVCache.attend writes K/V rows at context.positions and attends over positions 0..last."""
     q, k, v = random_qkv(7)
@@ -60,6 +63,7 @@ def test_static_cache_writes_each_token_at_its_position():
     torch.testing.assert_close(cache.v[1], untouched[1], msg="layer 1 was never written")
 
 
+@pytest.mark.hint(1)
 def test_cache_storage_is_allocated_once(fused_model, random_prompt):
     """Generating with a StaticKVCache keeps the same K/V tensors, same size, from the first step to the last."""
     cache = StaticKVCache.for_model(fused_model, 64)
@@ -93,6 +97,7 @@ def test_outputs_identical_to_lesson_4(tiny_model, fused_model, recording, rando
         torch.testing.assert_close(new, old, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.hint(3)
 def test_add_rms_norm_equals_add_then_rms_norm():
     """add_rms_norm(x, residual) returns (rms_norm(x + residual), x + residual)."""
     g = torch.Generator().manual_seed(5)
@@ -102,6 +107,7 @@ def test_add_rms_norm_equals_add_then_rms_norm():
     torch.testing.assert_close(normed, rms_norm(x + residual, weight, 1e-6), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.hint(4)
 def test_fused_model_logits_equal_unfused(tiny_model, fused_model, random_prompt, no_cache_logits):
     """With the residual add fused into RMSNorm, the model's logits at every position are unchanged."""
     tokens = random_prompt(48, seed=6)
