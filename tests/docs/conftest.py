@@ -28,9 +28,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 
 def chromium_path() -> str | None:
     """The Chromium binary to drive: ``$AIOS_CHROMIUM``, else the first found on PATH."""
-    if os.environ.get("AIOS_CHROMIUM"):
-        return os.environ["AIOS_CHROMIUM"]
-    return next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+    names = [os.environ["AIOS_CHROMIUM"]] if os.environ.get("AIOS_CHROMIUM") else ["chromium", "chromium-browser", "google-chrome"]
+    return next(filter(None, map(shutil.which, names)), None)
 
 
 @pytest.fixture(scope="session")
