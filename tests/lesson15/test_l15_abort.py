@@ -2,6 +2,8 @@
 
 from types import SimpleNamespace
 
+import pytest
+
 from aios.engine.block_manager import BlockManager
 from aios.engine.scheduler import Scheduler
 from aios.engine.sequence import Sequence, SequenceStatus
@@ -20,6 +22,7 @@ def seq(n_tokens, first=1):
     return Sequence(list(range(first, first + n_tokens)), SamplingParams(temperature=0, max_tokens=8), BLOCK)
 
 
+@pytest.mark.hint(2)
 def test_abort_running_sequence_frees_its_blocks():
     """Aborting a running sequence removes it from `running`, frees all its blocks, marks it FINISHED/'abort'."""
     scheduler, manager = make_scheduler()
@@ -37,6 +40,7 @@ def test_abort_running_sequence_frees_its_blocks():
     assert manager.num_free_blocks == free_before + 3 == manager.num_blocks - used_by_b
 
 
+@pytest.mark.hint(2)
 def test_abort_waiting_sequence():
     """Aborting a waiting sequence removes it from `waiting`; the others are untouched."""
     scheduler, manager = make_scheduler()
@@ -49,6 +53,7 @@ def test_abort_waiting_sequence():
     assert manager.num_free_blocks == manager.num_blocks
 
 
+@pytest.mark.hint(2)
 def test_abort_unknown_or_finished_returns_none():
     """abort() of an id that is not waiting or running returns None and changes nothing."""
     scheduler, manager = make_scheduler()

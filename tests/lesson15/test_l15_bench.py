@@ -3,9 +3,12 @@
 import asyncio
 import math
 
+import pytest
+
 from aios.server.bench import BenchConfig, RequestRecord, run_benchmark, summarize
 
 
+@pytest.mark.hint(7)
 def test_summarize_small_example():
     """TTFT, TPOT = (latency - ttft) / (tokens - 1), throughput and counts for two hand-made requests."""
     records = [
@@ -25,6 +28,7 @@ def test_summarize_small_example():
     assert math.isclose(summary["e2e_p50_ms"], 750.0)
 
 
+@pytest.mark.hint(6)
 def test_bench_against_live_server(server):
     """A short bench run completes every request with output_len tokens and sane latency percentiles."""
     config = BenchConfig(base_url=server.base_url, model=server.model, num_prompts=6, max_concurrency=3,

@@ -13,6 +13,7 @@ def tokenizer(tiny_model_dir):
     return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
+@pytest.mark.hint(4)
 @pytest.mark.parametrize("text", TEXTS)
 def test_pieces_concatenate_to_decode(tokenizer, text):
     """Feeding tokens one at a time, the pieces plus finish() equal decode(all tokens)."""
@@ -23,6 +24,7 @@ def test_pieces_concatenate_to_decode(tokenizer, text):
     assert "".join(pieces) == tokenizer.decode(ids, skip_special_tokens=True) == text
 
 
+@pytest.mark.hint(4)
 def test_never_emits_half_a_character(tokenizer):
     """A multi-byte character split over several tokens is held back until it is whole (no '\\ufffd' in pieces)."""
     text = "日本語🙂"
@@ -34,6 +36,7 @@ def test_never_emits_half_a_character(tokenizer):
     assert "".join(pieces) + detok.finish() == text
 
 
+@pytest.mark.hint(4)
 def test_several_tokens_per_step(tokenizer):
     """step() accepts any number of new tokens at once (a step can bring more than one)."""
     ids = tokenizer.encode(TEXTS[1])

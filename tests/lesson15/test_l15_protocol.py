@@ -13,6 +13,7 @@ def params(sampling, prompt_len=10, max_model_len=100, limit=50, default=16) -> 
     return sampling_params_from_request(sampling, prompt_len, max_model_len, limit, default)
 
 
+@pytest.mark.hint(3)
 def test_fields_map_to_sampling_params():
     """temperature, top_p, top_k, seed, ignore_eos and max_tokens are copied into SamplingParams."""
     sp = params({"temperature": 0.5, "top_p": 0.9, "top_k": 7, "seed": 3, "ignore_eos": True, "max_tokens": 20})
@@ -20,6 +21,7 @@ def test_fields_map_to_sampling_params():
     assert (sp.temperature, sp.top_p, sp.top_k, sp.seed, sp.ignore_eos, sp.max_tokens) == (0.5, 0.9, 7, 3, True, 20)
 
 
+@pytest.mark.hint(3)
 def test_missing_and_null_fields_get_openai_defaults():
     """A missing or null field means OpenAI's default: temperature 1, top_p 1, no top-k, no seed, max_tokens default."""
     for sampling in ({}, {"temperature": None, "top_p": None, "seed": None, "max_tokens": None}):
@@ -28,6 +30,7 @@ def test_missing_and_null_fields_get_openai_defaults():
                                                                                                False, 16)
 
 
+@pytest.mark.hint(3)
 def test_no_default_max_tokens_means_what_still_fits():
     """default_max_tokens=None (chat) gives max_model_len - prompt_len, capped by the server's limit."""
     assert params({}, prompt_len=90, max_model_len=100, limit=50, default=None).max_tokens == 10
@@ -43,6 +46,7 @@ def test_no_default_max_tokens_means_what_still_fits():
     ({"temperature": "hot"}, "temperature"),
     ({"top_k": -3}, "top_k"),
 ])
+@pytest.mark.hint(3)
 def test_invalid_values_are_400_naming_the_field(sampling, param):
     """A bad sampling value is an APIError with status 400 whose ``param`` names the field."""
     with pytest.raises(APIError) as info:
@@ -52,6 +56,7 @@ def test_invalid_values_are_400_naming_the_field(sampling, param):
     assert info.value.body()["error"]["type"] == "invalid_request_error"
 
 
+@pytest.mark.hint(3)
 def test_prompt_plus_max_tokens_over_context_is_400():
     """prompt + max_tokens > max_model_len is refused with code context_length_exceeded."""
     with pytest.raises(APIError) as info:

@@ -13,6 +13,7 @@ import pytest
 PROMPT = "The quick brown fox"
 
 
+@pytest.mark.hint(6)
 def test_completion(server, client):
     """POST /v1/completions returns text, finish_reason 'length' and usage with the right token counts."""
     result = client.completions.create(model=server.model, prompt=PROMPT, max_tokens=12, temperature=0,
@@ -25,6 +26,7 @@ def test_completion(server, client):
     assert result.usage.total_tokens == result.usage.prompt_tokens + 12
 
 
+@pytest.mark.hint(6)
 def test_streamed_chunks_reassemble_to_the_completion(server, client):
     """stream=True: the chunks' text concatenated equals the non-streamed text, and the last chunk says why it ended."""
     whole = client.completions.create(model=server.model, prompt=PROMPT, max_tokens=20, temperature=0,
@@ -40,6 +42,7 @@ def test_streamed_chunks_reassemble_to_the_completion(server, client):
     assert chunks[-1].usage.completion_tokens == 20
 
 
+@pytest.mark.hint(6)
 def test_chat_completion_and_stream(server, client):
     """/v1/chat/completions answers an assistant message; streamed deltas add up to the same content."""
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}]
@@ -58,6 +61,7 @@ def test_chat_completion_and_stream(server, client):
     assert deltas[-1].choices[0].finish_reason == "length"
 
 
+@pytest.mark.hint(3)
 def test_bad_sampling_values_are_400_and_server_keeps_serving(server, client):
     """Invalid temperature, top_p or max_tokens get a 400 naming the field; the next request still works."""
     for fields, param in (({"temperature": -1}, "temperature"), ({"top_p": 2}, "top_p"),
@@ -70,6 +74,7 @@ def test_bad_sampling_values_are_400_and_server_keeps_serving(server, client):
     assert ok.choices[0].finish_reason in ("length", "stop")
 
 
+@pytest.mark.hint(3)
 def test_prompt_longer_than_context_is_400(server, client):
     """A prompt that leaves no room in max_model_len is a 400 with code context_length_exceeded."""
     too_long = [5] * server.engine.config.max_model_len
@@ -89,6 +94,7 @@ def wait_until_idle(server, timeout=15.0):
     return False
 
 
+@pytest.mark.hint(2)
 def test_disconnect_cancels_request_and_frees_blocks(server, client, monkeypatch):
     """Closing a stream mid-way aborts the request: its KV blocks return and the abort is counted."""
     assert wait_until_idle(server), "the server should start this test idle"
@@ -116,6 +122,7 @@ def test_disconnect_cancels_request_and_frees_blocks(server, client, monkeypatch
     assert server.metric("aios_requests_finished_total", finish_reason="abort") == aborted_before + 1
 
 
+@pytest.mark.hint(6)
 def test_32_concurrent_streams_all_complete(server):
     """32 concurrent streaming clients each get exactly max_tokens tokens, and the same text as a plain request."""
     prompts = [f"Request number {i}: tell me about {word}" for i, word in

@@ -23,6 +23,7 @@ def stream_pieces(tokenizer, ids, chunk_sizes):
     return pieces, detok.finish(), detok
 
 
+@pytest.mark.hint(4)
 def test_random_token_sequences_reassemble(tokenizer):
     """Any token ids (byte tokens, special tokens, invalid UTF-8) in any chunking: pieces + finish() == decode(ids)."""
 
@@ -36,6 +37,7 @@ def test_random_token_sequences_reassemble(tokenizer):
     check()
 
 
+@pytest.mark.hint(4)
 def test_pieces_never_end_in_a_partial_character(tokenizer):
     """No piece returned by step() ends with the replacement character of a half-received UTF-8 sequence."""
     ids = tokenizer.encode("Ünïcödé ✓ ✓ 🙂 日本 and ascii")
@@ -44,6 +46,7 @@ def test_pieces_never_end_in_a_partial_character(tokenizer):
     assert "".join(pieces) + rest == "Ünïcödé ✓ ✓ 🙂 日本 and ascii"
 
 
+@pytest.mark.hint(4)
 def test_special_tokens_are_skipped(tokenizer):
     """The end-of-sequence token adds no text (skip_special_tokens)."""
     ids = tokenizer.encode("done") + [tokenizer.eos_token_id]
@@ -51,14 +54,19 @@ def test_special_tokens_are_skipped(tokenizer):
     assert "".join(pieces) + rest == "done"
 
 
+@pytest.mark.hint(4)
 def test_decode_window_stays_short(tokenizer):
     """On plain ASCII text the re-decoded window stays a few tokens long (not the whole sequence)."""
     ids = tokenizer.encode("the cat sat on the mat " * 20)
-    _, _, detok = stream_pieces(tokenizer, ids[:-1], [1])
+    detok = IncrementalDetokenizer(tokenizer)
+    for token_id in ids:  # step() only: finish() moves both offsets to the end anyway
+        detok.step([token_id])
+    assert detok.read_offset == len(ids)
     assert detok.read_offset - detok.prefix_offset <= 4
     assert detok.prefix_offset > len(ids) // 2
 
 
+@pytest.mark.hint(4)
 def test_finish_twice_gives_nothing_more(tokenizer):
     """finish() emits the held-back tail once; a second call returns ''."""
     ids = tokenizer.encode("ab🙂")[:-1]  # cut the emoji: its bytes never complete

@@ -39,6 +39,7 @@ async def collect(async_engine, token_ids, params):
     return outputs
 
 
+@pytest.mark.hint(6)
 def test_concurrent_requests_get_their_own_tokens(tiny_model_dir, offline_texts):
     """Four concurrent generate() calls each receive exactly the tokens the offline engine produces for them."""
     engine = LLMEngine(str(tiny_model_dir), **OPTIONS)
@@ -57,6 +58,7 @@ def test_concurrent_requests_get_their_own_tokens(tiny_model_dir, offline_texts)
     assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
 
 
+@pytest.mark.hint(2)
 def test_abort_of_a_waiting_request(tiny_model_dir):
     """With room for one sequence, a second request waits; closing it early removes it and it never runs."""
     engine = LLMEngine(str(tiny_model_dir), **{**OPTIONS, "max_num_seqs": 1})
@@ -84,6 +86,7 @@ def test_abort_of_a_waiting_request(tiny_model_dir):
     assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
 
 
+@pytest.mark.hint(5)
 def test_request_stream_put_wakes_the_event_loop_from_another_thread():
     """RequestStream.put called from a plain thread delivers the output to an awaiting coroutine promptly."""
 

@@ -20,11 +20,14 @@ def params(sampling, prompt_len=10, max_model_len=100, limit=50, default=16):
     ({"temperature": math.inf}, "temperature"),
     ({"temperature": math.nan}, "temperature"),
     ({"top_k": 2.5}, "top_k"),
+    ({"top_k": True}, "top_k"),
+    ({"seed": False}, "seed"),
     ({"seed": "7"}, "seed"),
     ({"seed": -1}, "seed"),
     ({"ignore_eos": "yes"}, "ignore_eos"),
     ({"top_p": -0.1}, "top_p"),
 ])
+@pytest.mark.hint(3)
 def test_wrong_types_and_ranges_are_400(sampling, param):
     """Booleans are not numbers, floats are not integers, inf/nan are refused: 400 naming the field."""
     with pytest.raises(APIError) as info:
@@ -32,6 +35,7 @@ def test_wrong_types_and_ranges_are_400(sampling, param):
     assert info.value.status == 400 and info.value.param == param
 
 
+@pytest.mark.hint(3)
 def test_greedy_and_limits_at_the_edge():
     """temperature 0 is greedy; max_tokens equal to the limit and filling the context exactly are accepted."""
     sp = params({"temperature": 0, "max_tokens": 50})
@@ -41,6 +45,7 @@ def test_greedy_and_limits_at_the_edge():
         params({"max_tokens": 11}, prompt_len=90, max_model_len=100)
 
 
+@pytest.mark.hint(3)
 def test_default_max_tokens_must_also_fit():
     """The completions default (16) still has to fit: a prompt leaving 5 slots with no max_tokens is a 400."""
     with pytest.raises(APIError) as info:
@@ -48,6 +53,7 @@ def test_default_max_tokens_must_also_fit():
     assert info.value.code == "context_length_exceeded"
 
 
+@pytest.mark.hint(3)
 def test_error_body_is_openai_shaped():
     """APIError.body() is {'error': {'message', 'type', 'param', 'code'}}."""
     with pytest.raises(APIError) as info:

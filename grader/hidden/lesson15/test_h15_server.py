@@ -32,6 +32,7 @@ def offline(tiny_model_dir):
     return llm.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=16, ignore_eos=True), use_tqdm=False)
 
 
+@pytest.mark.hint(6)
 def test_server_text_equals_offline_engine(server, client, offline):
     """A greedy completion over HTTP has exactly the offline engine's text for the same prompt."""
     for prompt, expected in zip(PROMPTS, offline):
@@ -40,6 +41,7 @@ def test_server_text_equals_offline_engine(server, client, offline):
         assert result.choices[0].text == expected["text"]
 
 
+@pytest.mark.hint(6)
 def test_list_of_prompts_gives_one_choice_each(server, client, offline):
     """prompt=[p0, p1, p2] answers three choices, index i for prompt i, streamed or not."""
     result = client.completions.create(model=server.model, prompt=PROMPTS, max_tokens=16, temperature=0,
@@ -55,6 +57,7 @@ def test_list_of_prompts_gives_one_choice_each(server, client, offline):
     assert texts == [o["text"] for o in offline]
 
 
+@pytest.mark.hint(6)
 def test_token_id_prompt(server, client, offline):
     """A prompt given as token ids is the same request as its text."""
     ids = server.engine.tokenizer.encode(PROMPTS[0])
@@ -64,6 +67,7 @@ def test_token_id_prompt(server, client, offline):
     assert result.usage.prompt_tokens == len(ids)
 
 
+@pytest.mark.hint(6)
 def test_seeded_sampling_is_reproducible(server, client):
     """Two sampled requests (temperature 1) with the same seed get the same text, streamed or not."""
     kwargs = dict(model=server.model, prompt=PROMPTS[1], max_tokens=12, temperature=1.0, seed=1234,
@@ -73,6 +77,7 @@ def test_seeded_sampling_is_reproducible(server, client):
     assert first == second
 
 
+@pytest.mark.hint(6)
 def test_stop_at_eos_reports_stop(server, client):
     """Without ignore_eos a request ends with 'stop' or 'length', never 'abort', and usage matches."""
     result = client.completions.create(model=server.model, prompt=PROMPTS[2], max_tokens=200, temperature=0)
@@ -80,6 +85,7 @@ def test_stop_at_eos_reports_stop(server, client):
     assert 1 <= result.usage.completion_tokens <= 200
 
 
+@pytest.mark.hint(2)
 def test_non_streaming_client_timeout_aborts_request(server, monkeypatch):
     """A non-streamed request whose client gives up (timeout) is aborted: its blocks come back."""
     assert wait_until_idle(server)
@@ -99,6 +105,7 @@ def test_non_streaming_client_timeout_aborts_request(server, monkeypatch):
     assert server.metric("aios_requests_finished_total", finish_reason="abort") == aborted + 1
 
 
+@pytest.mark.hint(2)
 def test_many_clients_cancelling_midway(server):
     """16 streams of which every other one is cancelled after its first chunk: the rest finish, all blocks return."""
 

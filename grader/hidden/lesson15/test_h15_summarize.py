@@ -2,6 +2,8 @@
 
 import math
 
+import pytest
+
 from aios.server.bench import RequestRecord, summarize
 
 
@@ -10,6 +12,7 @@ def record(ttft, latency, tokens, times=None, prompt=4):
                          chunk_times=times or [])
 
 
+@pytest.mark.hint(7)
 def test_percentiles_interpolate():
     """p50/p90/p99 of TTFT over 11 requests with TTFT 0..100 ms are 50, 90 and 99 ms."""
     records = [record(i / 1000 * 10, 1.0, 2) for i in range(11)]
@@ -19,6 +22,7 @@ def test_percentiles_interpolate():
     assert math.isclose(summary["ttft_p99_ms"], 99.0)
 
 
+@pytest.mark.hint(7)
 def test_single_token_requests_have_no_tpot():
     """A request with one output token has no time-per-output-token; the others still count."""
     summary = summarize([record(0.1, 0.1, 1), record(0.1, 0.4, 4)], duration=1.0)
@@ -26,6 +30,7 @@ def test_single_token_requests_have_no_tpot():
     assert summary["completed"] == 2 and summary["total_output_tokens"] == 5
 
 
+@pytest.mark.hint(7)
 def test_failed_requests_do_not_count():
     """Failed requests are counted as failed and add no tokens or latencies."""
     failed = RequestRecord(ok=False, prompt_tokens=100, output_tokens=100, ttft=9.0, latency=9.0, error="boom")
@@ -36,6 +41,7 @@ def test_failed_requests_do_not_count():
     assert math.isclose(summary["total_token_throughput"], 14.0)
 
 
+@pytest.mark.hint(7)
 def test_itl_pools_gaps_of_all_requests():
     """ITL samples are the gaps between consecutive chunks, pooled over requests."""
     summary = summarize([record(0.1, 0.4, 3, [0.1, 0.2, 0.4]), record(0.3, 0.6, 2, [0.3, 0.6])], duration=1.0)
@@ -43,6 +49,7 @@ def test_itl_pools_gaps_of_all_requests():
     assert math.isclose(summary["itl_p50_ms"], 200.0)
 
 
+@pytest.mark.hint(7)
 def test_nothing_completed_gives_nan_latencies():
     """With no successful request, throughput is 0 and latency statistics are nan."""
     summary = summarize([RequestRecord(ok=False, error="x")], duration=2.0)
