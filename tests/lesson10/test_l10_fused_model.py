@@ -16,7 +16,7 @@ PROMPT = [3, 17, 42, 99, 5, 250, 7, 8, 300, 12, 64, 1]
 
 
 def logits(model, ids: list[int]) -> torch.Tensor:
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: its tensors cannot be shared with the learner worker
         hidden = model(torch.tensor(ids), torch.arange(len(ids)))
         return model.compute_logits(hidden)
 

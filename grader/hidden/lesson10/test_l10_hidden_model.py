@@ -19,7 +19,7 @@ def untied_mha_dir(tmp_path_factory):
 
 def our_logits(model_dir, **options) -> torch.Tensor:
     model = load_qwen3(model_dir, dtype=torch.float32, **options)
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: its tensors cannot be shared with the learner worker
         return model.compute_logits(model(torch.tensor(IDS), torch.arange(len(IDS))))
 
 
@@ -27,7 +27,7 @@ def our_logits(model_dir, **options) -> torch.Tensor:
 def test_fused_logits_match_transformers(untied_mha_dir):
     """The fused model's logits equal transformers' Qwen3ForCausalLM (fp32, atol 1e-4), untied lm_head, 4 KV heads."""
     hf = AutoModelForCausalLM.from_pretrained(untied_mha_dir, dtype=torch.float32).eval()
-    with torch.inference_mode():
+    with torch.no_grad():
         expected = hf(torch.tensor([IDS]), use_cache=False).logits[0]
     torch.testing.assert_close(our_logits(untied_mha_dir, fused_layers=True), expected, rtol=1e-4, atol=1e-4)
 
@@ -46,7 +46,7 @@ def test_fused_model_in_bfloat16_stays_close(tiny_model_dir):
     """In bfloat16 the fused and unfused models pick the same next token at every position."""
     fused = load_qwen3(tiny_model_dir, dtype=torch.bfloat16, fused_layers=True)
     plain = load_qwen3(tiny_model_dir, dtype=torch.bfloat16)
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: its tensors cannot be shared with the learner worker
         ids, positions = torch.tensor(IDS), torch.arange(len(IDS))
         a = fused.compute_logits(fused(ids, positions))
         b = plain.compute_logits(plain(ids, positions))
