@@ -207,6 +207,8 @@ class Worker:
                 result = len(target)
             elif op == "next":
                 result = next(target)
+            elif op == "getitem":
+                result = target[args[0]]
             else:
                 raise ValueError(f"unknown callback {op!r}")
             raw = self._pickle({"k": "ret", "v": result})
@@ -256,6 +258,10 @@ class Worker:
             proxy = Remote(self, hid, record)
             self.proxies[hid] = proxy
         object.__setattr__(proxy, "_aios_seen", proxy._aios_seen + 1)
+        if record.get("kind") == "coroutine":
+            return _awaiting(proxy)
+        if record.get("kind") == "asyncgen":
+            return _iterating(proxy)
         return proxy
 
     def trusted_id(self, obj) -> int:
@@ -637,6 +643,18 @@ for _name in ("lt", "le", "gt", "ge", "add", "sub", "mul", "truediv", "floordiv"
     setattr(Remote, f"__{_dunder}__", _operator(_name))
     if _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and_", "or_", "xor"):
         setattr(Remote, f"__r{_dunder}__", _operator(_name, reflected=True))
+
+
+async def _awaiting(coroutine: Remote):
+    """A local coroutine standing for a learner coroutine: awaiting it runs that one to its end
+    in the worker (the test's event loop waits meanwhile)."""
+    return coroutine._aios("await", coroutine)
+
+
+async def _iterating(agen: Remote):
+    """A local async generator standing for a learner one: each item is computed in the worker."""
+    while (item := agen._aios("anext", agen)) is not STOP:
+        yield item
 
 
 def _plain(value, kind: type):

@@ -11,7 +11,7 @@ Each side writes what it trusts the other to read:
   remote handles travel as pickle persistent ids.
 * worker -> trusted: JSON only, never a pickle. :func:`encode` (worker side) turns a value
   into JSON-ready data plus raw buffers; :func:`decode` (trusted side) rebuilds plain
-  values from it: None, bool, int, float, str, bytes, Path, list, tuple, dict, set, plain
+  values from it: None, bool, int, float, str, bytes, Path, slice, list, tuple, dict, set, plain
   ``torch.Tensor`` (rebuilt from raw bytes + dtype + shape), dtype, device, ``torch.Size``.
   Anything else stays in the worker and crosses as a handle id.
 
@@ -124,6 +124,11 @@ def encode(value, handle, buffers: list[bytes], depth: int = 0, tensors=None):
         return {"$": "bytes", "b": len(buffers) - 1}
     if kind in (pathlib.PosixPath, pathlib.PurePosixPath):
         return {"$": "path", "v": str(value)}
+    if kind is slice:
+        return {"$": "slice", "v": [encode(v, handle, buffers, depth + 1, tensors)
+                                    for v in (value.start, value.stop, value.step)]}
+    if value is Ellipsis:
+        return {"$": "ellipsis"}
     torch = _torch()
     if torch is not None:
         if isinstance(value, torch.Tensor):
@@ -193,6 +198,10 @@ def decode(data, buffers: list[bytes], handle, depth: int = 0, tensors=None):
         return bytes(buffers[int(data["b"])])
     if tag == "path":
         return pathlib.Path(str(data["v"]))
+    if tag == "slice":
+        return slice(*[decode(v, buffers, handle, depth + 1, tensors) for v in _list(data["v"])[:3]])
+    if tag == "ellipsis":
+        return Ellipsis
     if tag == "tt":  # the test's own tensor (its contents, should the test have dropped it)
         own = handle(data)
         return own if own is not None else decode(data["data"], buffers, handle, depth + 1, tensors)

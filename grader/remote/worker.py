@@ -97,6 +97,9 @@ class TrustedProxy:
     def __next__(self):
         return WORKER.callback(self._tid, "next", "", (), {})
 
+    def __getitem__(self, index):
+        return WORKER.callback(self._tid, "getitem", "", (index,), {})
+
     def __repr__(self):
         return f"<trusted object {self._tid}>"
 
@@ -231,6 +234,7 @@ class Worker:
         self.types_sent: set[int] = set()
         self.next_id = 1
         self.tensors = Tensors()
+        self.loop = None
 
     # ------------------------------------------------------------ values out
 
@@ -263,6 +267,10 @@ class Worker:
     def _kind(obj) -> str:
         if inspect.ismodule(obj):
             return "module"
+        if inspect.iscoroutine(obj):
+            return "coroutine"
+        if inspect.isasyncgen(obj):
+            return "asyncgen"
         if isinstance(obj, type):
             return "class"
         return "callable" if callable(obj) else "object"
@@ -403,9 +411,29 @@ class Worker:
             return self.torch_setting(args[0], args[1])
         if op == "spawn":
             return spawn(*args)
+        if op == "await":
+            return self.run_async(args[0])
+        if op == "anext":
+            return self.run_async(self._anext(args[0]))
         if op == "ping":
             return os.getpid()
         raise ValueError(f"unknown request {op!r}")
+
+    def run_async(self, awaitable):
+        """Run a learner coroutine to its end on the worker's event loop (one loop, so that an
+        async generator stays on the loop it started on)."""
+        import asyncio
+
+        if self.loop is None:
+            self.loop = asyncio.new_event_loop()
+        return self.loop.run_until_complete(awaitable)
+
+    @staticmethod
+    async def _anext(agen):
+        try:
+            return await agen.__anext__()
+        except StopAsyncIteration:
+            return STOP
 
     @staticmethod
     def operate(name: str, operands: tuple):
