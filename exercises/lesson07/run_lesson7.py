@@ -70,14 +70,17 @@ def run(model_dir: Path, max_new_tokens: int) -> None:
     block_manager = BlockManager(config.num_kvcache_blocks, config.kvcache_block_size)
     show_context(runner, block_manager, tokenizer)
 
-    prompts = [tokenizer.encode(p) for p in PROMPTS]
+    from aios.hf_baseline import chat_prompt  # lesson 2: the chat template around each question
+
+    prompts = [tokenizer.encode(chat_prompt(tokenizer, [{"role": "user", "content": p}]), add_special_tokens=False)
+               for p in PROMPTS]
     batch = generate_batch(runner, block_manager, prompts, max_new_tokens)
     model = runner.model
     alone = [generate_with_cache(model, p, max_new_tokens, StaticKVCache.for_model(model, len(p) + max_new_tokens))
              for p in prompts]
     print(f"generate_batch over {len(prompts)} prompts gives each one's tokens run alone: {batch == alone}")
     for prompt, tokens in zip(PROMPTS, batch):
-        print(f"  {prompt[:40]!r:44} -> {tokenizer.decode(tokens)[:48]!r}")
+        print(f"  {prompt[:40]!r:44} -> {tokenizer.decode(tokens, skip_special_tokens=True)[:48]!r}")
 
     print("\nThroughput of one static batch (prompts of 16-48 tokens):")
     rng = random.Random(0)
