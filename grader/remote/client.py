@@ -78,8 +78,6 @@ def exception_class(module: str, name: str, bases: list[str]) -> type:
                     and str(candidate) not in _NEVER_AS_IS and found is not Exception):
                 base = found
                 break
-        else:
-            base = Exception if "Exception" in bases else LearnerError
         cls = type(str(name).rsplit(".", 1)[-1], (base,), {"__module__": str(module), "__qualname__": str(name)})
         _EXCEPTIONS[key] = cls
     return _EXCEPTIONS[key]
@@ -511,7 +509,7 @@ class Remote:
 
     def _aios_target(self, worker: Worker | None = None) -> int:
         """This object's handle id in the current worker (re-resolved after a restart)."""
-        current = worker or SESSION.worker()
+        current = worker or _current_worker(self)
         if self._aios_worker is current:
             return self._aios_id
         fresh = self._aios_fresh
@@ -529,7 +527,7 @@ class Remote:
         return fresh._aios_target(current) if isinstance(fresh, Remote) else self._aios_id
 
     def _aios(self, op: str, *args):
-        worker = SESSION.worker()
+        worker = _current_worker(self)
         self._aios_target(worker)
         return worker.request(op, *args)
 
@@ -627,6 +625,11 @@ class Remote:
 
     def __round__(self, *digits):
         return self._aios_op("round", self, *digits)
+
+
+def _current_worker(remote: Remote) -> Worker:
+    """The session's worker (restarted when needed), or the handle's own outside a session."""
+    return SESSION.worker() if SESSION is not None else remote._aios_worker
 
 
 def _operator(name: str, reflected: bool = False):

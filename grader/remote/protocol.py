@@ -34,6 +34,7 @@ MAX_BUFFER = 16 * 2**30
 MAX_MESSAGE = 2000   # characters kept of an exception's message or traceback
 MAX_DEPTH = 64       # containers nested deeper than this cross as handles
 PLAIN = (type(None), bool, int, float, str)
+HANDLE_TAGS = ("h", "t", "exc", "stop")  # records the trusted side's handle() turns into values
 
 
 class WireError(RuntimeError):
@@ -213,7 +214,9 @@ def decode(data, buffers: list[bytes], handle, depth: int = 0, tensors=None):
         return tensor
     if tag in ("size", "dtype", "device"):
         return _decode_torch(tag, data, buffers)
-    return handle(data)
+    if tag in HANDLE_TAGS:
+        return handle(data)
+    raise WireError(f"unknown tag {tag!r} on the wire")
 
 
 def _list(value) -> list:

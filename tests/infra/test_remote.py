@@ -1,0 +1,295 @@
+"""The trust split (grader/remote/): learner code runs in a worker, verdicts are made here.
+
+Two kinds of checks on small synthetic learner trees written to tmp_path:
+
+* a worker driven directly (``client.Worker``) on a package ``learnerpkg``: what crosses
+  the wire, how exceptions map, the transformers refusal, the process tree at the end;
+* a whole graded run (``run_pytest(..., remote=True)``) on a synthetic repository whose
+  ``aios`` attacks the grader: patched pytest reports, an atexit hook writing "passed"
+  records, a look at the calling test's frame for its source.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from grader.remote import client, protocol
+from grader.runner import run_pytest
+from synthetic_repo import write_files
+
+REPO = Path(__file__).resolve().parents[2]
+
+LEARNER = {
+    "learnerpkg/__init__.py": "",
+    "learnerpkg/tricks.py": '''
+        import subprocess
+
+        import torch
+
+
+        class Rigged(torch.Tensor):
+            def __eq__(self, other):
+                return True
+
+
+        def rigged():
+            return torch.zeros(3).as_subclass(Rigged)
+
+
+        def parameter():
+            return torch.nn.Parameter(torch.ones(2))
+
+
+        class AlwaysEqual:
+            def __eq__(self, other):
+                return True
+
+            __hash__ = object.__hash__
+
+
+        class NotAScore(ValueError):
+            pass
+
+
+        def fail(kind):
+            if kind == "value":
+                raise ValueError("bad value")
+            if kind == "own":
+                raise NotAScore("own error")
+            if kind == "assert":
+                assert False, "looks like a test assertion"
+            if kind == "exit":
+                raise SystemExit(0)
+            if kind == "long":
+                raise RuntimeError("x" * 100_000)
+
+
+        def models():
+            import transformers.modeling_utils  # noqa: F401
+
+
+        def sleeper():
+            return subprocess.Popen(["sleep", "120"]).pid
+    ''',
+}
+
+
+@pytest.fixture
+def worker(tmp_path):
+    """A worker on a tree holding ``learnerpkg``, stopped at the end."""
+    tree = write_files(tmp_path / "tree", LEARNER)
+    started = client.Worker(tree, block_hf_models=True, log_path=tmp_path / "worker.log")
+    yield started
+    started.stop()
+
+
+def tricks(worker):
+    return worker.request("import", "learnerpkg.tricks")
+
+
+def call(worker, name, *args):
+    return worker.request("call", worker.request("getattr", tricks(worker), name), args, {})
+
+
+def test_a_tensor_subclass_arrives_as_a_plain_tensor(worker):
+    """A learner tensor subclass with a rigged __eq__ crosses as its values in a plain torch.Tensor."""
+    value = call(worker, "rigged")
+    assert type(value) is torch.Tensor
+    assert not torch.equal(value, torch.ones(3)) and torch.equal(value, torch.zeros(3))
+    assert type(call(worker, "parameter")) is torch.Tensor
+
+
+def test_an_object_with_its_own_eq_stays_a_handle(worker):
+    """An object whose __eq__ says True to everything is a handle here; == asks the worker for a plain bool."""
+    obj = worker.request("call", worker.request("getattr", tricks(worker), "AlwaysEqual"), (), {})
+    assert isinstance(obj, client.Remote) and type(obj) is client.Remote
+    assert (obj == 5) is True  # the learner's answer, as a bool: never a verdict by itself
+    assert obj is not 5
+
+
+def test_decode_builds_only_plain_values():
+    """Whatever the worker claims, decode gives builtin containers and plain tensors; unknown tags fail."""
+    buffers = [torch.arange(4, dtype=torch.float32).numpy().tobytes()]
+    data = {"$": "dict", "k": ["t"], "v": [{"$": "tensor", "b": 0, "dtype": "float32", "shape": [2, 2]}]}
+    value = protocol.decode(data, buffers, lambda record: pytest.fail("no handle expected"))
+    assert type(value) is dict and type(value["t"]) is torch.Tensor and value["t"].shape == (2, 2)
+    with pytest.raises(protocol.WireError):
+        protocol.decode({"$": "pickle", "v": "..."}, [], lambda record: None)
+    with pytest.raises(protocol.WireError):
+        protocol.decode({"$": "tensor", "b": 0, "dtype": "Tensor", "shape": [1]}, [b"\0" * 4], lambda r: None)
+
+
+@pytest.mark.parametrize(("kind", "expected"), [("value", ValueError), ("own", ValueError),
+                                                  ("assert", client.LearnerError), ("exit", client.LearnerError)])
+def test_exceptions_map_to_local_classes(worker, kind, expected):
+    """Builtin errors stay themselves, the learner's own subclass theirs, AssertionError/SystemExit become LearnerError."""
+    with pytest.raises(expected) as caught:
+        call(worker, "fail", kind)
+    assert not isinstance(caught.value, AssertionError)
+    if kind == "own":
+        assert type(caught.value).__name__ == "NotAScore"
+        own = worker.request("getattr", tricks(worker), "NotAScore")
+        assert own is type(caught.value), "the class read off the module is the one raised"
+
+
+def test_exception_messages_are_clipped(worker):
+    """A learner exception's message is cut to protocol.MAX_MESSAGE characters."""
+    with pytest.raises(RuntimeError) as caught:
+        call(worker, "fail", "long")
+    assert len(str(caught.value)) <= protocol.MAX_MESSAGE + 3
+
+
+def test_transformers_model_code_is_refused(worker):
+    """With block_hf_models (lessons >= 3) importing transformers' model code fails with ImportError."""
+    with pytest.raises(ImportError, match="not available when grading"):
+        call(worker, "models")
+    assert worker.alive
+
+
+def _gone(pid: int) -> bool:
+    """Whether ``pid`` no longer runs (a zombie waiting for init counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    return "\nState:\tZ" in state
+
+
+def test_the_whole_process_tree_is_gone_after_stop(worker):
+    """stop() kills the worker and what learner code started in it."""
+    child = call(worker, "sleeper")
+    pid = worker.proc.pid
+    worker.stop()
+    deadline = time.monotonic() + 10
+    while not (_gone(pid) and _gone(child)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _gone(pid) and _gone(child)
+
+
+# ----------------------------------------------------------- a whole graded run
+
+ATTACKS = {
+    "aios/__init__.py": '''
+        import atexit
+        import inspect
+        import json
+        import sys
+
+
+        def _always_pass():
+            try:
+                from _pytest import reports
+            except ImportError:
+                return
+            original = reports.TestReport.from_item_and_call
+
+            def passing(item, call):
+                report = original(item, call)
+                report.outcome, report.longrepr = "passed", None
+                return report
+
+            reports.TestReport.from_item_and_call = staticmethod(passing)
+
+
+        def _forge_report():
+            for arg in sys.argv:
+                if arg.startswith("--aios-report="):
+                    with open(arg.split("=", 1)[1], "a") as report:
+                        record = {"event": "report", "nodeid": "tests/lesson03/test_attacks.py::test_wrong_answer",
+                                  "when": "call", "outcome": "passed", "message": "", "location": ""}
+                        report.write(json.dumps(record) + "\\n")
+
+
+        _always_pass()
+        atexit.register(_forge_report)
+
+
+        def answer():
+            return 41
+
+
+        def spy():
+            """Everything the calling frames hold: their globals and source files."""
+            seen = []
+            for frame in inspect.stack():
+                seen.append(repr(frame.frame.f_globals.get("SECRET")))
+                try:
+                    seen.append(open(frame.filename).read())
+                except OSError:
+                    pass
+            return "\\n".join(seen)
+
+
+        def uses_transformers():
+            from transformers import AutoModelForCausalLM, Qwen3Config
+
+            return AutoModelForCausalLM.from_config(Qwen3Config(num_hidden_layers=1))
+    ''',
+    "tests/lesson03/test_attacks.py": '''
+        import aios
+
+        SECRET = "hidden-marker-8d1f"
+
+
+        def test_wrong_answer():
+            assert aios.answer() == 42
+
+
+        def test_frames_do_not_show_the_test():
+            assert SECRET not in aios.spy()
+
+
+        def test_transformers_models_are_refused():
+            aios.uses_transformers()
+    ''',
+}
+
+
+@pytest.fixture(scope="module")
+def attacked(tmp_path_factory):
+    """A graded run (through the worker) of a synthetic repository whose aios/ attacks the grader."""
+    root = write_files(tmp_path_factory.mktemp("attacks"), ATTACKS)
+    shutil.copy(REPO / "conftest.py", root / "conftest.py")
+    (root / "grader").symlink_to(REPO / "grader")
+    return run_pytest(root, ["tests/lesson03"], impl="learner", test_timeout=60, run_timeout=300, remote=True)
+
+
+def _outcome(run, name: str) -> str:
+    return next(t.outcome for t in run.tests if t.name == name)
+
+
+def test_patched_pytest_and_forged_report_lines_change_nothing(attacked):
+    """Patching _pytest's reports and an atexit hook appending "passed" records leave the failure a failure."""
+    assert _outcome(attacked, "test_wrong_answer") == "failed"
+
+
+def test_learner_code_cannot_read_the_calling_test(attacked):
+    """The frames learner code sees are the worker's: the test's globals and source are not among them."""
+    assert _outcome(attacked, "test_frames_do_not_show_the_test") == "passed"
+
+
+def test_transformers_model_code_fails_from_lesson_3(attacked):
+    """A learner delegating to transformers' models fails in a lesson 3 run."""
+    test = next(t for t in attacked.tests if t.name == "test_transformers_models_are_refused")
+    assert test.outcome == "failed" and "not available when grading" in test.message
+
+
+def test_the_worker_has_no_report_path(tmp_path):
+    """Neither the worker's command line nor its environment names the report file."""
+    tree = write_files(tmp_path / "tree", {"learnerpkg/__init__.py": "import os, sys\nSEEN = [*sys.argv, *os.environ.values()]\n"})
+    env_before = os.environ.get("AIOS_REPORT")
+    worker = client.Worker(tree, block_hf_models=False, log_path=tmp_path / "worker.log")
+    try:
+        seen = worker.request("getattr", worker.request("import", "learnerpkg"), "SEEN")
+    finally:
+        worker.stop()
+    assert env_before is None
+    assert not any("aios-report" in str(value) or "report-" in str(value) for value in seen)
+    assert sys.argv != seen[: len(sys.argv)]
