@@ -243,6 +243,7 @@ class OpenAIServer:
         added = getattr(self.tokenizer, "added_tokens_decoder", {}).values()
         self.control_tokens = sorted(token.content for token in added if token.special and token.content)
         self.draining = False
+        self.keys = KeyRing(settings.all_keys())  # checked by GuardMiddleware, charged per prompt by charge_prompts
         self.loop: asyncio.AbstractEventLoop | None = None  # the server's event loop, once started
 
     def begin_drain(self) -> None:
@@ -264,6 +265,23 @@ class OpenAIServer:
                              f"the server shut down before this request finished (grace period {timeout:g} s)")
 
     # ------------------------------------------------------------ preparing requests
+
+    def charge_prompts(self, request: Request, count: int) -> None:
+        """Each prompt of a request runs as its own sequence, so its key's limits count every prompt:
+        GuardMiddleware counted the first, this counts the others (429 over a limit now, 400 for
+        more prompts than the key may ever run at once). The middleware releases them all."""
+        key = request.scope.get("aios.api_key")
+        if key is None or count <= 1:
+            return
+        for limit, what in ((key.max_concurrency, "requests in flight"), (key.rate, "requests per minute")):
+            if limit is not None and count > limit:
+                raise bad_request(f"this request has {count} prompts, but its API key may have {limit:g} "
+                                  f"{what}: send fewer prompts per request", param="prompt")
+        try:
+            self.keys.acquire(key, count - 1)
+        except LimitExceeded as exceeded:
+            raise limit_error(exceeded, key) from None
+        request.scope["aios.api_key_count"] = count
 
     def make_job(self, prompt: str | list[int], sampling: dict, default_max_tokens: int | None,
                  priority: int = 0) -> Job:
@@ -362,6 +380,7 @@ class OpenAIServer:
         arrival = time.perf_counter()
         body = await read_json_body(request, self.settings.max_body_bytes, self.settings.body_timeout)
         parsed = parse_completion_request(body, self.settings.served_model_name)
+        self.charge_prompts(request, len(parsed.prompts))
         jobs = [self.make_job(p, parsed.sampling, COMPLETIONS_DEFAULT_MAX_TOKENS, parsed.priority)
                 for p in parsed.prompts]
         request_id, model = f"cmpl-{request_id_of(request)}", self.settings.served_model_name
@@ -528,7 +547,7 @@ class GuardMiddleware:
         self.app = app
         self.metrics = metrics
         self.server = server
-        self.keys = KeyRing(settings.all_keys())
+        self.keys = server.keys
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -552,6 +571,7 @@ class GuardMiddleware:
         except APIError as refused:
             await error_response(refused)(scope, receive, counting_send)
             return
+        scope["aios.api_key"] = key
         try:
             await self.app(scope, receive, counting_send)
         except Exception as exc:  # noqa: BLE001 - a bug: answer it, count it, log it once
@@ -562,7 +582,7 @@ class GuardMiddleware:
                 await error_response(error)(scope, receive, counting_send)
         finally:
             if key is not None:
-                self.keys.release(key)
+                self.keys.release(key, scope.get("aios.api_key_count", 1))
 
     def admit(self, headers: Headers) -> APIKey | None:
         """Check a /v1 request's key and count it against the key's limits (APIError if refused)."""
@@ -578,7 +598,12 @@ class GuardMiddleware:
         try:
             self.keys.acquire(key)
         except LimitExceeded as exceeded:
-            logger.info("refused a request of key %r: %s", key.name, exceeded)
-            raise APIError(429, f"{exceeded}; retry after {exceeded.retry_after} s", "rate_limit_error", None,
-                           "rate_limit_exceeded", {"Retry-After": str(exceeded.retry_after)}) from None
+            raise limit_error(exceeded, key) from None
         return key
+
+
+def limit_error(exceeded: LimitExceeded, key: APIKey) -> APIError:
+    """The 429 (with Retry-After) of a key over its limits; logged by the key's name."""
+    logger.info("refused a request of key %r: %s", key.name, exceeded)
+    return APIError(429, f"{exceeded}; retry after {exceeded.retry_after} s", "rate_limit_error", None,
+                    "rate_limit_exceeded", {"Retry-After": str(exceeded.retry_after)})

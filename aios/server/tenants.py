@@ -96,24 +96,25 @@ class KeyRing:
                 found = key
         return found
 
-    def acquire(self, key: APIKey) -> None:
-        """Count one request of ``key`` in; raise LimitExceeded if it is over a limit (nothing counted then)."""
+    def acquire(self, key: APIKey, count: int = 1) -> None:
+        """Count ``count`` requests of ``key`` in (a request with several prompts counts each);
+        raise LimitExceeded if that goes over a limit (nothing counted then)."""
         with self._lock:
             now = self.clock()
             usage = self._usage.setdefault(key.key, _Usage(key.rate or 0.0, now))
-            if key.max_concurrency is not None and usage.in_flight >= key.max_concurrency:
+            if key.max_concurrency is not None and usage.in_flight + count > key.max_concurrency:
                 raise LimitExceeded(f"this API key may have {key.max_concurrency} requests in flight", 1)
             if key.rate is not None:
                 per_second = key.rate / 60
                 usage.tokens = min(key.rate, usage.tokens + (now - usage.refilled) * per_second)
                 usage.refilled = now
-                if usage.tokens < 1:
-                    wait = math.ceil((1 - usage.tokens) / per_second)
+                if usage.tokens < count:
+                    wait = math.ceil((count - usage.tokens) / per_second)
                     raise LimitExceeded(f"this API key may send {key.rate:g} requests per minute", wait)
-                usage.tokens -= 1
-            usage.in_flight += 1
+                usage.tokens -= count
+            usage.in_flight += count
 
-    def release(self, key: APIKey) -> None:
-        """The request counted in by ``acquire`` has ended."""
+    def release(self, key: APIKey, count: int = 1) -> None:
+        """``count`` requests counted in by ``acquire`` have ended."""
         with self._lock:
-            self._usage[key.key].in_flight -= 1
+            self._usage[key.key].in_flight -= count
