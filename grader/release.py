@@ -48,6 +48,8 @@ SECRET_LIMIT = 48 * 1024  # GitHub's size limit for one secret
 TOP_FILES = ("conftest.py", "pyproject.toml")
 #: More top-level files for students.
 STUDENT_TOP_FILES = ("noxfile.py", "requirements-dev.txt", ".gitignore")
+#: What AI coding assistants read in a checkout: explain and hint, never write the lesson's code.
+ASSISTANT_FILES = ("AGENTS.md", "CLAUDE.md", "GEMINI.md", ".github/copilot-instructions.md", ".cursor/rules/aios-tutor.mdc")
 #: More top-level files for the bundle: the pinned environment the classroom workflow installs
 #: (never the student's own requirements-dev.txt, which a submission can change).
 BUNDLE_TOP_FILES = ("requirements-dev.txt",)
@@ -238,7 +240,7 @@ def student_files(curriculum: Curriculum) -> dict[str, bytes]:
     if not (root / "solutions" / "aios").is_dir():
         raise ReleaseError(f"{root} has no solutions/aios: release runs in the instructor's repository")
     paths = list(TOP_FILES) + list(STUDENT_TOP_FILES) + grader_paths(root)
-    paths += [p for p in STUDENT_DOCS + STUDENT_INFRA_TESTS + STUDENT_ASSETS if (root / p).exists()]
+    paths += [p for p in STUDENT_DOCS + STUDENT_INFRA_TESTS + STUDENT_ASSETS + ASSISTANT_FILES if (root / p).exists()]
     for lesson in curriculum.lessons:
         paths += [p for p in (lesson.folder, lesson.visible) if (root / p).exists()]
     files = _collect(root, paths)

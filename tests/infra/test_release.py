@@ -74,6 +74,14 @@ def test_student_tree_has_no_solutions_and_no_hidden_suites(released):
     assert "docs/conventions.md" not in student
 
 
+def test_student_tree_tells_ai_assistants_to_hint_not_solve(released):
+    student = files_under(released / "student")
+    agents = student["AGENTS.md"].read_text(encoding="utf-8")
+    assert "python -m grader grade" in agents and "hint" in agents and "NotImplementedError" in agents
+    for pointer in ("CLAUDE.md", "GEMINI.md", ".github/copilot-instructions.md", ".cursor/rules/aios-tutor.mdc"):
+        assert "AGENTS.md" in student[pointer].read_text(encoding="utf-8"), pointer
+
+
 def test_student_aios_is_the_generated_stub_tree(released):
     expected = stubgen.generate(REPO / "solutions" / "aios")
     actual = {f"aios/{rel}": p.read_bytes() for rel, p in files_under(released / "student" / "aios").items()}
