@@ -336,13 +336,23 @@ def score_lesson(lesson: Lesson, grade: dict, leaks: LeakFilter | None = None) -
     }
 
 
+def isolation(confine: Confinement | None) -> str:
+    """What the output says about the isolation of the learner's code in this run."""
+    if confine is None:
+        return NOT_ISOLATED
+    if os.environ.get("AIOS_WORKER_SANDBOX") == "1":  # the learner worker starts through sandbox.spawn
+        return sandbox.describe()
+    return ("partly isolated: own PID, mount and network namespaces, but the learner's code runs as the "
+            "grader's user (the learner worker is not sandboxed) — " + sandbox.LOCAL_NOTE)
+
+
 def autograde(curriculum: Curriculum, lessons: list[Lesson], impl: str, confine: Confinement | None = None) -> dict:
     """Grade ``lessons`` against ``impl`` and return the report (no timings: it is deterministic)."""
     leaks = LeakFilter.for_curriculum(curriculum)
     entries = [score_lesson(lesson, grade_lesson(curriculum, lesson, impl, confine), leaks) for lesson in lessons]
     return {
         "version": 1,
-        "isolation": sandbox.describe() if confine else NOT_ISOLATED,
+        "isolation": isolation(confine),
         "scoring": ("points * passed // counted per lesson: only passed counts; xfail, xpass and undeclared "
                     "skips are failures; a GPU test skipped without CUDA is not counted"),
         "lessons": entries,
