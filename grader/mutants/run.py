@@ -220,6 +220,19 @@ def run(args, curriculum: cur.Curriculum) -> int:
     with tempfile.TemporaryDirectory(prefix="aios-mutants-") as scratch:
 
         control = Control(curriculum)
+        left = {lesson: sum(m.lesson == lesson for m in mutants) for lesson in {m.lesson for m in mutants}}
+        done: list[Outcome] = []
+        lock = threading.Lock()
+
+        def finished(outcome: Outcome) -> None:
+            """With --record, write each lesson run in full as soon as its last mutant is graded."""
+            with lock:
+                done.append(outcome)
+                left[outcome.lesson] -= 1
+                whole = left[outcome.lesson] == 0 and sum(m.lesson == outcome.lesson for m in catalogue) == sum(
+                    o.lesson == outcome.lesson for o in done)
+                if args.record and whole:
+                    record(curriculum.root / RESULTS_FILE, done, [outcome.lesson], command_line(args))
 
         def one(mutant: Mutant) -> Outcome:
             outcome = grade_mutant(curriculum, mutant, Path(scratch))
@@ -228,6 +241,7 @@ def run(args, curriculum: cur.Curriculum) -> int:
             verdict = (f"killed by {outcome.killer}: {outcome.message[:90]}" if outcome.killed else
                        f"INCONCLUSIVE: {outcome.message[:150]}" if outcome.inconclusive else "SURVIVED")
             print(f"{outcome.key:<50} {verdict} ({outcome.seconds:.0f} s)", flush=True)
+            finished(outcome)
             return outcome
 
         try:
@@ -239,10 +253,6 @@ def run(args, curriculum: cur.Curriculum) -> int:
     summary(outcomes)
     if args.json_file:
         Path(args.json_file).write_text(json.dumps([asdict(o) for o in outcomes], indent=2) + "\n", encoding="utf-8")
-    if args.record:
-        full = [lesson for lesson in sorted({m.lesson for m in catalogue})
-                if sum(o.lesson == lesson for o in outcomes) == sum(m.lesson == lesson for m in catalogue)]
-        record(curriculum.root / RESULTS_FILE, outcomes, full, command_line(args))
     return 0 if all(o.killed for o in outcomes) else 1
 
 
