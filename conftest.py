@@ -185,3 +185,19 @@ def tiny_model_dir() -> Path:
 def small_model_dir() -> Path:
     """A small random Qwen3 checkpoint in Hugging Face format (made once, then cached)."""
     return _cached_model("small")
+
+
+@pytest.fixture
+def timed_once(benchmark):
+    """``timed_once(function, *args, **kwargs)``: one call under pytest-benchmark's clock, its result returned.
+
+    The clock runs here, on the tests' side: the learner's code (which may run in the grader's
+    worker process) never receives the fixture, only its own arguments.
+    """
+
+    def run(function, *args, **kwargs):
+        results = []
+        benchmark.pedantic(lambda: results.append(function(*args, **kwargs)), rounds=1, iterations=1)
+        return results[-1]
+
+    return run
