@@ -1,5 +1,7 @@
 """Lesson 9 on a GPU: real Qwen3 attention shapes in bfloat16, compiled kernels, and flash-attn where installed."""
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -91,9 +93,10 @@ def test_store_kvcache_bf16_real_shapes():
     assert torch.equal(caches[0], caches[2]) and torch.equal(caches[1], caches[3])
 
 
+@pytest.mark.skipif(importlib.util.find_spec("flash_attn") is None, reason="flash-attn is not installed")
 def test_matches_flash_attn_varlen():
     """Where flash-attn is installed, prefill_attention agrees with flash_attn_varlen_func on the same K/V."""
-    flash_attn = pytest.importorskip("flash_attn", reason="flash-attn is not installed")
+    import flash_attn
     lens = [777, 64, 1200]
     q, k_cache, v_cache, context = paged_batch(lens, lens, seed=11)
     ks, vs = [], []
