@@ -25,17 +25,23 @@ def console() -> Console:
     return out if out.is_terminal else Console(highlight=False, width=max(out.width, 100))
 
 
-def _counts(grade: dict | None, suite: str, collected: dict[str, int], path: str) -> dict:
+def _counts(root: Path, grade: dict | None, suite: str, collected: dict[str, int], path: str) -> dict:
     """``{"passed", "total"}`` for one suite: from the last grade, else pytest's collected count."""
     if grade and suite in grade:
         return {"passed": grade[suite]["passed"], "total": grade[suite]["total"]}
-    return {"passed": 0, "total": collected.get(path, 0)}
+    return {"passed": 0, "total": collected.get(path, 0 if not testcount.suite_exists(root, path) else None)}
 
 
-def _ungraded_suites(curriculum: Curriculum, progress: prog.Progress) -> list[str]:
-    """The suites of lessons never graded (their totals must be collected)."""
-    return [suite for lesson in curriculum.lessons if progress.grade(lesson.id) is None
+def _ungraded_suites(curriculum: Curriculum, progress: prog.Progress, states: tuple[str, ...]) -> list[str]:
+    """The suites of lessons never graded whose state is one of ``states``."""
+    return [suite for lesson in curriculum.lessons
+            if progress.grade(lesson.id) is None and prog.state(curriculum, progress, lesson) in states
             for suite in (lesson.visible, lesson.hidden)]
+
+
+def _total(counts: dict) -> str:
+    """``passed/total``, with ``?`` for a total not counted yet (a locked lesson)."""
+    return f"{counts['passed']}/{'?' if counts['total'] is None else counts['total']}"
 
 
 def benchmark_text(lesson: Lesson, grade: dict | None) -> str:
@@ -74,7 +80,10 @@ def next_steps(curriculum: Curriculum, progress: prog.Progress, lesson: Lesson |
 def status_data(curriculum: Curriculum, progress: prog.Progress) -> dict:
     """The board as JSON-ready data (schema in the README of the grader); fields are only ever added."""
     current = prog.current_lesson(curriculum, progress)
-    collected = testcount.collected_counts(curriculum.root, _ungraded_suites(curriculum, progress))
+    # Open lessons are counted now (seconds, once); locked ones only show a count kept from before.
+    collected = testcount.collected_counts(curriculum.root, _ungraded_suites(curriculum, progress, ("unlocked",)))
+    collected.update(testcount.collected_counts(curriculum.root, _ungraded_suites(curriculum, progress, ("locked",)),
+                                                collect=False))
     rows = []
     for lesson in curriculum.lessons:
         grade = progress.grade(lesson.id)
@@ -84,8 +93,8 @@ def status_data(curriculum: Curriculum, progress: prog.Progress) -> dict:
                 "lesson": lesson.id,
                 "title": lesson.title,
                 "state": prog.state(curriculum, progress, lesson),
-                "visible": _counts(grade, "visible", collected, lesson.visible),
-                "hidden": _counts(grade, "hidden", collected, lesson.hidden),
+                "visible": _counts(curriculum.root, grade, "visible", collected, lesson.visible),
+                "hidden": _counts(curriculum.root, grade, "hidden", collected, lesson.hidden),
                 "points": lesson.points,
                 "graded": grade is not None,
                 "from_reference": progress.shown_from_reference(lesson.id),
@@ -126,8 +135,8 @@ def print_board(curriculum: Curriculum, progress: prog.Progress) -> None:
             str(row["lesson"]),
             escape(row["title"]),
             f"[{STATE_STYLE[state]}]{shown}[/]{reference}{marker}",
-            "-" if state == "coming" else f"{row['visible']['passed']}/{row['visible']['total']}",
-            "-" if state == "coming" else f"{row['hidden']['passed']}/{row['hidden']['total']}",
+            "-" if state == "coming" else _total(row["visible"]),
+            "-" if state == "coming" else _total(row["hidden"]),
             "-" if state == "coming" else escape(row["benchmark_text"]),
         )
     out = console()

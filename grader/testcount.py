@@ -19,6 +19,11 @@ CACHE = Path(".aios") / "test_counts.json"
 COLLECT_TIMEOUT_S = 300
 
 
+def suite_exists(root: Path, suite: str) -> bool:
+    """Whether ``suite`` (a folder or file under ``root``) is there (a student tree has no hidden suites)."""
+    return (root / suite).exists()
+
+
 def suite_digest(root: Path, suite: str) -> str:
     """A digest of every Python file under ``suite`` (names and contents); '' when it does not exist."""
     folder = root / suite
@@ -58,16 +63,17 @@ def _read_cache(root: Path) -> dict:
         return {}
 
 
-def collected_counts(root: Path, suites: list[str]) -> dict[str, int]:
+def collected_counts(root: Path, suites: list[str], collect: bool = True) -> dict[str, int]:
     """``{suite: test count}`` for the existing ``suites``: from the cache, collecting the stale ones.
 
-    A suite that fails to collect (a syntax error in a test file, say) is missing from the answer.
+    With ``collect=False`` only the cache answers. A suite that fails to collect (a syntax
+    error in a test file, say), or is not in the cache, is missing from the answer.
     """
     from grader.selfcheck import batches
 
     cache = _read_cache(root)
     digests = {suite: suite_digest(root, suite) for suite in suites}
-    stale = [s for s, d in digests.items() if d and cache.get(s, {}).get("digest") != d]
+    stale = [s for s, d in digests.items() if d and cache.get(s, {}).get("digest") != d] if collect else []
     if stale:
         print(f"counting the tests of {len(stale)} suite(s) with pytest --collect-only (kept until they change) ...",
               file=sys.stderr, flush=True)

@@ -60,3 +60,24 @@ def test_counts_are_kept_until_the_suite_changes(tmp_path, capsys):
     (repo / "tests/lesson00/test_counting.py").write_text(
         (repo / "tests/lesson00/test_counting.py").read_text() + "\n\ndef test_extra():\n    pass\n")
     assert status_totals(repo, capsys)["visible"] == 6
+
+
+def test_locked_lessons_are_not_collected_until_they_open(tmp_path, capsys):
+    """Counting costs seconds per suite: a locked lesson shows '?' (null in JSON) until it opens."""
+    repo = write_files(tmp_path / "repo", {
+        "grader/curriculum.toml": CURRICULUM + """
+[[lesson]]
+id = 1
+title = "Later"
+status = "ready"
+prerequisites = [0]
+timeout = 60
+""",
+        "tests/lesson00/test_counting.py": SUITE,
+        "tests/lesson01/test_later.py": "def test_one():\n    pass\n"})
+    assert cli.main(["--root", str(repo), "status", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["lessons"]
+    assert rows[0]["visible"]["total"] == 5 and rows[1]["visible"]["total"] is None
+    assert rows[1]["hidden"]["total"] == 0  # no hidden suite at all: nothing to count
+    assert cli.main(["--root", str(repo), "status"]) == 0
+    assert "0/?" in capsys.readouterr().out
