@@ -464,7 +464,6 @@ def test_hidden_tests_do_not_leak_verbatim(release, honest, tmp_path):
     assert leaked_lines(graded, secret_lines(graded.workspace / BUNDLE_DIR)) == set()
 
 
-@NEEDS_WORKER
 def test_hidden_tests_do_not_leak_encoded(release, honest, tmp_path):
     graded = grade(release, tmp_path, "1", ENCODED, stubs='raise __import__("aios")._leak')
     assert leaked_lines(graded, secret_lines(graded.workspace / BUNDLE_DIR)) == set()
