@@ -328,3 +328,11 @@ def fuzz_server(session: nox.Session) -> None:
     examples = session.posargs[0] if session.posargs else "1000"
     session.run(python, "-m", "pytest", "tests/infra/test_server_fuzz.py", "-q", external=True,
                 env={"AIOS_IMPL": "reference", "AIOS_FUZZ_EXAMPLES": examples})
+
+
+@nox.session(venv_backend="none")
+def attacks(session: nox.Session) -> None:
+    """Every classroom attack of tests/infra/test_autograder_attacks.py (CI grades a fixed sample of them)."""
+    python = shared_env(session)
+    session.run(python, "-m", "pytest", "tests/infra/test_autograder_attacks.py", "-q", *session.posargs,
+                external=True, env={"AIOS_IMPL": "reference", "AIOS_ATTACKS": "all"})

@@ -41,6 +41,14 @@ BUNDLE_DIR = ".aios-autograder"
 #: The lesson 1 test files the trimmed bundle keeps (the hidden RMSNorm and MLP ones).
 KEPT = {"tests/lesson01": (), "grader/hidden/lesson01": ("test_l01_hidden_norm.py", "test_l01_hidden_mlp.py")}
 STUB_CALL = "raise NotImplementedError("
+#: Each attack is one full autograde (~35 s on an idle 2-core machine): CI's test run grades this
+#: fixed sample, one per line of defence (worker, bundle, scoring, leak filter); ``nox -s attacks``
+#: (AIOS_ATTACKS=all) runs every attack.
+CI_SAMPLE = {"test_patching_pytest_reports_earns_nothing", "test_poisoning_the_bundles_conftest_earns_nothing_now_or_at_a_regrade",
+             "test_xfailing_stubs_earn_nothing", "test_hidden_tests_do_not_leak_verbatim",
+             "test_public_outputs_never_carry_hidden_docstrings"}
+
+
 NEEDS_WORKER = pytest.mark.xfail(strict=True, reason="needs the learner worker (issue 13 trust split) to run as "
                                  "the sandbox's user, without transformers")
 
@@ -475,3 +483,16 @@ def test_public_outputs_never_carry_hidden_docstrings(release, stubbed):
     docstrings = set(re.findall(r'^\s+"""(.{12,}?)(?:"""|$)', "\n".join(f.read_text() for f in hidden.rglob("*.py")), re.M))
     assert docstrings and not [d for d in docstrings if d in graded.public_text()]
     assert "isolat" in graded.log  # the run says what isolation was in force
+
+
+def _skip_outside_the_ci_sample() -> None:
+    """Mark every attack outside CI_SAMPLE as skipped at collection, unless AIOS_ATTACKS=all."""
+    if os.environ.get("AIOS_ATTACKS") == "all":
+        return
+    skip = pytest.mark.skip(reason="outside CI's attack sample: nox -s attacks (AIOS_ATTACKS=all) runs every attack")
+    for name, test in list(globals().items()):
+        if name.startswith("test_") and callable(test) and name not in CI_SAMPLE:
+            globals()[name] = skip(test)
+
+
+_skip_outside_the_ci_sample()
