@@ -64,9 +64,10 @@ def base_url(site):
     server.server_close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """Headless Chromium driven by Playwright."""
+    """Headless Chromium driven by Playwright (module scope: Playwright's sync API keeps an event loop
+    running until it stops, and later suites call asyncio.run)."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install -r requirements-docs.txt")
     executable = chromium_path()
     if executable is None:
