@@ -20,30 +20,45 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def start_server(model_dir, log_path, *options) -> tuple[subprocess.Popen, str]:
+    """``aios serve`` on 127.0.0.1 in its own process group; returns (process, base URL) once /health answers 200."""
+    port = free_port()
+    command = [sys.executable, "-m", "aios", "serve", "--model", str(model_dir), "--port", str(port),
+               "--log-level", "warning", *options]
+    with open(log_path, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"aios serve exited with {process.returncode}:\n{log_path.read_text()}")
+        try:
+            if httpx.get(base_url + "/health", timeout=2).status_code == 200:
+                return process, base_url
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            kill_group(process)
+            pytest.fail(f"aios serve did not answer /health within {STARTUP_TIMEOUT} s:\n{log_path.read_text()}")
+        time.sleep(0.2)
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL the server's whole process group and reap it."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=30)
+
+
 @pytest.fixture(scope="module")
 def served(tiny_model_dir, tmp_path_factory):
     """``aios serve`` in a subprocess with an API key and a served model name; always terminated."""
-    port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    command = [sys.executable, "-m", "aios", "serve", "--model", str(tiny_model_dir), "--port", str(port),
-               "--served-model-name", "tiny-cli", "--api-key", "k123", "--num-kvcache-blocks", "128",
-               "--max-model-len", "256", "--log-level", "warning"]
-    with open(log, "w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    base_url = f"http://127.0.0.1:{port}"
+    process, base_url = start_server(tiny_model_dir, log, "--served-model-name", "tiny-cli", "--api-key", "k123",
+                                     "--num-kvcache-blocks", "128", "--max-model-len", "256")
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"aios serve exited with {process.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(base_url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"aios serve did not answer /health within {STARTUP_TIMEOUT} s:\n{log.read_text()}")
-            time.sleep(0.2)
         yield base_url, log
     finally:
         os.killpg(process.pid, signal.SIGTERM)

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,41 +18,16 @@ from pathlib import Path
 import httpx
 import pytest
 from test_server_api import error_of
-from test_server_cli import STARTUP_TIMEOUT, free_port
+from test_server_cli import kill_group
+from test_server_cli import start_server as serve_process
 
 KEY = "k-drain"
 
 
 def start_server(model_dir, log_path, *extra) -> tuple[subprocess.Popen, str]:
-    """``aios serve`` in its own process group; returns (process, base URL) once /health answers 200."""
-    port = free_port()
-    command = [sys.executable, "-m", "aios", "serve", "--model", str(model_dir), "--port", str(port),
-               "--served-model-name", "tiny", "--max-model-len", "1024", "--num-kvcache-blocks", "1024",
-               "--log-level", "warning", *extra]
-    with open(log_path, "w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"aios serve exited with {process.returncode}:\n{log_path.read_text()}")
-        try:
-            if httpx.get(base_url + "/health", timeout=2).status_code == 200:
-                return process, base_url
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            kill_group(process)
-            pytest.fail(f"aios serve did not answer /health within {STARTUP_TIMEOUT} s:\n{log_path.read_text()}")
-        time.sleep(0.2)
-
-
-def kill_group(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait(timeout=30)
+    """The shared launcher with this file's model name and cache sizes."""
+    return serve_process(model_dir, log_path, "--served-model-name", "tiny", "--max-model-len", "1024",
+                         "--num-kvcache-blocks", "1024", *extra)
 
 
 def group_members(pgid: int) -> list[int]:
