@@ -201,12 +201,3 @@ def timed_once(benchmark):
         return results[-1]
 
     return run
-
-
-@pytest.fixture(autouse=True)
-def _restore_sys_path():
-    """Give every test the import path it started with (an in-process ``autograde --bundle`` drops the
-    checkout from ``sys.path`` on purpose, and later tests import their helper modules from there)."""
-    saved = sys.path[:]
-    yield
-    sys.path[:] = saved

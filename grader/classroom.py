@@ -126,7 +126,7 @@ def _sources(args, curriculum: Curriculum, stack: contextlib.ExitStack) -> tuple
     if args.impl:
         raise UsageError("--impl and --bundle do not go together: with --bundle the graded aios/ is --root's")
     original = Path(args.bundle).resolve()
-    _forget_untrusted_paths((original if original.is_dir() else original.parent, curriculum.root))
+    _forget_untrusted_paths((original if original.is_dir() else original.parent, curriculum.root), stack)
     bundle = open_bundle(original, stack)
     learner = _private_dir(stack, "aios-learner-")
     try:
@@ -139,14 +139,16 @@ def _sources(args, curriculum: Curriculum, stack: contextlib.ExitStack) -> tuple
     return tests_from, str(copy_learner_tree(curriculum.root, learner)), confine
 
 
-def _forget_untrusted_paths(folders) -> None:
-    """Drop the working directory and ``folders`` from the grader's own sys.path.
+def _forget_untrusted_paths(folders, stack: contextlib.ExitStack) -> None:
+    """Drop the working directory and ``folders`` from the grader's own sys.path until ``stack`` closes.
 
     ``python -m grader`` started in the bundle folder puts that folder first on sys.path; the
     grader package is imported by now, and any later import (rich, a lazily imported module)
     must come from the installed environment, never from a file planted next to the grader.
     """
     untrusted = [Path(f).resolve() for f in folders] + [Path.cwd().resolve()]
+    saved = sys.path[:]
+    stack.callback(sys.path.__setitem__, slice(None), saved)  # an in-process caller gets its path back
     sys.path[:] = [p for p in sys.path
                    if p and not any(Path(p).resolve().is_relative_to(u) for u in untrusted)]
 
