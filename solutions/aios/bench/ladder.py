@@ -510,8 +510,12 @@ class LadderRow:
                 "notes": self.notes}
 
 
-class StageTimeout(Exception):
-    """A stage ran past ``LadderOptions.stage_timeout_s``."""
+class StageTimeout(BaseException):
+    """A stage ran past ``LadderOptions.stage_timeout_s``.
+
+    A BaseException, like KeyboardInterrupt: the alarm can fire inside the engine's step, whose
+    ``except Exception`` turns a failing step into failed requests and would swallow it.
+    """
 
 
 @contextmanager
