@@ -166,6 +166,30 @@ def learner_object():
     return original
 
 
+@pytest.fixture(scope="session")
+def learner_helper():
+    """``learner_helper(path)``: the test helper module at ``path``, imported where the learner's code runs.
+
+    For test code that must run beside the learner's: the functions ``launch_ranks`` runs in
+    each rank process, a slowed engine step called from the engine's own thread, a coroutine
+    that interleaves with learner coroutines on their event loop. In remote mode the module
+    is imported in the learner worker (its results come back as data); otherwise it is
+    imported here, its folder put on ``sys.path`` (so spawned processes find it too).
+    """
+    if REMOTE:
+        from grader.remote.client import helper_module
+
+        return helper_module
+
+    def load(path):
+        folder = str(Path(path).resolve().parent)
+        if folder not in sys.path:
+            sys.path.append(folder)
+        return importlib.import_module(Path(path).stem)
+
+    return load
+
+
 def _cached_model(preset: str) -> Path:
     """``aios.fixtures.cached_model(preset)``, skipping while the fixtures do not exist yet."""
     try:

@@ -207,13 +207,17 @@ def _set_limits(limits: dict[str, int]) -> None:
 
 
 def spawn(argv: list[str], *, cwd: str | os.PathLike, env: dict[str, str], writable=(), readable=(), hidden=(),
-          as_learner: bool = True, pass_fds=(), stdin=None, stdout=None, stderr=None) -> subprocess.Popen:
+          as_learner: bool = True, own_network: bool = True, pass_fds=(), stdin=None, stdout=None,
+          stderr=None) -> subprocess.Popen:
     """Start ``argv`` in the sandbox (see the module docstring); return its Popen.
 
     ``env`` is the whole environment of the command (nothing is inherited). ``cwd`` should be
     one of ``writable`` when ``as_learner``. ``pass_fds`` stay open in the command, like
     Popen's: a ``socket.socketpair()`` end is the way to talk to it (the network namespace
     has no route to the grader's TCP ports; a Unix socket file in a ``readable`` folder works too).
+    ``own_network=False`` keeps the caller's network namespace: for the learner worker, started
+    by a test process that is itself confined to loopback, so that the tests reach a server the
+    learner's code runs (lesson 15).
     """
     iso = probe()
     limits = _limits()
@@ -233,8 +237,9 @@ def spawn(argv: list[str], *, cwd: str | os.PathLike, env: dict[str, str], writa
         return subprocess.Popen(argv, cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr,
                                 pass_fds=pass_fds, start_new_session=True, preexec_fn=preexec)
     plan = {"limits": limits, "hidden": [str(Path(h).resolve()) for h in hidden], "cwd": str(cwd),
-            "uid": iso.uid if learner else None, "gid": iso.gid if learner else None}
-    launcher = [*UNSHARE, "--", sys.executable, "-I", str(Path(__file__).resolve()), json.dumps(plan), *argv]
+            "uid": iso.uid if learner else None, "gid": iso.gid if learner else None, "loopback": own_network}
+    unshare = UNSHARE if own_network else tuple(a for a in UNSHARE if a != "--net")
+    launcher = [*unshare, "--", sys.executable, "-I", str(Path(__file__).resolve()), json.dumps(plan), *argv]
     return subprocess.Popen(launcher, cwd="/", env=env, stdin=stdin, stdout=stdout, stderr=stderr,
                             pass_fds=pass_fds, start_new_session=True)
 
@@ -297,7 +302,8 @@ def _cover(path: str) -> None:
 
 def _launch(plan: dict, argv: list[str]) -> None:
     """Set up the namespace as root, drop to the learner user, exec ``argv``."""
-    _loopback_up()
+    if plan.get("loopback", True):
+        _loopback_up()
     for path in plan["hidden"]:
         if os.path.isdir(path):
             _cover(path)

@@ -17,10 +17,9 @@ import re
 from pathlib import Path
 
 LESSON_FOLDER = re.compile(r"lesson(\d+)")
-#: Lessons whose tests still import aios in the test process (none once the switch is done).
-#: 14: its rank tasks (functions in test files) run in launch_ranks' processes; 15: tests that
-#: await learner coroutines beside their own, exceptions read for attributes (APIError.status).
-DIRECT_LESSONS: frozenset[int] = frozenset({14, 15})
+#: Lessons whose tests import aios in the test process itself: none. (Lessons 14 and 15 run
+#: their rank tasks and engine-side test code through ``learner_helper`` in the worker.)
+DIRECT_LESSONS: frozenset[int] = frozenset()
 #: From this lesson on the worker refuses Hugging Face's model code (aios runs the model itself).
 FIRST_LESSON_WITHOUT_HF_MODELS = 3
 

@@ -78,9 +78,18 @@ def exception_class(module: str, name: str, bases: list[str]) -> type:
                     and str(candidate) not in _NEVER_AS_IS and found is not Exception):
                 base = found
                 break
-        cls = type(str(name).rsplit(".", 1)[-1], (base,), {"__module__": str(module), "__qualname__": str(name)})
+        cls = type(str(name).rsplit(".", 1)[-1], (base,), {"__module__": str(module), "__qualname__": str(name),
+                                                            "__getattr__": _learner_attribute})
         _EXCEPTIONS[key] = cls
     return _EXCEPTIONS[key]
+
+
+def _learner_attribute(exc: BaseException, name: str):
+    """An attribute of the learner's exception object (``APIError.status``, ``body()``), read in the worker."""
+    remote = exc.__dict__.get("_aios_remote")
+    if remote is None or name.startswith("_"):
+        raise AttributeError(name)
+    return getattr(remote, name)
 
 
 def _trusted_only(obj) -> bool:
@@ -158,7 +167,7 @@ class Worker:
         _echo(header)
         if header["k"] == "ret":
             return self.decode(header["v"], buffers)
-        raise self.error(header)
+        raise self.error(header, buffers)
 
     def _changed_copies(self) -> list:
         """Copies of worker tensors the test changed in place (``context.context_lens[1] = 0``):
@@ -214,8 +223,9 @@ class Worker:
             raw = self._pickle({"k": "err", "name": type(exc).__name__, "message": protocol.clip(str(exc))})
         protocol.send(self.sock, {"pickle": 1}, [raw])
 
-    def error(self, header: dict) -> BaseException:
-        """The local exception for a learner exception (its learner traceback as a note)."""
+    def error(self, header: dict, buffers: list[bytes] = ()) -> BaseException:
+        """The local exception for a learner exception (its learner traceback as a note); a
+        learner class's instance keeps a handle to the original, which its attributes are read from."""
         cls = exception_class(str(header.get("module")), str(header.get("name")), list(header.get("bases", [])))
         args = [a for a in header.get("args", []) if type(a) in protocol.PLAIN]
         try:
@@ -225,6 +235,10 @@ class Worker:
         if cls.__module__ != "builtins" or cls in (LearnerError,):
             exc.add_note(f"(raised by {header.get('module')}.{header.get('name')} in the learner worker)")
         exc.add_note("learner traceback (in the worker):\n" + protocol.clip(str(header.get("tb", ""))))
+        if "obj" in header and cls.__module__ != "builtins":
+            original = self.decode(header["obj"], buffers)
+            if isinstance(original, Remote):
+                exc.__dict__["_aios_remote"] = original
         return exc
 
     # ------------------------------------------------------------------ values
@@ -405,6 +419,8 @@ class Pickler(pickle.Pickler):
             return ("h", obj._aios_target(self.worker))
         if isinstance(obj, RemoteModule):
             return ("h", obj.__dict__["_aios_remote"]._aios_target(self.worker))
+        if isinstance(obj, RemoteMethod):  # the learner's bound method (monkeypatch restoring it)
+            return ("hm", obj.owner._aios_target(self.worker), obj.name, obj.replaced())
         if type(obj) is _tensor_type() and not obj.is_sparse:
             return self._tensor_id(obj)
         if _trusted_only(obj):
@@ -676,10 +692,14 @@ class RemoteMethod:
         self.owner, self.name = owner, name
         self.patched = owner._aios_patched.get(name, 0)
 
+    def replaced(self) -> bool:
+        """Whether a test set the attribute since this method was taken (then it stays the class's)."""
+        return self.owner._aios_patched.get(self.name, 0) != self.patched
+
     def __call__(self, *args, **kwargs):
         # Taken before a test replaced the method (monkeypatch keeps the original to call):
         # it stays the class's method, as a bound method would.
-        op = "method" if self.owner._aios_patched.get(self.name, 0) == self.patched else "class_method"
+        op = "class_method" if self.replaced() else "method"
         return self.owner._aios(op, self.owner, self.name, args, kwargs)
 
     def __getattr__(self, attr):
@@ -817,6 +837,18 @@ def worker_module(name: str) -> Remote:
     """The worker's own module ``name`` (``subprocess``: start learner commands on the learner's side)."""
     module = SESSION.worker().request("import", name)
     object.__setattr__(module, "_aios_path", (None, name))
+    return module
+
+
+def helper_module(path: Path) -> Remote:
+    """The test helper module at ``path`` (``tests/lesson14/l14_rank_tasks.py``), imported in the worker.
+
+    For test code that has to run on the learner's side (see ``Worker.helper_module`` in
+    worker.py); what it returns crosses back as any learner value does.
+    """
+    path = Path(path)
+    module = SESSION.worker().request("helper", path.stem, path.read_text())
+    object.__setattr__(module, "_aios_path", None)
     return module
 
 

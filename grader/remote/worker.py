@@ -27,6 +27,7 @@ import os
 import pickle
 import socket
 import sys
+import threading
 import traceback
 import weakref
 from pathlib import Path
@@ -235,6 +236,9 @@ class Worker:
         self.next_id = 1
         self.tensors = Tensors()
         self.loop = None
+        self.helper_dir: str | None = None
+        self.helpers: dict[str, str] = {}  # test helper module name -> its source
+        self.serving = threading.get_ident()
 
     # ------------------------------------------------------------ values out
 
@@ -319,9 +323,11 @@ class Worker:
         args = [protocol.clip(a) if isinstance(a, str) else a for a in args[:8]]
         tb = protocol.clip("".join(traceback.format_exception(exc.with_traceback(_learner_frames(exc.__traceback__)))))
         buffers: list[bytes] = []
-        protocol.send(self.sock, {"k": "err", "name": cls.__qualname__, "module": cls.__module__,
-                                  "bases": _builtin_bases(cls), "args": args, "tb": tb,
-                                  "wb": self.write_backs(buffers), **(printed or {})}, buffers)
+        header = {"k": "err", "name": cls.__qualname__, "module": cls.__module__, "bases": _builtin_bases(cls),
+                  "args": args, "tb": tb, "wb": self.write_backs(buffers), **(printed or {})}
+        if cls.__module__ != "builtins":  # its attributes (APIError.status) are read through this handle
+            header["obj"] = self.handle(exc)
+        protocol.send(self.sock, header, buffers)
 
     # ------------------------------------------------------------- values in
 
@@ -336,6 +342,9 @@ class Worker:
                     return worker.tensors.shared_tensor(ident, fallback)
                 if kind in ("ts", "tv"):
                     return worker.tensors.original(kind, ident, fallback)
+                if kind == "hm":  # a method of a learner object, the class's own when the test replaced it
+                    obj, (name, own) = worker.objects[ident], fallback
+                    return inspect.getattr_static(type(obj), name).__get__(obj, type(obj)) if own else getattr(obj, name)
                 return worker.objects[ident] if kind == "h" else TrustedProxy(ident)
 
         return Unpickler(io.BytesIO(raw)).load()
@@ -415,9 +424,34 @@ class Worker:
             return self.run_async(args[0])
         if op == "anext":
             return self.run_async(self._anext(args[0]))
+        if op == "helper":
+            return self.helper_module(args[0], args[1])
         if op == "ping":
             return os.getpid()
         raise ValueError(f"unknown request {op!r}")
+
+    def helper_module(self, name: str, source: str):
+        """Import a test helper module (``l14_rank_tasks``) from its source, on the learner's side.
+
+        Some test code must run where the learner's code runs: functions that
+        ``launch_ranks`` calls in each rank process, a slowed engine step called from the
+        engine's own thread, coroutines that interleave with learner ones on one event loop.
+        The module is written to a folder of its own put on ``sys.path``, so that processes
+        started with ``multiprocessing`` (which hands them ``sys.path``) import it too.
+        """
+        if not name.isidentifier() or name in sys.modules and name not in self.helpers:
+            raise ValueError(f"{name!r} cannot be a test helper module name")
+        if self.helper_dir is None:
+            import tempfile
+
+            self.helper_dir = tempfile.mkdtemp(prefix="aios-helpers-")
+            sys.path.insert(1, self.helper_dir)
+        if self.helpers.get(name) != source:
+            Path(self.helper_dir, f"{name}.py").write_text(source)
+            sys.modules.pop(name, None)
+            importlib.invalidate_caches()
+            self.helpers[name] = source
+        return importlib.import_module(name)
 
     def run_async(self, awaitable):
         """Run a learner coroutine to its end on the worker's event loop (one loop, so that an
@@ -455,7 +489,14 @@ class Worker:
         getattr(torch, name)(*args)
 
     def callback(self, tid: int, op: str, name: str, args: tuple, kwargs: dict):
-        """Ask the trusted side to use one of its values; serve nested requests meanwhile."""
+        """Ask the trusted side to use one of its values; serve nested requests meanwhile.
+
+        Only the thread serving requests may: the trusted side answers callbacks only while
+        it waits for a reply, and two threads on the socket would mix their messages.
+        """
+        if threading.get_ident() != self.serving:
+            raise RuntimeError("a test's function or object was used from a thread of the learner's code; "
+                               "only the thread serving the test's requests can reach the tests")
         buffers: list[bytes] = []
         data = protocol.encode([list(args), kwargs], self.handle, buffers, tensors=self.tensors)
         protocol.send(self.sock, {"k": "cb", "id": tid, "op": op, "name": name, "v": data}, buffers)

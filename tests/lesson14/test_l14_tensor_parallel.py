@@ -4,12 +4,15 @@ Every test here bounds its waiting: ``launch_ranks`` fails after a timeout, a te
 still hangs is ended by pytest-timeout (thread method: a collective blocked in C++ cannot
 be interrupted by a signal), and every engine is shut down (workers joined) at the end.
 One engine at a time: the driver process holds one tensor-parallel group.
+
+The rank processes run learner code, so they are started on the learner's side: the rank
+task comes from ``learner_helper`` and only the ranks' results (plain data) come back;
+the engine's worker processes are signalled through ``learner_import("os")``.
 """
 
-import os
 import signal
-import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +23,6 @@ from aios.engine.tp_runner import TensorParallelError
 from aios.llm import LLM
 from aios.sampling_params import SamplingParams
 from aios.utils.loader import load_qwen3
-from l14_rank_tasks import tp_forward_logits
 
 IDS = [4, 8, 15, 16, 23, 42, 108, 7, 300, 2, 99]
 PROMPTS = [[5, 6, 7, 8, 9], list(range(20, 58)), [11] * 13]
@@ -42,10 +44,11 @@ def greedy(llm) -> list[list[int]]:
 
 
 @pytest.mark.hint(4)
-def test_two_ranks_give_the_logits_of_one(tiny_model_dir):
+def test_two_ranks_give_the_logits_of_one(tiny_model_dir, learner_helper):
     """The fused model split over 2 gloo ranks gives the 1-process logits on rank 0 (fp32, atol 1e-4), None on rank 1."""
     expected = one_process_logits(tiny_model_dir)
-    rank0, rank1 = launch_ranks(tp_forward_logits, 2, args=(str(tiny_model_dir), IDS), timeout=90)
+    tasks = learner_helper(Path(__file__).with_name("l14_rank_tasks.py"))
+    rank0, rank1 = launch_ranks(tasks.tp_forward_logits, 2, args=(str(tiny_model_dir), IDS), timeout=90)
     assert rank1["logits"] is None
     torch.testing.assert_close(rank0["logits"], expected, rtol=1e-5, atol=1e-4)
     assert (rank0["qkv_rows"], rank0["down_columns"], rank0["embedding_rows"]) == (64, 64, 256)  # half of each
@@ -74,10 +77,11 @@ def test_shutdown_stops_every_worker(tiny_model_dir):
 
 
 @pytest.mark.hint(5)
-def test_dead_worker_is_reported_promptly(tiny_model_dir):
+def test_dead_worker_is_reported_promptly(tiny_model_dir, learner_import):
     """A worker killed in the middle of a step makes generate() raise TensorParallelError naming rank 1 within seconds."""
     llm = LLM(tiny_model_dir, tensor_parallel_size=2, **ENGINE_OPTIONS)
     pid = llm.model_runner.workers[0].process.pid
+    os, threading = learner_import("os"), learner_import("threading")  # where the worker process is
     os.kill(pid, signal.SIGSTOP)  # frozen: the driver's next collective waits for it ...
     killer = threading.Timer(1.0, os.kill, (pid, signal.SIGKILL))  # ... until it dies
     killer.start()

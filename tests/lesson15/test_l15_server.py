@@ -6,11 +6,13 @@ Every request here is greedy (temperature 0), so the same prompt always gives th
 import asyncio
 import gc
 import time
+from pathlib import Path
 
 import openai
 import pytest
 
 PROMPT = "The quick brown fox"
+HELPERS = Path(__file__).with_name("l15_helpers.py")
 
 
 @pytest.mark.hint(6)
@@ -95,17 +97,12 @@ def wait_until_idle(server, timeout=15.0):
 
 
 @pytest.mark.hint(2)
-def test_disconnect_cancels_request_and_frees_blocks(server, client, monkeypatch):
+def test_disconnect_cancels_request_and_frees_blocks(server, client, monkeypatch, learner_helper):
     """Closing a stream mid-way aborts the request: its KV blocks return and the abort is counted."""
     assert wait_until_idle(server), "the server should start this test idle"
     engine = server.engine
-    original_step = engine.step
-
-    def slow_step():  # make the request last long enough to be cancelled mid-way
-        time.sleep(0.01)
-        return original_step()
-
-    monkeypatch.setattr(engine, "step", slow_step)
+    # Make the request last long enough to be cancelled mid-way.
+    monkeypatch.setattr(engine, "step", learner_helper(HELPERS).slowed(engine.step, 0.01))
     aborted_before = server.metric("aios_requests_finished_total", finish_reason="abort")
     stream = client.completions.create(model=server.model, prompt=PROMPT, max_tokens=400, temperature=0,
                                        stream=True, extra_body={"ignore_eos": True})

@@ -1,12 +1,19 @@
-"""Lesson 14 (hidden): the collectives and the vocabulary-parallel layers, run by two real gloo ranks."""
+"""Lesson 14 (hidden): the collectives and the vocabulary-parallel layers, run by two real gloo ranks.
+
+The ranks return what the learner's layers computed; the expected values are computed here
+from the same inputs (``collective_inputs``, drawn from the same seed).
+"""
+
+from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from aios.engine.distributed import launch_ranks
 from aios.fixtures import make_model
 from aios.utils.loader import load_qwen3
-from l14_hidden_rank_tasks import collective_checks
+from l14_hidden_rank_tasks import collective_inputs
 
 pytestmark = pytest.mark.timeout(120, method="thread")
 
@@ -21,20 +28,27 @@ def untied_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ranks(untied_dir):
+def ranks(untied_dir, learner_helper):
     """The two ranks' results (or the error that stopped them, which every test then reports)."""
+    tasks = learner_helper(Path(__file__).with_name("l14_hidden_rank_tasks.py"))
     try:
-        return launch_ranks(collective_checks, 2, args=(str(untied_dir), IDS), timeout=90)
+        return launch_ranks(tasks.collective_checks, 2, args=(str(untied_dir), IDS), timeout=90)
     except RuntimeError as error:
         return error
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    """The inputs the ranks drew (same seed, drawn again here)."""
+    return collective_inputs()
 
 
 def result(ranks, rank: int, name: str):
     if isinstance(ranks, Exception):
         pytest.fail(f"the two-rank run failed: {ranks}")
     value = ranks[rank][name]
-    if isinstance(value, Exception):
-        pytest.fail(f"rank {rank}: {value}")
+    if isinstance(value, dict) and set(value) == {"error"}:
+        pytest.fail(f"rank {rank}: {value['error']}")
     return value
 
 
@@ -49,26 +63,25 @@ def test_gather_to_driver_concatenates_in_rank_order(ranks):
 
 @pytest.mark.hint(1)
 @pytest.mark.parametrize("rank", [0, 1])
-def test_row_parallel_forward_sums_ranks_and_adds_bias_once(ranks, rank):
+def test_row_parallel_forward_sums_ranks_and_adds_bias_once(ranks, inputs, rank):
     """RowParallelLinear.forward all-reduces the partial products: every rank gets x @ W.T + b (bias counted once)."""
-    got, expected = result(ranks, rank, "row_forward")
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    expected = inputs["x"] @ inputs["weight"].T + inputs["bias"]
+    torch.testing.assert_close(result(ranks, rank, "row_forward"), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.hint(3)
 @pytest.mark.parametrize("rank", [0, 1])
-def test_vocab_parallel_embedding_gives_every_rank_the_full_lookup(ranks, rank):
+def test_vocab_parallel_embedding_gives_every_rank_the_full_lookup(ranks, inputs, rank):
     """VocabParallelEmbedding.forward: ids from both halves of the vocabulary come out right on both ranks."""
-    got, expected = result(ranks, rank, "embedding")
-    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(result(ranks, rank, "embedding"), F.embedding(inputs["token_ids"], inputs["table"]))
 
 
 @pytest.mark.hint(4)
-def test_parallel_lm_head_gives_full_logits_on_the_driver_only(ranks):
+def test_parallel_lm_head_gives_full_logits_on_the_driver_only(ranks, inputs):
     """ParallelLMHead.forward returns [n, vocab] logits on rank 0 (both halves of the vocabulary) and None on rank 1."""
-    got, expected = result(ranks, 0, "lm_head")
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-    assert result(ranks, 1, "lm_head")[0] is None
+    expected = inputs["hidden"] @ inputs["table"].T
+    torch.testing.assert_close(result(ranks, 0, "lm_head"), expected, rtol=1e-5, atol=1e-5)
+    assert result(ranks, 1, "lm_head") is None
 
 
 @pytest.mark.hint(1)

@@ -1,10 +1,8 @@
 """Lesson 14 (hidden): the two-rank engine step by step, under preemption, with sampling, and without orphans."""
 
-import multiprocessing
-import os
-import queue
 import signal
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +12,6 @@ from aios.engine.distributed import same_aios_in_children
 from aios.engine.tp_runner import step_logits
 from aios.llm import LLM
 from aios.sampling_params import SamplingParams
-from l14_hidden_rank_tasks import drive_engine_then_wait
 
 pytestmark = pytest.mark.timeout(120, method="thread")
 
@@ -81,38 +78,38 @@ def test_sampled_requests_finish_on_two_ranks(two_ranks):
     assert [len(out["token_ids"]) for out in outputs] == [5, 5, 5]
 
 
-def wait_for_worker_pid(driver, pids, timeout: float) -> int:
+def wait_for_worker_pid(driver, pids, empty, timeout: float) -> int:
     """The pid the driver reports once its engine is up; fails at once if the driver dies first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             (pid,) = pids.get(timeout=0.5)
             return pid
-        except queue.Empty:
+        except empty:
             if not driver.is_alive():
                 pytest.fail(f"the driver process exited with code {driver.exitcode} before its engine started")
     pytest.fail(f"the driver's two-rank engine did not start within {timeout:.0f} s")
 
 
 @pytest.mark.hint(5)
-def test_worker_exits_when_its_driver_is_killed(tiny_model_dir):
+def test_worker_exits_when_its_driver_is_killed(tiny_model_dir, learner_helper, learner_import):
     """Killing the driver process (SIGKILL, no clean-up) makes its worker exit within seconds: no orphans."""
-    context = multiprocessing.get_context("spawn")
+    # The driver runs learner code: it is started, watched and killed on the learner's side.
+    tasks = learner_helper(Path(__file__).with_name("l14_hidden_rank_tasks.py"))
+    context = learner_import("multiprocessing").get_context("spawn")
     pids = context.Queue()
-    driver = context.Process(target=drive_engine_then_wait, args=(str(tiny_model_dir), OPTIONS, pids))
+    driver = context.Process(target=tasks.drive_engine_then_wait, args=(str(tiny_model_dir), OPTIONS, pids))
     with same_aios_in_children():
         driver.start()  # not a daemon: daemonic processes may not start workers
     try:
-        worker_pid = wait_for_worker_pid(driver, pids, timeout=90)
+        worker_pid = wait_for_worker_pid(driver, pids, learner_import("queue").Empty, timeout=90)
     finally:
         driver.kill()
         driver.join()
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        try:
-            os.kill(worker_pid, 0)
-        except ProcessLookupError:
+        if not tasks.is_running(worker_pid):
             return
         time.sleep(0.1)
-    os.kill(worker_pid, signal.SIGKILL)
+    learner_import("os").kill(worker_pid, signal.SIGKILL)
     pytest.fail(f"worker {worker_pid} was still running 15 s after its driver was killed")

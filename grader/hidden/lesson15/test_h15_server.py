@@ -3,6 +3,7 @@
 import asyncio
 import gc
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -86,17 +87,12 @@ def test_stop_at_eos_reports_stop(server, client):
 
 
 @pytest.mark.hint(2)
-def test_non_streaming_client_timeout_aborts_request(server, monkeypatch):
+def test_non_streaming_client_timeout_aborts_request(server, monkeypatch, learner_helper):
     """A non-streamed request whose client gives up (timeout) is aborted: its blocks come back."""
     assert wait_until_idle(server)
     engine = server.engine
-    original_step = engine.step
-
-    def slow_step():
-        time.sleep(0.01)
-        return original_step()
-
-    monkeypatch.setattr(engine, "step", slow_step)
+    helpers = learner_helper(Path(__file__).with_name("h15_helpers.py"))
+    monkeypatch.setattr(engine, "step", helpers.slowed(engine.step, 0.01))
     aborted = server.metric("aios_requests_finished_total", finish_reason="abort")
     body = {"model": server.model, "prompt": PROMPTS[0], "max_tokens": 400, "temperature": 0, "ignore_eos": True}
     with pytest.raises(httpx.ReadTimeout):
