@@ -146,6 +146,81 @@ def test_exception_messages_are_clipped(worker):
     assert len(str(caught.value)) <= protocol.MAX_MESSAGE + 3
 
 
+HELPER = '''
+import inspect
+import threading
+
+
+class Refused(ValueError):
+    def __init__(self, message, status):
+        super().__init__(message)
+        self.status, self._private = status, "secret"
+
+    def body(self):
+        return {"error": {"status": self.status}}
+
+
+def refuse():
+    raise Refused("no", 400)
+
+
+def from_a_thread(callback):
+    seen = []
+
+    def run():
+        try:
+            seen.append(callback())
+        except RuntimeError as error:
+            seen.append(str(error))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    return seen[0]
+
+
+class Engine:
+    def step(self):
+        return "step"
+
+
+def own_method(obj, name):
+    value = getattr(obj, name)
+    return inspect.ismethod(value) and value.__self__ is obj and value.__func__ is getattr(type(obj), name)
+'''
+
+
+def test_a_learner_exception_is_read_for_attributes_in_the_worker(worker):
+    """A learner exception's attributes and methods (APIError.status, body()) are read from the original."""
+    helper = worker.request("helper", "remote_test_helper", HELPER)
+    with pytest.raises(ValueError) as caught:
+        worker.request("call", worker.request("getattr", helper, "refuse"), (), {})
+    assert type(caught.value).__name__ == "Refused" and str(caught.value) == "no"
+    assert caught.value.status == 400 and caught.value.body() == {"error": {"status": 400}}
+    assert not hasattr(caught.value, "_private")
+
+
+def test_a_test_callback_from_a_learner_thread_is_refused(worker):
+    """Only the thread serving requests may call back into the tests; the worker keeps serving."""
+    helper = worker.request("helper", "remote_test_helper", HELPER)
+    answer = worker.request("call", worker.request("getattr", helper, "from_a_thread"), (lambda: "called",), {})
+    assert "thread" in answer and answer != "called"
+    assert worker.alive and worker.request("ping") > 0
+
+
+def test_a_method_set_back_is_the_learners_own(worker):
+    """monkeypatch's undo sets back the method it took: the worker gets the learner's bound method, not a callback."""
+    helper = worker.request("helper", "remote_test_helper", HELPER)
+    engine = worker.request("call", worker.request("getattr", helper, "Engine"), (), {})
+    own_method = worker.request("getattr", helper, "own_method")
+    taken = engine.step
+    engine.step = lambda: "patched"
+    assert engine.step() == "patched"
+    engine.step = taken
+    assert worker.request("call", own_method, (engine, "step"), {}) is True
+    assert engine.step() == "step"
+
+
 def test_transformers_model_code_is_refused(worker):
     """With block_hf_models (lessons >= 3) importing transformers' model code fails with ImportError."""
     with pytest.raises(ImportError, match="not available when grading"):
