@@ -98,11 +98,18 @@ def pytest_unconfigure(config):
         uninstall()
 
 
+@pytest.hookimpl(trylast=True)  # after pytest's tmpdir plugin made config._tmp_path_factory
 def pytest_configure(config):
-    """Register the project's markers."""
+    """Register the project's markers; lend a sandboxed learner worker the tests' tmp_path folders
+    (it runs as another user)."""
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped with a reason without one")
     config.addinivalue_line("markers", "benchmark_gpu: a GPU benchmark (pytest-benchmark); skipped without CUDA")
     config.addinivalue_line("markers", "hint(n): the lesson README's hint n (1-based) addresses this test's failure")
+    if REMOTE:
+        from grader.remote.client import lend_tmp_paths, sandboxed
+
+        if sandboxed() and getattr(config, "_tmp_path_factory", None) is not None:
+            lend_tmp_paths(config._tmp_path_factory)
 
 
 def _cuda_available() -> bool:

@@ -53,11 +53,11 @@ import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from grader import board, sandbox
+from grader import board, remote, sandbox
 from grader import curriculum as cur
 from grader.cli import grade_lesson
 from grader.curriculum import Curriculum, Lesson
-from grader.runner import Confinement
+from grader.runner import Confinement, worker_sandbox
 
 RUNNER_ID = "aios"
 #: Variables the code under test must not see: GitHub's step files (a test could append a
@@ -338,14 +338,23 @@ def score_lesson(lesson: Lesson, grade: dict, leaks: LeakFilter | None = None) -
     }
 
 
-def isolation(confine: Confinement | None) -> str:
-    """What the output says about the isolation of the learner's code in this run."""
+def isolation(confine: Confinement | None, lessons: list[Lesson] = ()) -> str:
+    """What the output says about the isolation of the learner's code in this run.
+
+    A confined run starts the learner worker through the sandbox (runner.worker_sandbox) unless
+    ``AIOS_WORKER_SANDBOX=0``; lessons whose suites import ``aios`` in the test process itself
+    (``grader.remote.DIRECT_LESSONS``, or every lesson with ``AIOS_REMOTE=0``) run the learner's
+    code as the grader's user.
+    """
     if confine is None:
         return NOT_ISOLATED
-    if os.environ.get("AIOS_WORKER_SANDBOX") == "1":  # the learner worker starts through sandbox.spawn
+    direct = sorted({lesson.id for lesson in lessons if not remote.wanted([lesson.visible, lesson.hidden])})
+    if not sandbox.probe().isolated or (worker_sandbox() == "1" and not direct):
         return sandbox.describe()
-    return ("partly isolated: own PID, mount and network namespaces, but the learner's code runs as the "
-            "grader's user (the learner worker is not sandboxed) — " + sandbox.LOCAL_NOTE)
+    where = (f"lessons {', '.join(map(str, direct))} import it in the tests' process" if direct
+             else "the learner worker is not sandboxed (AIOS_WORKER_SANDBOX=0)")
+    return (f"partly isolated: own PID, mount and network namespaces, but the learner's code runs as the "
+            f"grader's user ({where}) — " + sandbox.LOCAL_NOTE)
 
 
 def autograde(curriculum: Curriculum, lessons: list[Lesson], impl: str, confine: Confinement | None = None) -> dict:
@@ -354,7 +363,7 @@ def autograde(curriculum: Curriculum, lessons: list[Lesson], impl: str, confine:
     entries = [score_lesson(lesson, grade_lesson(curriculum, lesson, impl, confine), leaks) for lesson in lessons]
     return {
         "version": 1,
-        "isolation": isolation(confine),
+        "isolation": isolation(confine, lessons),
         "scoring": ("points * passed // counted per lesson: only passed counts; xfail, xpass and undeclared "
                     "skips are failures; a GPU test skipped without CUDA is not counted"),
         "lessons": entries,

@@ -228,6 +228,12 @@ def _spawn_confined(cmd: list[str], cwd: Path, env: dict, log, timeout: float, h
         sandbox.kill_tree(proc)
 
 
+def worker_sandbox() -> str:
+    """``AIOS_WORKER_SANDBOX`` for a confined run: "1" (the learner worker runs as the sandbox's
+    user) unless the grader was started with ``AIOS_WORKER_SANDBOX=0`` (the explicit off switch)."""
+    return "0" if os.environ.get("AIOS_WORKER_SANDBOX") == "0" else "1"
+
+
 def _confined_prefix(root: Path) -> list[str]:
     """``python -I -B -c BOOT PLUGIN_DIR -p PLUGIN...``: the start of a confined child's command."""
     plugin_dir = root / "grader" / "_pytest"
@@ -293,7 +299,8 @@ def run_pytest(
                 cmd = _command(run_root, paths, report, test_timeout, extra_args or [], done, confine is not None)
                 left = run_timeout - (time.monotonic() - started)
                 if confine:
-                    env = _child_env(impl) | mode_env | {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+                    env = _child_env(impl) | mode_env | {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
+                                                         "AIOS_WORKER_SANDBOX": worker_sandbox()}
                     code = _spawn_confined(cmd, run_root, env, log, left, confine.hidden)
                 else:
                     code = _spawn(cmd, root, _child_env(impl) | mode_env, log, left)

@@ -16,6 +16,7 @@ the next request starts a fresh one; handles taken from a module re-resolve ther
 
 from __future__ import annotations
 
+import atexit
 import builtins
 import functools
 import importlib
@@ -24,6 +25,7 @@ import importlib.util
 import io
 import os
 import pickle
+import shutil
 import signal
 import socket
 import subprocess
@@ -129,8 +131,14 @@ class Worker:
             argv.append("--block-hf-models")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PYTEST", "AIOS_REMOTE"))}
         self.log_path = log_path
+        self.scratch, models = None, []
+        if sandboxed():
+            self.scratch, scratch_env, models = _scratch()
+            env.update(scratch_env)
+            argv[2] = str(self.scratch / "worker" / WORKER_FILE.name)
         with open(log_path, "ab") as log:
-            self.proc = _spawn(argv, cwd=tree, env=env, stdout=log, pass_fds=(theirs.fileno(),))
+            self.proc = _spawn(argv, cwd=tree, env=env, stdout=log, pass_fds=(theirs.fileno(),),
+                               scratch=self.scratch, readable=models)
         theirs.close()
         self.proxies: weakref.WeakValueDictionary[int, Remote] = weakref.WeakValueDictionary()
         self.released: list[tuple[int, int]] = []
@@ -309,6 +317,8 @@ class Worker:
             self.sock.close()
         finally:
             _kill_group(self.proc)
+            if self.scratch is not None:
+                shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def _echo(header: dict) -> None:
@@ -413,6 +423,8 @@ class Pickler(pickle.Pickler):
         self.worker = worker
 
     def persistent_id(self, obj):
+        if LENT is not None and type(obj) in (str, type(LENT.base)):
+            LENT.hand_over(obj)
         if type(obj) in _PLAIN_FAST:
             return None
         if isinstance(obj, Remote):
@@ -468,20 +480,145 @@ def read_log(path: Path, limit: int = LOG_LIMIT) -> str:
         return ""
 
 
-def _spawn(argv: list[str], *, cwd: Path, env: dict, stdout, pass_fds) -> subprocess.Popen:
-    """Start the worker: in the OS sandbox when ``grader/sandbox.py`` offers one, else its own session."""
-    if os.environ.get("AIOS_WORKER_SANDBOX") == "1":
+def sandboxed() -> bool:
+    """Whether the worker starts through ``grader/sandbox.py`` (own user, namespaces, limits).
+
+    ``AIOS_WORKER_SANDBOX=1`` asks for it; the grader's runner sets it for every confined run
+    (``autograde --bundle``) unless the grader itself was started with ``AIOS_WORKER_SANDBOX=0``.
+    """
+    return os.environ.get("AIOS_WORKER_SANDBOX") == "1"
+
+
+def _scratch() -> tuple[Path, dict[str, str], list[Path]]:
+    """A private folder for a sandboxed worker (its home, working directory and caches), the
+    environment that points there, and the cached model folders it must be able to read.
+
+    The learner user may write only there. Model fixtures already in the cache
+    (``$AIOS_CACHE`` or ``~/.cache/aios``) are linked in, made readable; one that is missing
+    is built in the scratch cache by the worker itself.
+    """
+    from grader import sandbox
+
+    folder = sandbox.private_dir("aios-worker-")
+    cache = Path(os.environ.get("AIOS_CACHE") or Path.home() / ".cache" / "aios")
+    (folder / "cache" / "models").mkdir(parents=True)
+    (folder / "tmp").mkdir()
+    (folder / "worker").mkdir()  # the worker's own code: the bundle it comes from is not readable there
+    for name in (WORKER_FILE.name, "protocol.py"):
+        shutil.copyfile(WORKER_FILE.with_name(name), folder / "worker" / name)
+    models = []
+    if (cache / "models").is_dir():
+        for model in (cache / "models").iterdir():
+            if model.is_dir() and not model.name.startswith(".") and (model / "config.json").is_file():
+                models.append(model.resolve())
+                (folder / "cache" / "models" / model.name).symlink_to(models[-1])
+    env = {"HOME": str(folder), "AIOS_CACHE": str(folder / "cache"), "XDG_CACHE_HOME": str(folder / ".cache"),
+           "TMPDIR": str(folder / "tmp")}
+    return folder, env, models
+
+
+def _spawn(argv: list[str], *, cwd: Path, env: dict, stdout, pass_fds, scratch: Path | None = None,
+           readable=()) -> subprocess.Popen:
+    """Start the worker: in the OS sandbox as the learner user when ``scratch`` (its private folder,
+    then its working directory) is given, with ``cwd`` and ``readable`` readable; else in its own
+    session."""
+    if scratch is not None:
         from grader import sandbox
 
-        return sandbox.spawn(argv, cwd=cwd, env=env, stdout=stdout, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL, pass_fds=pass_fds)
+        return sandbox.spawn(argv, cwd=scratch, env=env, stdout=stdout, stderr=subprocess.STDOUT,
+                             writable=(scratch,), readable=(cwd, *readable), stdin=subprocess.DEVNULL,
+                             pass_fds=pass_fds)
     return subprocess.Popen(argv, cwd=cwd, env=env, stdout=stdout, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, pass_fds=pass_fds, start_new_session=True)
 
 
+def lend_tmp_paths(factory) -> None:
+    """Make the folders pytest's ``tmp_path_factory`` hands out usable by the sandboxed worker's user.
+
+    Tests give ``tmp_path`` folders to learner code (a checkpoint to write, a file to load): each
+    new folder is chowned to the learner user, under a base folder it may traverse but not list,
+    outside ``/tmp/pytest-of-root`` (which pytest keeps at 0700). The tests' other files (bundle,
+    hidden tests, report) stay out of its reach. ``factory`` is pytest's ``TempPathFactory``
+    (``config._tmp_path_factory``); this replaces its ``mktemp`` on the instance.
+    """
+    from grader import sandbox
+
+    iso = sandbox.probe()
+    if iso.uid is None:
+        return
+    global LENT
+    base = Path(sandbox.private_dir("aios-tmp-")).resolve()
+    base.chmod(0o711)
+    atexit.register(shutil.rmtree, base, ignore_errors=True)
+    LENT = LentFolders(base, iso.uid, iso.gid)
+    factory._given_basetemp = base / "basetemp"  # pytest's own field: --basetemp
+    make = factory.mktemp
+
+    def mktemp(basename: str, numbered: bool = True) -> Path:
+        path = make(basename, numbered)
+        factory.getbasetemp().chmod(0o711)
+        os.chown(path, iso.uid, iso.gid)
+        return path
+
+    factory.mktemp = mktemp
+
+
+class LentFolders:
+    """The tests' tmp_path folders (under ``base``), lent to the sandboxed worker's user.
+
+    Each folder pytest makes is chowned to that user. What a test writes there itself is
+    root's, sometimes 0600 (safetensors' ``save_file``): when a test hands a path under
+    ``base`` to learner code (a request's argument), that path and everything below it are
+    handed to the learner user too. The walk holds directory descriptors and never follows
+    a symbolic link, and leaves hard-linked files alone, so nothing the learner's code links
+    or swaps in changes hands.
+    """
+
+    def __init__(self, base: Path, uid: int, gid: int):
+        self.base, self.uid, self.gid = base, uid, gid
+        self.prefix = str(base) + os.sep
+
+    def hand_over(self, path) -> None:
+        text = os.fspath(path)
+        if not text.startswith(self.prefix) or not os.path.exists(text):
+            return
+        real = os.path.realpath(text)
+        if not real.startswith(self.prefix):
+            return
+        if not os.path.isdir(real):
+            self._chown(os.path.basename(real), os.path.dirname(real))
+            return
+        for _, dirs, files, fd in os.fwalk(real, follow_symlinks=False):
+            self._chown(".", None, fd)
+            for name in dirs + files:
+                self._chown(name, None, fd)
+
+    def _chown(self, name: str, folder: str | None, fd: int | None = None) -> None:
+        import stat
+
+        try:
+            if fd is None:
+                fd_open = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            else:
+                fd_open = fd
+            try:
+                info = os.stat(name, dir_fd=fd_open, follow_symlinks=False)
+                if info.st_uid != self.uid and (stat.S_ISDIR(info.st_mode)
+                                                or stat.S_ISREG(info.st_mode) and info.st_nlink == 1):
+                    os.chown(name, self.uid, self.gid, dir_fd=fd_open, follow_symlinks=False)
+            finally:
+                if fd is None:
+                    os.close(fd_open)
+        except OSError:
+            pass
+
+
+LENT: LentFolders | None = None
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
     """Kill the process and everything it started in its session."""
-    if os.environ.get("AIOS_WORKER_SANDBOX") == "1":
+    if sandboxed():
         from grader import sandbox
 
         return sandbox.kill_tree(proc)

@@ -57,7 +57,7 @@ HF_MODEL_MODULES = "transformers.modeling_utils"
 
 
 class HFModelBlocker:
-    """A meta-path finder refusing Hugging Face's model code (lessons from 3 on build their own).
+    """A meta-path finder refusing Hugging Face's model code (every lesson but 0 and 2 builds its own).
 
     The tokenizer stays importable: the engine uses ``AutoTokenizer`` from lesson 8 on.
     """
@@ -69,7 +69,7 @@ class HFModelBlocker:
             and parts[3].startswith("modeling_") and parts[2] != "auto")
         if blocked:
             raise ImportError(f"{name}: Hugging Face's model code is not available when grading this lesson "
-                              "(from lesson 3 on, aios runs the model itself)")
+                              "(outside lessons 0 and 2, aios runs the model itself)")
         return None
 
 

@@ -12,9 +12,9 @@ To keep the file fast, lesson 1 is graded on two of its hidden test files only (
 visible suite is left out of the bundle): every run, honest or not, uses the same trimmed bundle.
 
 Patching pytest or forging the report from inside the tests' process is stopped by the trust
-split (grader/remote/: the learner's code runs in a worker process). Attacks still marked
-``NEEDS_WORKER`` need the worker to run as the sandbox's unprivileged user (grader/sandbox.py)
-without transformers: until then they still earn points and are expected failures.
+split (grader/remote/: the learner's code runs in a worker process, as the sandbox's
+unprivileged user when grading as root); delegating lesson 1 to transformers by the worker's
+refusal of Hugging Face's model code outside lessons 0 and 2.
 """
 
 from __future__ import annotations
@@ -48,9 +48,6 @@ CI_SAMPLE = {"test_patching_pytest_reports_earns_nothing", "test_poisoning_the_b
              "test_xfailing_stubs_earn_nothing", "test_hidden_tests_do_not_leak_verbatim",
              "test_public_outputs_never_carry_hidden_docstrings"}
 
-
-NEEDS_WORKER = pytest.mark.xfail(strict=True, reason="needs the learner worker (issue 13 trust split) to run as "
-                                 "the sandbox's user, without transformers")
 
 
 @dataclass
@@ -201,6 +198,16 @@ REPORT_PATCH = """
 
 def test_patching_pytest_reports_earns_nothing(release, honest, tmp_path):
     assert grade(release, tmp_path, "1", REPORT_PATCH).scores == {1: honest[1]}
+
+
+def test_patching_pytest_reports_earns_nothing_in_lesson_15(release, tmp_path):
+    """Lesson 15 (a server, an engine loop, learner exceptions read for attributes) goes through the
+    worker too: the report patch earns what the stubs earn there, nothing, though every test ran."""
+    graded = grade(release, tmp_path, "15", REPORT_PATCH)
+    (entry,) = graded.report["lessons"]
+    outcomes = [t["outcome"] for kind in ("visible", "hidden") for t in entry["tests"][kind]]
+    assert len(outcomes) > 40 and "passed" not in outcomes
+    assert graded.scores == {15: 0}
 
 
 ATEXIT_FORGERY = """
@@ -406,7 +413,6 @@ TRANSFORMERS_RMS_NORM = '''
 '''
 
 
-@NEEDS_WORKER
 def test_delegating_to_transformers_earns_nothing(release, honest, tmp_path):
     def delegate(ws: Path) -> None:
         file = ws / "aios" / "layers" / "layernorm.py"
