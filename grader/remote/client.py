@@ -525,9 +525,11 @@ def _spawn(argv: list[str], *, cwd: Path, env: dict, stdout, pass_fds, scratch: 
     if scratch is not None:
         from grader import sandbox
 
+        # The test process is confined to loopback already; sharing its network namespace lets
+        # the tests reach a server the learner's code starts (lesson 15).
         return sandbox.spawn(argv, cwd=scratch, env=env, stdout=stdout, stderr=subprocess.STDOUT,
                              writable=(scratch,), readable=(cwd, *readable), stdin=subprocess.DEVNULL,
-                             pass_fds=pass_fds)
+                             pass_fds=pass_fds, own_network=False)
     return subprocess.Popen(argv, cwd=cwd, env=env, stdout=stdout, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, pass_fds=pass_fds, start_new_session=True)
 

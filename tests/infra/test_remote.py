@@ -368,3 +368,56 @@ def test_the_worker_has_no_report_path(tmp_path):
     assert env_before is None
     assert not any("aios-report" in str(value) or "report-" in str(value) for value in seen)
     assert sys.argv != seen[: len(sys.argv)]
+
+
+@pytest.mark.parametrize("lesson, blocked", [(0, "0"), (1, "1"), (2, "0"), (3, "1"), (13, "1")])
+def test_transformers_model_code_is_offered_in_lessons_0_and_2_only(tmp_path, lesson, blocked):
+    """Lesson 1's layers and model are plain torch: its worker refuses Hugging Face's model code too."""
+    from grader import remote
+
+    assert remote.child_env([f"tests/lesson{lesson:02d}"], tmp_path)["AIOS_REMOTE_BLOCK_HF"] == blocked
+
+
+SANDBOX_PROBE = '''
+import os
+
+
+def probe(secret):
+    home = os.environ["HOME"]
+    with open(os.path.join(home, "written"), "w") as out:
+        out.write("ok")
+    try:
+        with open(secret) as hidden:
+            hidden.read()
+        readable = True
+    except OSError:
+        readable = False
+    return {"uid": os.getuid(), "home": home, "cwd": os.getcwd(), "secret_readable": readable}
+'''
+
+
+def test_a_sandboxed_worker_runs_as_the_learner_user_in_its_own_scratch(monkeypatch):
+    """As root on Linux the sandboxed worker runs as the learner user: it writes only its scratch
+    home (removed with it) and cannot read the grader's private folders."""
+    from grader import sandbox
+
+    iso = sandbox.probe()
+    if not iso.isolated:
+        pytest.skip(f"the sandbox is not available here: {iso.reason}")
+    secret, tree = sandbox.private_dir("aios-secret-"), sandbox.private_dir("aios-tree-")
+    try:
+        (secret / "hidden.txt").write_text("hidden")
+        (tree / "learnerpkg").mkdir()
+        (tree / "learnerpkg" / "__init__.py").write_text(SANDBOX_PROBE)
+        monkeypatch.setenv("AIOS_WORKER_SANDBOX", "1")
+        worker = client.Worker(tree, block_hf_models=True, log_path=secret / "worker.log")
+        try:
+            module = worker.request("import", "learnerpkg")
+            seen = worker.request("method", module, "probe", (str(secret / "hidden.txt"),), {})
+            scratch = worker.scratch
+        finally:
+            worker.stop()
+    finally:
+        shutil.rmtree(secret), shutil.rmtree(tree)
+    assert seen["uid"] == iso.uid != 0 and not seen["secret_readable"]
+    assert seen["home"] == seen["cwd"] == str(scratch) and not scratch.exists()
