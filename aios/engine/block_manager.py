@@ -157,6 +157,34 @@ class BlockManager:
         raise NotImplementedError("Lesson 13: implement BlockManager._append_with_prefix_cache in aios/engine/block_manager.py — see exercises/lesson13/README.md, 'What to implement'")
 
 
+    # ------------------------------------------------------------------ chunked prefill (lesson 16)
+
+    def allocate_chunked(self, seq: Sequence) -> None:
+        """``allocate`` for chunked prefill: the same block table, but only the reused prefix stays findable.
+
+        Prefix caching registers a prompt's full blocks when they are allocated, which is right
+        when one step computes the whole prompt. In chunks, most of those blocks are written
+        steps later; a request found them earlier would attend to garbage. So the blocks ``seq``
+        computes itself are hidden again at once, and ``cache_full_blocks`` registers them chunk
+        by chunk. Raises OutOfBlocksError, changing nothing, when blocks run short.
+        """
+        raise NotImplementedError("Lesson 16: implement BlockManager.allocate_chunked in aios/engine/block_manager.py — see exercises/lesson16/README.md, 'What to implement'")
+
+    def cache_full_blocks(self, seq: Sequence, num_tokens: int) -> None:
+        """Make the blocks of ``seq`` that are full within its first ``num_tokens`` tokens findable by content.
+
+        Called when a step is scheduled to compute tokens up to ``num_tokens`` (as ``may_append``
+        registers a decode's block): by the time another sequence is allocated, their K/V are
+        written. A block that is already findable (a reused one, or one an earlier chunk
+        registered) is skipped; the walk stops at a block whose parent is not findable, since a
+        hash chain never skips a link. Without prefix caching it does nothing.
+        """
+        if not self.enable_prefix_caching:
+            return
+        # Hint: block i is full within the first num_tokens tokens when (i + 1) * block_size <= num_tokens.
+        raise NotImplementedError("Lesson 16: implement BlockManager.cache_full_blocks in aios/engine/block_manager.py — see exercises/lesson16/README.md, 'What to implement'")
+
+
 def compute_block_hash(token_ids: list[int], prev_hash: int = NO_HASH) -> int:
     """64-bit xxhash of one full block: the previous block's hash (none for the first block), then the tokens.
 

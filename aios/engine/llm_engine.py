@@ -155,7 +155,19 @@ class LLMEngine:
 
     def step(self) -> tuple[list[Sequence], int]:
         """Run one scheduled batch. Returns (sequences that finished, tokens processed: positive for prefill, negative for decode)."""
+        if self.config.enable_chunked_prefill:
+            return self.step_chunked()
         raise NotImplementedError("Lesson 8: implement LLMEngine.step in aios/engine/llm_engine.py — see exercises/lesson08/README.md, 'What to implement'")
+
+    def step_chunked(self) -> tuple[list[Sequence], int]:
+        """One token-budget step (lesson 16): decodes and prefill chunks in one forward pass.
+
+        A step of decodes only runs as lesson 8's decode step (``run(seqs, False)``: CUDA graphs
+        apply); any other runs every chunk as a prefill (``run(chunks, True)``, eager).
+        Returns (sequences that finished, tokens processed: the chunks' tokens when the step
+        prefilled anything, minus the number of sequences for a decode-only step).
+        """
+        raise NotImplementedError("Lesson 16: implement LLMEngine.step_chunked in aios/engine/llm_engine.py — see exercises/lesson16/README.md, 'What to implement'")
 
     def shutdown(self) -> None:
         """Stop the tensor-parallel workers, if any (lesson 14), and give back the weights, KV cache

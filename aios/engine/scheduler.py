@@ -4,13 +4,18 @@ Prefill first: while waiting requests fit (sequence count, token budget, free KV
 blocks) admit them and run a prefill step. Otherwise run one decode step over
 every running sequence; when the cache is full, preempt the newest running
 sequence (free its blocks, send it back to the front of the queue, recompute later).
+
+Chunked prefill (lesson 16, ``schedule_chunked``): every step spends at most
+``max_num_batched_tokens`` tokens. Running decodes go first (one token each), prompts
+already being prefilled get the next chunk, then waiting requests are admitted with
+whatever is left; a long prompt is split over as many steps as its chunks need.
 """
 
 from collections import deque
 
 from aios.config import Config
 from aios.engine.block_manager import BlockManager
-from aios.engine.sequence import Sequence, SequenceStatus
+from aios.engine.sequence import Chunk, Sequence, SequenceStatus
 
 
 class Scheduler:
@@ -67,6 +72,42 @@ class Scheduler:
         Returns the sequences that finished this step (their blocks are already freed).
         """
         raise NotImplementedError("Lesson 8: implement Scheduler.postprocess in aios/engine/scheduler.py — see exercises/lesson08/README.md, 'What to implement'")
+
+    # ------------------------------------------------------------------ chunked prefill (lesson 16)
+
+    def schedule_chunked(self) -> list[Chunk]:
+        """Pick the next step's chunks within the token budget, decodes first.
+
+        1. Decodes: every running sequence with one token left to compute (its newest) gets a
+           chunk of one, oldest first, with room for that token, preempting the newest running
+           sequences while blocks run short (as ``schedule`` does).
+        2. Prefills in progress: the running sequences with more tokens left get the next chunk,
+           ``min(tokens left, budget left)``, oldest first.
+        3. Admissions: while budget is left and running < max_num_seqs, admit from the front of
+           ``waiting`` (``allocate_chunked``; it starts at its cached prefix) and give it its first
+           chunk; stop at the first one whose blocks cannot be allocated (no overtaking).
+
+        Every prefill chunk registers the blocks it fills (``cache_full_blocks``). The chunks'
+        tokens add up to at most ``max_num_batched_tokens`` (Config keeps max_num_seqs <= the
+        budget, so the decodes always fit). Returns [] when nothing can run.
+        """
+        # Hint: a sequence's tokens left to compute are len(seq) - seq.num_computed_tokens; a decode has exactly one.
+        # Hint: then the prompts already started, then new ones: a prefill chunk takes what the budget has left.
+        raise NotImplementedError("Lesson 16: implement Scheduler.schedule_chunked in aios/engine/scheduler.py — see exercises/lesson16/README.md, 'What to implement'")
+
+    def _prefill_chunk(self, seq: Sequence, num_tokens: int) -> Chunk:
+        """The chunk of ``num_tokens`` tokens after ``seq``'s computed ones; its full blocks become findable."""
+        self.block_manager.cache_full_blocks(seq, seq.num_computed_tokens + num_tokens)
+        return Chunk(seq, num_tokens)
+
+    def postprocess_chunks(self, chunks: list[Chunk], token_ids: list[int]) -> list[Sequence]:
+        """After a chunked step: record each chunk as computed, then append and finish as ``postprocess`` does.
+
+        ``token_ids`` has one sampled token per chunk; only a chunk that reached the end of its
+        sequence (``is_last``) keeps it, the others' were sampled from an unfinished prompt.
+        Returns the sequences that finished this step.
+        """
+        raise NotImplementedError("Lesson 16: implement Scheduler.postprocess_chunks in aios/engine/scheduler.py — see exercises/lesson16/README.md, 'What to implement'")
 
     def abort(self, seq_id: int) -> Sequence | None:
         """Remove the sequence ``seq_id`` from the waiting or running queue and free its KV blocks.

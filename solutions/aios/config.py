@@ -7,6 +7,9 @@ import torch
 
 from aios.utils.hf_config import load_model_config
 
+#: Where the token budget is explained, for the errors about it.
+BUDGET_README = "see exercises/lesson16/README.md, 'The token budget'"
+
 _DTYPE_NAMES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
                 "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
@@ -22,6 +25,7 @@ def features_up_to(lesson: int) -> dict:
         "fused_layers": lesson >= 10,
         "enforce_eager": lesson < 11,
         "enable_prefix_caching": lesson >= 13,
+        "enable_chunked_prefill": lesson >= 16,
     }
 
 
@@ -31,7 +35,7 @@ class Config:
 
     model:                  path of a Hugging Face-format Qwen3 checkpoint directory.
     max_num_seqs:           most sequences in one batch.
-    max_num_batched_tokens: most tokens in one prefill batch.
+    max_num_batched_tokens: most tokens in one prefill batch; with chunked prefill, in any step (the token budget).
     max_model_len:          longest sequence (prompt + completion); capped by the checkpoint's.
     dtype:                  "auto" (the checkpoint's), "float32", "float16", "bfloat16" or a torch.dtype.
     device:                 "auto" (CUDA when available, else CPU), "cuda", "cpu".
@@ -43,6 +47,8 @@ class Config:
     gpu_memory_utilization: share of GPU memory the engine may fill (weights + KV cache + activations).
     tensor_parallel_size:   GPUs to shard the model over (lesson 14).
     enable_prefix_caching:  reuse KV blocks of identical prompt prefixes (lesson 13).
+    enable_chunked_prefill: token-budget steps that mix decodes with chunks of long prompts (lesson 16);
+                            off: lesson 8's prefill-first steps.
     attention_backend:      "auto", "torch" (lessons 6-7) or "triton" (lesson 9).
     fused_layers:           fused QKV and gate/up projections (lesson 10).
     load_format:            "safetensors" (read the checkpoint) or "dummy" (random weights, for
@@ -63,6 +69,7 @@ class Config:
     gpu_memory_utilization: float = 0.9
     tensor_parallel_size: int = 1
     enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = False
     attention_backend: str = "auto"
     fused_layers: bool = True
     load_format: str = "safetensors"
@@ -90,9 +97,16 @@ class Config:
         checks = [
             (self.max_num_seqs >= 1, f"max_num_seqs must be >= 1, got {self.max_num_seqs}"),
             (self.max_model_len >= 2, f"max_model_len must be >= 2, got {self.max_model_len}"),
-            (self.max_num_batched_tokens >= self.max_model_len,
+            (self.max_num_batched_tokens >= 1,
+             f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens} ({BUDGET_README})"),
+            (self.enable_chunked_prefill or self.max_num_batched_tokens >= self.max_model_len,
              f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_model_len "
-             f"({self.max_model_len}) so that any prompt fits in one prefill"),
+             f"({self.max_model_len}) so that any prompt fits in one prefill; or pass enable_chunked_prefill=True "
+             f"to split long prompts into chunks ({BUDGET_README})"),
+            (not self.enable_chunked_prefill or self.max_num_batched_tokens >= self.max_num_seqs,
+             f"with enable_chunked_prefill, max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= "
+             f"max_num_seqs ({self.max_num_seqs}) so that every running sequence decodes in every step: "
+             f"lower max_num_seqs or raise the budget ({BUDGET_README})"),
             (self.kvcache_block_size >= 1, f"kvcache_block_size must be >= 1, got {self.kvcache_block_size}"),
             (0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization must be in (0, 1]"),
             (self.tensor_parallel_size >= 1, "tensor_parallel_size must be >= 1"),

@@ -155,6 +155,8 @@ class LLMEngine:
 
     def step(self) -> tuple[list[Sequence], int]:
         """Run one scheduled batch. Returns (sequences that finished, tokens processed: positive for prefill, negative for decode)."""
+        if self.config.enable_chunked_prefill:
+            return self.step_chunked()
         # BEGIN SOLUTION lesson8
         seqs, is_prefill = self.scheduler.schedule()
         if not seqs:
@@ -163,6 +165,28 @@ class LLMEngine:
         num_tokens = sum(len(seq) - seq.num_cached_tokens for seq in seqs) if is_prefill else -len(seqs)
         token_ids = self.model_runner.run(seqs, is_prefill)
         finished = self.scheduler.postprocess(seqs, token_ids)
+        return finished, num_tokens
+        # END SOLUTION
+
+    def step_chunked(self) -> tuple[list[Sequence], int]:
+        """One token-budget step (lesson 16): decodes and prefill chunks in one forward pass.
+
+        A step of decodes only runs as lesson 8's decode step (``run(seqs, False)``: CUDA graphs
+        apply); any other runs every chunk as a prefill (``run(chunks, True)``, eager).
+        Returns (sequences that finished, tokens processed: the chunks' tokens when the step
+        prefilled anything, minus the number of sequences for a decode-only step).
+        """
+        # BEGIN SOLUTION lesson16
+        chunks = self.scheduler.schedule_chunked()
+        if not chunks:
+            return [], 0
+        if all(chunk.is_decode for chunk in chunks):
+            num_tokens = -len(chunks)
+            token_ids = self.model_runner.run([chunk.seq for chunk in chunks], False)
+        else:
+            num_tokens = sum(chunk.num_tokens for chunk in chunks)
+            token_ids = self.model_runner.run(chunks, True)
+        finished = self.scheduler.postprocess_chunks(chunks, token_ids)
         return finished, num_tokens
         # END SOLUTION
 

@@ -22,6 +22,8 @@ class Sequence:
 
     ``num_cached_tokens`` counts leading tokens whose K/V are already in the cache
     (reused prefix blocks, lesson 13); prefill computes only the rest.
+    ``num_computed_tokens`` (chunked prefill, lesson 16) counts leading tokens whose K/V
+    are in the cache so far: the cached prefix, then every chunk a step computed.
     """
 
     _ids = count()
@@ -36,6 +38,7 @@ class Sequence:
         self.block_size = block_size
         self.block_table: list[int] = []
         self.num_cached_tokens = 0
+        self.num_computed_tokens = 0
         self.sampling_params = sampling_params or SamplingParams()
         self.finish_reason: str | None = None
 
@@ -76,3 +79,83 @@ class Sequence:
 
     def append_token(self, token_id: int) -> None:
         self.token_ids.append(token_id)
+
+
+class Chunk:
+    """The tokens ``[start, end)`` of one sequence that a chunked-prefill step computes (lesson 16).
+
+    ``start`` is ``seq.num_computed_tokens`` when the chunk is made: every token before it
+    already has its K/V in the cache. To the model runner a chunk looks like a sequence
+    that ends at ``end`` and whose first ``start`` tokens are cached, which is exactly what
+    lesson 7's ``prepare_prefill`` packs (it learned that for prefix caching in lesson 13):
+
+        positions  start .. end - 1        (not 0 .. num_tokens - 1)
+        slots      slot_mapping(block_table, those positions)
+        attention  over all ``end`` tokens: earlier chunks' K/V are read from the cache
+
+    A decode is the chunk ``[len(seq) - 1, len(seq))``. Only a chunk that reaches the end
+    of its sequence (``is_last``) gives a next token; the logits of the others are dropped.
+    """
+
+    def __init__(self, seq: Sequence, num_tokens: int):
+        # BEGIN SOLUTION lesson16
+        self.seq = seq
+        self.start = seq.num_computed_tokens
+        self.end = self.start + num_tokens
+        # END SOLUTION
+
+    # What the model runner and the sampler read of a sequence, seen through the chunk.
+
+    def __len__(self) -> int:
+        return self.end
+
+    def __repr__(self) -> str:
+        return f"Chunk(seq={self.seq.seq_id}, tokens [{self.start}, {self.end}) of {len(self.seq)})"
+
+    @property
+    def num_tokens(self) -> int:
+        """How many tokens this step computes for the sequence (what it costs of the budget)."""
+        return self.end - self.start
+
+    @property
+    def num_cached_tokens(self) -> int:
+        return self.start
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.seq.token_ids[: self.end]
+
+    @property
+    def last_token(self) -> int:
+        return self.seq.token_ids[self.end - 1]
+
+    @property
+    def seq_id(self) -> int:
+        return self.seq.seq_id
+
+    @property
+    def block_table(self) -> list[int]:
+        return self.seq.block_table
+
+    @property
+    def sampling_params(self) -> SamplingParams:
+        return self.seq.sampling_params
+
+    @property
+    def num_completion_tokens(self) -> int:
+        return self.seq.num_completion_tokens
+
+    @property
+    def is_last(self) -> bool:
+        """Whether the chunk ends at the sequence's last token: its logits give the next token."""
+        # BEGIN SOLUTION lesson16
+        return self.end == len(self.seq)
+        # END SOLUTION
+
+    @property
+    def is_decode(self) -> bool:
+        """Whether the chunk is one decode token (the sequence's newest): lesson 7's prepare_decode can run it,
+        and a CUDA graph of lesson 11 with it."""
+        # BEGIN SOLUTION lesson16
+        return self.num_tokens == 1 and self.is_last
+        # END SOLUTION
