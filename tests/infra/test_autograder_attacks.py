@@ -210,16 +210,6 @@ def test_patching_pytest_reports_earns_nothing_in_lesson_15(release, tmp_path):
     assert graded.scores == {15: 0}
 
 
-def test_patching_pytest_reports_earns_nothing_in_lesson_15(release, tmp_path):
-    """Lesson 15 (a server, an engine loop, learner exceptions read for attributes) goes through the
-    worker too: the report patch earns what the stubs earn there, nothing, though every test ran."""
-    graded = grade(release, tmp_path, "15", REPORT_PATCH)
-    (entry,) = graded.report["lessons"]
-    outcomes = [t["outcome"] for kind in ("visible", "hidden") for t in entry["tests"][kind]]
-    assert len(outcomes) > 40 and "passed" not in outcomes
-    assert graded.scores == {15: 0}
-
-
 ATEXIT_FORGERY = """
     import atexit as _atexit
 
