@@ -164,9 +164,10 @@ class BlockManager:
 
         Prefix caching registers a prompt's full blocks when they are allocated, which is right
         when one step computes the whole prompt. In chunks, most of those blocks are written
-        steps later; a request found them earlier would attend to garbage. So the blocks ``seq``
-        computes itself are hidden again at once, and ``cache_full_blocks`` registers them chunk
-        by chunk. Raises OutOfBlocksError, changing nothing, when blocks run short.
+        steps later, and if ``seq`` is preempted first they return to the free list findable but
+        never written: the next request with that prefix would attend to garbage. So the blocks
+        ``seq`` computes itself are hidden again at once, and ``cache_full_blocks`` registers them
+        chunk by chunk. Raises OutOfBlocksError, changing nothing, when blocks run short.
         """
         raise NotImplementedError("Lesson 16: implement BlockManager.allocate_chunked in aios/engine/block_manager.py — see exercises/lesson16/README.md, 'What to implement'")
 

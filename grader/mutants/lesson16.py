@@ -7,21 +7,27 @@ SC = "aios/engine/scheduler.py"
 BM = "aios/engine/block_manager.py"
 EN = "aios/engine/llm_engine.py"
 
-DECODES_THEN_PREFILLS = (
-    "        budget, chunks = self.max_num_batched_tokens, []\n"
+DECODE_LOOP = (
     "        for seq in [s for s in self.running if len(s) - s.num_computed_tokens == 1]:\n"
+    "            if seq.status is not SequenceStatus.RUNNING:\n"
+    "                continue  # preempted below to make room for an older one\n"
+    "            while not self.block_manager.can_append(seq):\n"
+    "                victim = self.running.pop()\n"
+    "                self.preempt(victim)\n"
+    "                if victim is seq:\n"
+    "                    break\n"
+    "            else:\n"
+    "                self.block_manager.may_append(seq)\n"
+    "                chunks.append(Chunk(seq, 1))\n"
+    "                budget -= 1\n"
 )
-ADMISSION = (
-    "        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:\n"
-    "            seq = self.waiting[0]\n"
-    "            if not self.block_manager.can_allocate(seq):\n"
-    "                break\n"
-    "            self.block_manager.allocate_chunked(seq)\n"
-    "            seq.num_computed_tokens = seq.num_cached_tokens\n"
-    "            seq.status = SequenceStatus.RUNNING\n"
-    "            self.running.append(self.waiting.popleft())\n"
-    "            chunks.append(self._prefill_chunk(seq, min(len(seq) - seq.num_computed_tokens, budget)))\n"
-    "            budget -= chunks[-1].num_tokens\n"
+PREFILL_LOOP = (
+    "        # Hint: then the prompts already started, then new ones: a prefill chunk takes what the budget has left.\n"
+    "        for seq in self.running:\n"
+    "            left = len(seq) - seq.num_computed_tokens\n"
+    "            if left > 1 and budget > 0:\n"
+    "                chunks.append(self._prefill_chunk(seq, min(left, budget)))\n"
+    "                budget -= chunks[-1].num_tokens\n"
 )
 
 MUTANTS = [
@@ -55,12 +61,11 @@ MUTANTS = [
            replace="            chunks.append(self._prefill_chunk(seq, min(len(seq) - seq.num_computed_tokens, budget)))\n"
                    "            budget -= 1\n",
            bug="an admitted request's first chunk costs one unit of budget (a sequence) instead of its tokens"),
-    Mutant(16, "admit-before-decoding", SC,
-           find=DECODES_THEN_PREFILLS,
-           replace="        budget, chunks = self.max_num_batched_tokens, []\n" + ADMISSION
-                   + "        for seq in [s for s in self.running if len(s) - s.num_computed_tokens == 1]:\n",
-           bug="waiting prompts are admitted before the running sequences decode (lesson 8's prefill-first habit): "
-               "a long prompt takes the budget and the running streams stall"),
+    Mutant(16, "prefills-before-decodes", SC,
+           find=DECODE_LOOP + PREFILL_LOOP,
+           replace=PREFILL_LOOP + DECODE_LOOP,
+           bug="prompts being prefilled get their chunks before the running sequences decode: a long prompt takes "
+               "the whole budget and the decodes overrun it"),
     Mutant(16, "no-sequence-limit-on-admission", SC,
            find="        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:\n",
            replace="        while self.waiting and budget > 0:\n",

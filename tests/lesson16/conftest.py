@@ -60,6 +60,36 @@ def unchunked(make_llm):
     return run
 
 
+def finish(llm, max_steps: int = 2000) -> None:
+    """Step ``llm`` until nothing is waiting or running; fail (instead of hanging) after ``max_steps`` steps."""
+    for _ in range(max_steps):
+        if llm.is_finished():
+            return
+        llm.step()
+    assert llm.is_finished(), (f"the engine did not finish in {max_steps} steps: does every step advance "
+                               "num_computed_tokens, and does each prompt get its chunks?")
+
+
+@pytest.fixture
+def served():
+    """``served(llm, prompts, params)``: each request's generated token ids, stepping the engine with a bound on
+    the number of steps (a scheduler that stops making progress fails the test instead of hanging it)."""
+
+    def run(llm, prompts, params):
+        params = params if isinstance(params, list) else [params] * len(prompts)
+        seqs = [llm.add_request(list(prompt), sp) for prompt, sp in zip(prompts, params)]
+        finish(llm, 4 * sum(len(p) + sp.max_tokens for p, sp in zip(prompts, params)) + 200)
+        return [seq.completion_token_ids for seq in seqs]
+
+    return run
+
+
+@pytest.fixture
+def finished():
+    """``finished(llm)``: step until the engine is idle, failing after 2000 steps."""
+    return finish
+
+
 def assert_idle(llm):
     """Nothing waiting, nothing running, every KV block free."""
     assert llm.scheduler.is_finished(), "requests were left in the scheduler"

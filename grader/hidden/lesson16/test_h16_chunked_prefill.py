@@ -83,23 +83,24 @@ def test_chunked_scheduler_under_other_limits(num_blocks, block_size, max_num_se
 
 
 @pytest.mark.hint(5)
-def test_outputs_match_transformers_with_a_budget_of_one_block(tiny_model_dir, make_llm, greedy, random_prompt):
+def test_outputs_match_transformers_with_a_budget_of_one_block(tiny_model_dir, make_llm, greedy, random_prompt,
+                                                               served):
     """With a budget of one block (8 tokens), each generated token is transformers' argmax after the prompt and the tokens before it."""
     from transformers import AutoModelForCausalLM
 
     hf = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     llm = make_llm(max_num_batched_tokens=8, max_num_seqs=4)
     prompts = [random_prompt(n, seed=60 + n) for n in (5, 23, 40)]
-    outputs = llm.generate(prompts, greedy(8), use_tqdm=False)
+    outputs = served(llm, prompts, greedy(8))
     with torch.inference_mode():
-        for prompt, out in zip(prompts, outputs):
-            tokens = out["token_ids"]
+        for prompt, tokens in zip(prompts, outputs):
             logits = hf(torch.tensor([prompt + tokens[:-1]]), use_cache=False).logits[0]
             assert logits[len(prompt) - 1 :].argmax(-1).tolist() == tokens
 
 
 @pytest.mark.hint(1)
-def test_a_one_token_chunk_in_the_middle_of_a_prompt_is_not_a_decode(make_llm, unchunked, greedy, random_prompt, idle):
+def test_a_one_token_chunk_in_the_middle_of_a_prompt_is_not_a_decode(make_llm, unchunked, greedy, random_prompt, idle,
+                                                                     finished):
     """Budget 4 with three running decodes leaves one token per step to a long prompt: those chunks are prefills, not decodes."""
     prompts = [random_prompt(3, seed=i) for i in range(3)]
     llm = make_llm(max_num_batched_tokens=4, max_num_seqs=4)
@@ -112,8 +113,7 @@ def test_a_one_token_chunk_in_the_middle_of_a_prompt_is_not_a_decode(make_llm, u
         _, num_tokens = llm.step()
         tokens.append(num_tokens)
     assert tokens == [4] * 11 and long.num_completion_tokens == 0
-    while not llm.is_finished():
-        llm.step()
+    finished(llm)
     expected = unchunked(prompts + [long_prompt], [greedy(30)] * 3 + [greedy(4)])
     assert [s.completion_token_ids for s in seqs + [long]] == expected
     idle(llm)
@@ -137,29 +137,27 @@ def test_blocks_become_findable_only_once_a_chunk_computes_them(random_prompt):
 
 @pytest.mark.hint(6)
 def test_a_same_prompt_arriving_during_the_prefill_gets_the_right_tokens(make_llm, unchunked, greedy, random_prompt,
-                                                                        idle):
-    """An identical prompt admitted while the first is still being prefilled reuses only blocks already computed."""
+                                                                        idle, finished):
+    """An identical prompt queued while the first is prefilled gets the same tokens; chunked prompts feed the cache."""
     prompt = random_prompt(61, seed=21)
     llm = make_llm(max_num_batched_tokens=10, max_num_seqs=2, enable_prefix_caching=True)
     first = llm.add_request(prompt, greedy(5))
     llm.step()
     llm.step()
     second = llm.add_request(prompt, greedy(5))
-    while not llm.is_finished():
-        llm.step()
+    finished(llm)
     expected = unchunked([prompt], [greedy(5)])[0]
     assert first.completion_token_ids == expected and second.completion_token_ids == expected
     third = llm.add_request(prompt, greedy(5))
     llm.step()
     assert third.num_cached_tokens == 56, "a prompt computed in chunks feeds the prefix cache like any other"
-    while not llm.is_finished():
-        llm.step()
+    finished(llm)
     assert third.completion_token_ids == expected
     idle(llm)
 
 
 @pytest.mark.hint(3)
-def test_heavy_preemption_with_prefix_caching_and_small_chunks(make_llm, unchunked, random_prompt, idle):
+def test_heavy_preemption_with_prefix_caching_and_small_chunks(make_llm, unchunked, random_prompt, idle, served):
     """Tight KV cache, budget 5 (not a multiple of the block), shared prefixes: every request gets its unchunked tokens."""
     rng = random.Random(8)
     shared = random_prompt(20, seed=8)
@@ -167,9 +165,9 @@ def test_heavy_preemption_with_prefix_caching_and_small_chunks(make_llm, unchunk
     params = [SamplingParams(temperature=0.0, max_tokens=rng.randint(1, 10), ignore_eos=True) for _ in prompts]
     llm = make_llm(max_num_batched_tokens=5, max_num_seqs=5, num_kvcache_blocks=16, kvcache_block_size=4,
                    enable_prefix_caching=True)
-    outputs = llm.generate(prompts, params, use_tqdm=False)
+    outputs = served(llm, prompts, params)
     assert llm.scheduler.num_preemptions > 0
-    assert [o["token_ids"] for o in outputs] == unchunked(prompts, params)
+    assert outputs == unchunked(prompts, params)
     idle(llm)
 
 

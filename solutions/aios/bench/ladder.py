@@ -12,6 +12,7 @@
     11     LLM.generate, features_up_to(11)                  CUDA graphs for decode
     12     LLM.generate, sampled (T 0.8, top-k/top-p)        sampling instead of greedy
     13     LLM.generate, features_up_to(13)                  prefix caching switched on
+    16     LLM.generate, features_up_to(16)                  chunked prefill: token-budget steps, decodes first
 
 Every stage generates exactly the workload's output lengths (no early stop at EOS),
 so tokens per second compare like for like. The GPU benchmark of lesson N
@@ -213,15 +214,18 @@ class SingleSequenceStage(Stage):
 
 
 class EngineStage(Stage):
-    """Stages 7-13 on one engine: its ModelRunner in static batches (7) or LLM.generate (8 on).
+    """Stages 7-13 and 16 on one engine: its ModelRunner in static batches (7) or LLM.generate (8 on).
 
     The engine gets ``features_up_to(stage)``: each stage switches on its lesson's mechanism.
-    Stages 12 and 13 sample (temperature, top-k, top-p) where the others decode greedily.
+    Stages 12 on sample (temperature, top-k, top-p) where the others decode greedily; stage 16
+    runs with a token budget of ``CHUNKED_BUDGET``.
     """
 
     NAMES = {7: "static batching", 8: "continuous batching", 9: "Triton attention", 10: "fused layers",
-             11: "CUDA graphs", 12: "sampling", 13: "prefix caching"}
+             11: "CUDA graphs", 12: "sampling", 13: "prefix caching", 16: "chunked prefill"}
     SAMPLED_FROM = 12
+    #: Stage 16's max_num_batched_tokens: prompts longer than what decodes leave of it are split.
+    CHUNKED_BUDGET = 512
 
     def __init__(self, stage: int, model_dir, device: str, max_num_seqs: int, longest: int,
                  load_format: str = "dummy", block_size: int = 16, **options):
@@ -234,6 +238,8 @@ class EngineStage(Stage):
         engine_options = {**features_up_to(stage), "device": device, "max_num_seqs": max_num_seqs,
                           "num_kvcache_blocks": blocks, "kvcache_block_size": block_size,
                           "load_format": load_format, **options}
+        if stage == 16:
+            engine_options.setdefault("max_num_batched_tokens", max(self.CHUNKED_BUDGET, max_num_seqs))
         self.llm = LLM(str(model_dir), **engine_options)
 
     def sampling_params(self, max_tokens: int):
@@ -439,7 +445,7 @@ def benchmark_model_dir(preset: str | None = None) -> Path:
 LADDER_WORKLOAD = {"num_requests": 32, "prompt_len": (32, 256), "output_len": (16, 96)}
 #: Batch size of the batched stages (7 on): half the requests, so stage 7 runs two static batches.
 LADDER_MAX_NUM_SEQS = 16
-LADDER_STAGES = tuple(range(3, 14))
+LADDER_STAGES = (*range(3, 14), 16)
 #: What each stage adds (the table's "what changed" column).
 LADDER_CHANGES = {
     3: "baseline: the whole sequence recomputed for every token",
@@ -453,6 +459,7 @@ LADDER_CHANGES = {
     11: "decode replayed as CUDA graphs (+ compiled elementwise layers)",
     12: "sampling (T 0.8, top-k 50, top-p 0.95) instead of greedy",
     13: "prefix caching on (random prompts: its bookkeeping only)",
+    16: "chunked prefill: steps of at most 512 tokens, decodes first, prompts in chunks (a latency feature)",
 }
 #: The syllabus's figures (tok/s at 32 requests, its own machine and model): for reference only.
 SYLLABUS_TOKENS_PER_SECOND = {3: 5, 4: 25, 5: 30, 6: 30, 7: 400, 8: 600, 9: 900, 10: 1000, 11: 1200,
@@ -815,7 +822,7 @@ def _scale(text: str) -> float:
 
 
 def _stage_list(text: str) -> tuple[int, ...]:
-    """``--stages 3,4,9-11``: ladder stages, each in 3-13."""
+    """``--stages 3,4,9-11``: ladder stages, each one of LADDER_STAGES (3-13, 16)."""
     stages: list[int] = []
     try:
         for part in filter(None, (p.strip() for p in text.split(","))):
@@ -825,7 +832,7 @@ def _stage_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected stages like 3,4,9-11, got {text!r}") from None
     unknown = sorted(set(stages) - set(LADDER_STAGES))
     if unknown or not stages:
-        raise argparse.ArgumentTypeError(f"stages are {LADDER_STAGES[0]}-{LADDER_STAGES[-1]}, got {text!r}")
+        raise argparse.ArgumentTypeError(f"stages are 3-13, 16, got {text!r}")
     return tuple(sorted(set(stages)))
 
 
@@ -841,7 +848,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ladder = parser.add_argument_group("the whole ladder (--ladder)")
     ladder.add_argument("--ladder", action="store_true", help="run every stage on the 32-request workload")
     ladder.add_argument("--out", type=Path, default=None, help="write DIR/table.md, DIR/ladder.json, DIR/ladder.png")
-    ladder.add_argument("--stages", type=_stage_list, default=LADDER_STAGES, help="e.g. 3-8 or 3,7,11 (default 3-13)")
+    ladder.add_argument("--stages", type=_stage_list, default=LADDER_STAGES,
+                        help="e.g. 3-8 or 3,7,11 (default 3-13, 16)")
     ladder.add_argument("--max-num-seqs", type=int, default=LADDER_MAX_NUM_SEQS, help="batch size of stages 7 on")
     ladder.add_argument("--single-budget", type=float, default=10.0,
                         help="seconds of requests timed one at a time for stages 3-6 (default 10)")

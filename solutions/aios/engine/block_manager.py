@@ -269,9 +269,10 @@ class BlockManager:
 
         Prefix caching registers a prompt's full blocks when they are allocated, which is right
         when one step computes the whole prompt. In chunks, most of those blocks are written
-        steps later; a request found them earlier would attend to garbage. So the blocks ``seq``
-        computes itself are hidden again at once, and ``cache_full_blocks`` registers them chunk
-        by chunk. Raises OutOfBlocksError, changing nothing, when blocks run short.
+        steps later, and if ``seq`` is preempted first they return to the free list findable but
+        never written: the next request with that prefix would attend to garbage. So the blocks
+        ``seq`` computes itself are hidden again at once, and ``cache_full_blocks`` registers them
+        chunk by chunk. Raises OutOfBlocksError, changing nothing, when blocks run short.
         """
         # BEGIN SOLUTION lesson16
         self.allocate(seq)
