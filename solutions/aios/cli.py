@@ -165,11 +165,14 @@ def _args_serve(parser: argparse.ArgumentParser) -> None:
     engine.add_argument("--attention-backend", choices=["auto", "torch", "triton"])
     engine.add_argument("--enforce-eager", action="store_true", default=None, help="no CUDA graphs")
     engine.add_argument("--no-prefix-caching", dest="enable_prefix_caching", action="store_false", default=None)
+    engine.add_argument("--enable-chunked-prefill", action="store_true", default=None,
+                        help="token-budget steps: decodes first, long prompts in chunks of --max-num-batched-tokens "
+                             "(lesson 16)")
 
 
 SERVE_ENGINE_OPTIONS = ("load_format", "dtype", "device", "max_model_len", "max_num_seqs", "max_num_batched_tokens",
                         "num_kvcache_blocks", "kvcache_block_size", "gpu_memory_utilization", "tensor_parallel_size",
-                        "attention_backend", "enforce_eager", "enable_prefix_caching")
+                        "attention_backend", "enforce_eager", "enable_prefix_caching", "enable_chunked_prefill")
 
 
 def run_serve(args: argparse.Namespace) -> int:
