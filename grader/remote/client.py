@@ -91,7 +91,10 @@ def _learner_attribute(exc: BaseException, name: str):
     remote = exc.__dict__.get("_aios_remote")
     if remote is None or name.startswith("_"):
         raise AttributeError(name)
-    return getattr(remote, name)
+    try:
+        return getattr(remote, name)
+    except WorkerDied:  # the original is gone with its worker: as if it had no such attribute
+        raise AttributeError(f"{name} (the learner worker that raised this exception was stopped)") from None
 
 
 def _trusted_only(obj) -> bool:

@@ -198,6 +198,8 @@ def test_a_learner_exception_is_read_for_attributes_in_the_worker(worker):
     assert type(caught.value).__name__ == "Refused" and str(caught.value) == "no"
     assert caught.value.status == 400 and caught.value.body() == {"error": {"status": 400}}
     assert not hasattr(caught.value, "_private")
+    worker.stop()
+    assert getattr(caught.value, "status", "gone") == "gone", "a stopped worker's exception has no attributes left"
 
 
 def test_a_test_callback_from_a_learner_thread_is_refused(worker):
