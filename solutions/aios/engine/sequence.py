@@ -123,7 +123,9 @@ class Chunk:
 
     @property
     def token_ids(self) -> list[int]:
-        return self.seq.token_ids[: self.end]
+        """The first ``end`` token ids (read only). A chunk that ends its sequence returns the sequence's
+        own list: no copy, which a mixed step's decodes over long contexts would otherwise pay."""
+        return self.seq.token_ids if self.end == len(self.seq) else self.seq.token_ids[: self.end]
 
     @property
     def last_token(self) -> int:
