@@ -60,7 +60,7 @@ class ModelRunner:
         self.device = torch.device(config.device)
         self.model = load_qwen3(
             config.model, config.dtype, config.device, config.load_format,
-            fuse_residual_norm=True, fused_layers=config.fused_layers,
+            fuse_residual_norm=True, fused_layers=config.fused_layers, quantization=config.quantization,
         )
         hf = config.hf_config
         if config.num_kvcache_blocks <= 0:

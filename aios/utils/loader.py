@@ -135,7 +135,7 @@ def fill_random_weights(model: nn.Module, seed: int = 0, std: float = 0.02) -> N
 
 def load_qwen3(
     model_dir: str | Path, dtype: torch.dtype | None = None, device: str = "cpu", load_format: str = "safetensors",
-    **model_options,
+    quantization: str | None = None, **model_options,
 ):
     """Build our Qwen3ForCausalLM for the checkpoint in ``model_dir`` and load its weights.
 
@@ -143,18 +143,29 @@ def load_qwen3(
     (for example ``fuse_residual_norm=True`` or ``fused_layers=True``). Fused models load
     through ``load_packed_weights``, the others through ``load_weights``.
     ``load_format="dummy"`` skips the safetensors files and fills random weights
-    instead. Returns the model in eval mode.
+    instead. Quantization (lesson 18): a pre-quantized checkpoint (its config.json's
+    ``quantization_config``) loads into quantized layers as it is; ``quantization="int8"``,
+    ``"int4"`` or ``"fp8"`` on a float checkpoint quantizes the loaded weights.
+    Returns the model in eval mode.
     """
+    from aios.layers.quantization import quantize_model, replace_with_quantized, resolve_quantization
     from aios.models.qwen3 import Qwen3ForCausalLM
 
     config = load_model_config(model_dir)
     dtype = dtype or config.torch_dtype
+    quant = resolve_quantization(model_dir, quantization)
     with default_dtype_and_device(dtype, device):
         model = Qwen3ForCausalLM(config, **model_options)
+        if quant is not None and quant.pre_quantized:
+            if load_format == "dummy":
+                raise ValueError("load_format='dummy' needs a float checkpoint's config.json, not a pre-quantized one")
+            replace_with_quantized(model, quant)
     if load_format == "dummy":
         fill_random_weights(model)
     elif model.fused_layers:
         load_packed_weights(model, model_dir)
     else:
         load_weights(model, model_dir)
+    if quant is not None and not quant.pre_quantized:
+        quantize_model(model, quant)
     return model.eval()

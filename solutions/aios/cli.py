@@ -346,3 +346,36 @@ def run_bench(args: argparse.Namespace) -> int:
 
 COMMANDS.append(Command("bench", "offline throughput of the engine on the headline workload (GPU; lessons 9-11)",
                         _args_bench, run_bench))
+
+
+# ---------------------------------------------------------------- quantize (lesson 18)
+
+
+def _args_quantize(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", metavar="SRC", type=Path, help="float Qwen3 checkpoint folder")
+    parser.add_argument("dst", metavar="DST", type=Path, help="folder to write the quantized checkpoint into")
+    parser.add_argument("--method", choices=["int4", "int8", "fp8"], required=True,
+                        help="int4: AWQ layout (group-wise, packed); int8: per-channel; fp8: 128x128 blocks (Qwen3-FP8)")
+    parser.add_argument("--group-size", type=int, default=128, help="INT4 group along the input features (default 128)")
+    parser.add_argument("--force", action="store_true", help="write even if DST is not empty")
+
+
+def run_quantize(args: argparse.Namespace) -> int:
+    """Write a pre-quantized checkpoint (see :mod:`aios.utils.quantize_checkpoint`)."""
+    from aios.utils.quantize_checkpoint import quantize_checkpoint
+
+    if not (args.src / "config.json").is_file():
+        raise CliError(f"{args.src} is not a checkpoint folder (no config.json)")
+    if args.dst.is_dir() and any(args.dst.iterdir()) and not args.force:
+        raise CliError(f"{args.dst} is not empty; pass --force to write into it anyway")
+    try:
+        path = quantize_checkpoint(args.src, args.dst, args.method, args.group_size)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    size = sum(f.stat().st_size for f in path.glob("*.safetensors"))
+    print(f"wrote {args.method} checkpoint ({size / 2**20:.1f} MiB of tensors) to {path}")
+    return 0
+
+
+COMMANDS.append(Command("quantize", "write a pre-quantized (int4 AWQ, int8 or fp8) copy of a checkpoint (lesson 18)",
+                        _args_quantize, run_quantize))

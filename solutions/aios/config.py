@@ -54,6 +54,10 @@ class Config:
     load_format:            "safetensors" (read the checkpoint) or "dummy" (random weights, for
                             benchmarks: throughput does not depend on weight values; needs only config.json
                             and the tokenizer files).
+    quantization:           None, "int8", "int4" or "fp8" (lesson 18): quantize a float checkpoint's linear
+                            layers at load time. A pre-quantized checkpoint (config.json's quantization_config)
+                            loads as it is whatever this says (None or its own method).
+    kv_cache_dtype:         "auto" (the model's dtype) or "fp8" (lesson 18; e4m3 K and V, needs an FP8 GPU).
     """
 
     model: str
@@ -73,6 +77,8 @@ class Config:
     attention_backend: str = "auto"
     fused_layers: bool = True
     load_format: str = "safetensors"
+    quantization: str | None = None
+    kv_cache_dtype: str = "auto"
     hf_config: object = field(default=None, repr=False)
 
     def __post_init__(self):
@@ -92,6 +98,13 @@ class Config:
             # CUDA graphs need a GPU, and the torch backend reads context lengths on the host.
             self.enforce_eager = True
         self._validate()
+        self._validate_quantization()
+
+    def _validate_quantization(self):
+        """Lesson 18: unsupported quantization settings are clear errors, never wrong output."""
+        from aios.layers.quantization import check_quantization_options
+
+        self.quantization = check_quantization_options(self)
 
     def _validate(self):
         checks = [

@@ -1,0 +1,88 @@
+"""Lesson 18 mutants: the INT8 / INT4 (AWQ) / FP8 formats, the quantized layer's loader and the Triton kernels."""
+
+from grader.mutants import Mutant
+
+QZ = "aios/layers/quantization.py"
+QK = "aios/layers/quant_kernels.py"
+
+MUTANTS = [
+    Mutant(18, "int8-range-of-128", QZ,
+           find="    scale = torch.where(absmax > 0, absmax / INT8_MAX, torch.ones_like(absmax))",
+           replace="    scale = torch.where(absmax > 0, absmax / 128, torch.ones_like(absmax))",
+           bug="quantize_int8 divides the row's max by 128 (int8's most negative value) instead of 127"),
+    Mutant(18, "int8-truncates", QZ,
+           find="    qweight = torch.round(w / scale[:, None]).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)",
+           replace="    qweight = (w / scale[:, None]).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)",
+           bug="quantize_int8 casts w / scale straight to int8, which truncates towards zero instead of rounding"),
+    Mutant(18, "int8-scale-per-input-column", QZ,
+           find="    absmax = w.abs().amax(dim=1)\n    scale = torch.where(absmax > 0, absmax / INT8_MAX, torch.ones_like(absmax))\n"
+                "    qweight = torch.round(w / scale[:, None])",
+           replace="    absmax = w.abs().amax(dim=0)\n    scale = torch.where(absmax > 0, absmax / INT8_MAX, torch.ones_like(absmax))\n"
+                   "    qweight = torch.round(w / scale[None, :])",
+           bug="quantize_int8 takes one scale per input column (amax over dim 0) instead of per output row"),
+    Mutant(18, "int8-dequantize-in-low-precision", QZ,
+           find="    return (qweight.float() * scale.float()[:, None]).to(dtype)",
+           replace="    return qweight.to(dtype) * scale.to(dtype)[:, None]",
+           bug="dequantize_int8 multiplies in the target dtype (bf16) instead of in float32, rounding twice"),
+    Mutant(18, "awq-pack-natural-order", QZ,
+           find="    for nibble, column in enumerate(AWQ_ORDER):",
+           replace="    for nibble, column in enumerate(range(8)):",
+           bug="pack_int4_awq packs columns 0..7 into nibbles 0..7 in order, ignoring AWQ's interleaved order"),
+    Mutant(18, "awq-unpack-with-the-pack-order", QZ,
+           find="    shifts = 4 * torch.tensor(AWQ_REVERSE_ORDER, dtype=torch.int32, device=packed.device)",
+           replace="    shifts = 4 * torch.tensor(AWQ_ORDER, dtype=torch.int32, device=packed.device)",
+           bug="unpack_int4_awq uses AWQ_ORDER for the shifts where the inverse permutation is needed"),
+    Mutant(18, "awq-unpack-forgets-the-mask", QZ,
+           find="    return ((packed[:, :, None] >> shifts) & 0xF).reshape(rows, packs * 8)",
+           replace="    return (packed[:, :, None] >> shifts).reshape(rows, packs * 8)",
+           bug="unpack_int4_awq shifts each nibble down but does not mask it: the nibbles above it come along"),
+    Mutant(18, "awq-pack-shift-by-nibble-index", QZ,
+           find="        packed |= (runs[:, :, column] & 0xF) << (4 * nibble)",
+           replace="        packed |= (runs[:, :, column] & 0xF) << nibble",
+           bug="pack_int4_awq shifts code k by k bits instead of 4k, so the codes overlap"),
+    Mutant(18, "int4-zero-point-not-subtracted", QZ,
+           find="    return ((q - z) * s).t().to(dtype)",
+           replace="    return (q * s).t().to(dtype)",
+           bug="dequantize_int4 multiplies the codes by the scale without subtracting the zero point"),
+    Mutant(18, "int4-groups-tiled-not-interleaved", QZ,
+           find="    z = unpack_int4_awq(qzeros).float().repeat_interleave(group_size, dim=0)\n"
+                "    s = scales.float().repeat_interleave(group_size, dim=0)",
+           replace="    z = unpack_int4_awq(qzeros).float().repeat(group_size, 1)\n"
+                   "    s = scales.float().repeat(group_size, 1)",
+           bug="dequantize_int4 stretches the per-group rows with repeat (tiling g0 g1 g0 g1 ...) instead of "
+               "repeat_interleave (g0 g0 ... g1 g1 ...)"),
+    Mutant(18, "int4-range-without-zero", QZ,
+           find="    low = w.amin(dim=1).clamp(max=0)\n    high = w.amax(dim=1).clamp(min=0)",
+           replace="    low = w.amin(dim=1)\n    high = w.amax(dim=1)",
+           bug="quantize_int4 uses the group's [min, max] without 0, so a group far from zero needs a zero point "
+               "outside 0..15 and is clipped"),
+    Mutant(18, "fp8-forgets-448", QZ,
+           find="    scale_inv = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))",
+           replace="    scale_inv = torch.where(amax > 0, amax, torch.ones_like(amax))",
+           bug="quantize_fp8_block scales each block's max to 1.0 instead of 448, wasting e4m3's range"),
+    Mutant(18, "fp8-dequantize-divides", QZ,
+           find="    return (weight.float() * expand_blocks(weight_scale_inv.float(), block, out_features, in_features)).to(dtype)",
+           replace="    return (weight.float() / expand_blocks(weight_scale_inv.float(), block, out_features, in_features)).to(dtype)",
+           bug="dequantize_fp8_block divides by weight_scale_inv (taking the name literally) instead of multiplying"),
+    Mutant(18, "loader-shards-row-parallel-by-output", QZ,
+           find="            dim = param.in_dim if self.row_parallel else param.out_dim",
+           replace="            dim = param.out_dim",
+           bug="QuantizedLinear.weight_loader splits a row-parallel layer's tensors along the output features too"),
+    Mutant(18, "loader-offset-in-features-not-units", QZ,
+           find="            destination = param.data.narrow(param.out_dim, offset // unit, -(-size // unit))",
+           replace="            destination = param.data.narrow(param.out_dim, offset // unit, size)",
+           bug="QuantizedLinear.weight_loader narrows a packed tensor by the piece's size in output features, "
+               "not in packed units"),
+    Mutant(18, "int4-kernel-natural-nibbles", QK,
+           find="    shifts = ((cols % 8) // 2 + 4 * (cols % 2)) * 4",
+           replace="    shifts = (cols % 8) * 4",
+           bug="the INT4 kernel reads column n from nibble n % 8, ignoring AWQ's interleaved order"),
+    Mutant(18, "int4-kernel-ignores-zero-point", QK,
+           find="        w = (q - zeros[None, :]).to(tl.float32) * scales[None, :]",
+           replace="        w = q.to(tl.float32) * scales[None, :]",
+           bug="the INT4 kernel scales the raw codes without subtracting the group's zero point"),
+    Mutant(18, "int8-kernel-weight-not-transposed", QK,
+           find="        q = tl.load(w_ptr + cols[None, :] * stride_wn + ks[:, None], mask=k_ok[:, None] & col_ok[None, :], other=0)",
+           replace="        q = tl.load(w_ptr + ks[:, None] * stride_wn + cols[None, :], mask=k_ok[:, None] & col_ok[None, :], other=0)",
+           bug="the INT8 kernel loads the [N, K] weight as if it were stored [K, N]"),
+]
