@@ -98,6 +98,7 @@ class Chunk:
     """
 
     def __init__(self, seq: Sequence, num_tokens: int):
+        """The next ``num_tokens`` tokens of ``seq``: set ``self.seq``, ``self.start`` and ``self.end``."""
         raise NotImplementedError("Lesson 16: implement Chunk.__init__ in aios/engine/sequence.py — see exercises/lesson16/README.md, 'What to implement'")
 
     # What the model runner and the sampler read of a sequence, seen through the chunk.

@@ -98,6 +98,7 @@ class Chunk:
     """
 
     def __init__(self, seq: Sequence, num_tokens: int):
+        """The next ``num_tokens`` tokens of ``seq``: set ``self.seq``, ``self.start`` and ``self.end``."""
         # BEGIN SOLUTION lesson16
         self.seq = seq
         self.start = seq.num_computed_tokens
