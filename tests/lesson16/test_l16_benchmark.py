@@ -17,12 +17,14 @@ pytestmark = [pytest.mark.gpu, pytest.mark.benchmark_gpu]
 
 #: What the test asserts: prefill-first's p99 ITL over chunked prefill's. A prefill-first step that
 #: prefills 8192 tokens stalls every running request for the whole prefill; chunks of 1024 bound
-#: the stall to one mixed step. Not yet measured on an H200: to be calibrated by the first run.
-MIN_P99_ITL_IMPROVEMENT = 2.0
+#: the stall to one mixed step. Measured on one H200 on 2026-11-30: x1.47 (p99 72.7 -> 49.4 ms,
+#: longest gap 1,210 -> 51 ms); the first guess of x2 was not met because a mixed step of a
+#: 1024-token chunk costs ~40 ms, about 4x its arithmetic (docs/benchmarks.md, "Open measurements").
+MIN_P99_ITL_IMPROVEMENT = 1.3
 
 
 def test_chunked_prefill_bounds_the_inter_token_latency(benchmark, timed_once):
-    """With 8k-token prompts arriving, chunked prefill (budget 1024) cuts the short requests' p99 ITL >= 2x."""
+    """With 8k-token prompts arriving, chunked prefill (budget 1024) cuts the short requests' p99 ITL >= 1.3x."""
     from aios.bench.chunked_prefill import compare_chunked_prefill, summary
     from aios.bench.ladder import benchmark_model_dir
 
