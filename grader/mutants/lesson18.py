@@ -85,4 +85,8 @@ MUTANTS = [
            find="        q = tl.load(w_ptr + cols[None, :] * stride_wn + ks[:, None], mask=k_ok[:, None] & col_ok[None, :], other=0)",
            replace="        q = tl.load(w_ptr + ks[:, None] * stride_wn + cols[None, :], mask=k_ok[:, None] & col_ok[None, :], other=0)",
            bug="the INT8 kernel loads the [N, K] weight as if it were stored [K, N]"),
+    Mutant(18, "split-k-slices-overwrite-each-other", QK,
+           find="            acc += tl.dot(x, w.to(x.dtype))\n    tl.store(out_ptr + pid_k * stride_os + ",
+           replace="            acc += tl.dot(x, w.to(x.dtype))\n    tl.store(out_ptr + ",
+           bug="the INT4 kernel stores every K slice's partial sum at slice 0, so split-K slices overwrite each other"),
 ]

@@ -55,3 +55,17 @@ def test_int4_matmul_in_half_precision_keeps_the_input_dtype():
     assert out.dtype == torch.float16
     expected = x.float() @ qz.dequantize_int4(qweight, qzeros, scales, 64).T
     torch.testing.assert_close(out.float().cpu(), expected, rtol=2e-2, atol=2e-3)
+
+
+@pytest.mark.hint(6)
+@pytest.mark.parametrize("split_k", [2, 3])
+def test_split_k_partial_sums_add_up(split_k):
+    """With the K loop cut into split_k slices (program axis 2), both kernels still give x @ dequantized(W).T."""
+    w, x = weight_and_input(40, 192, 1, seed=split_k)
+    qweight, qzeros, scales = qz.quantize_int4(w, 32)
+    out = quant_kernels.int4_matmul(x.to(DEVICE), qweight.to(DEVICE), qzeros.to(DEVICE), scales.to(DEVICE), 32,
+                                    split_k=split_k)
+    torch.testing.assert_close(out.cpu(), x @ qz.dequantize_int4(qweight, qzeros, scales, 32).T, rtol=1e-4, atol=1e-4)
+    q8, scale = qz.quantize_int8(w)
+    out8 = quant_kernels.int8_matmul(x.to(DEVICE), q8.to(DEVICE), scale.to(DEVICE), split_k=split_k)
+    torch.testing.assert_close(out8.cpu(), x @ qz.dequantize_int8(q8, scale).T, rtol=1e-4, atol=1e-4)

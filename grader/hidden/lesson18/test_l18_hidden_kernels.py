@@ -69,3 +69,14 @@ def test_int4_matmul_kernel_uses_awq_nibble_order():
     x = torch.ones(1, 32)
     out = quant_kernels.int4_matmul(x.to(DEVICE), qweight.to(DEVICE), qzeros.to(DEVICE), scales.to(DEVICE), 32).cpu()
     assert out.tolist() == [[0, 64, 0, 0, 0, 0, 0, 0]]
+
+
+@pytest.mark.hint(6)
+def test_split_k_with_a_ragged_last_slice_in_half_precision():
+    """int8_matmul, K = 300 cut into 3 slices (the last one short), float16 in and out."""
+    w, x = data(24, 300, 2, seed=8)
+    x = x.half()
+    qweight, scale = qz.quantize_int8(w)
+    out = quant_kernels.int8_matmul(x.to(DEVICE), qweight.to(DEVICE), scale.to(DEVICE), split_k=3).cpu()
+    assert out.dtype == torch.float16
+    torch.testing.assert_close(out.float(), x.float() @ qz.dequantize_int8(qweight, scale).T, rtol=2e-2, atol=2e-3)

@@ -14,15 +14,19 @@ into x's dtype in registers, and feeds it to ``tl.dot``; memory only ever sees t
   ``AWQ_REVERSE_ORDER[n % 8]``; scale and zero point change every ``group_size`` rows of K,
   so BLOCK_K divides the group size and each K tile needs one row of them.
 
-Grid: (ceil(M / BLOCK_M), ceil(N / BLOCK_N)). ``tl.dot`` needs at least 16 rows, so a
+Grid: (ceil(M / BLOCK_M), ceil(N / BLOCK_N), splits). ``tl.dot`` needs at least 16 rows, so a
 decode step (M = 1) still runs BLOCK_M = 16 with the extra rows masked off; the cost of a
-decode matmul is reading the weight, which is the same either way.
+decode matmul is reading the weight, which is the same either way. With M = 1 there are
+only N / BLOCK_N output tiles, too few to keep every multiprocessor streaming, so the K loop
+is split (split-K, ``plan_split_k``): program (m, n, s) covers K slice s and writes a float32
+partial sum, and the wrapper adds the slices.
 
 Without a GPU the kernels run in Triton's interpreter (numpy), where the dot is done in
 float32 (``DOT_IN_FP32``); the engine on the CPU uses the plain-torch path of
 ``QuantizedLinear`` instead (``backend="torch"``), since the interpreter is slow.
 """
 
+import functools
 import os
 
 import torch
@@ -35,6 +39,8 @@ import triton.language as tl  # noqa: E402
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 MIN_DOT_ROWS = 16
+#: Most programs along K per output tile (split-K, decode shapes; see plan_split_k).
+MAX_SPLIT_K = 8
 #: Tiles for decode-sized inputs (M <= 16) and for prefill-sized ones.
 DECODE_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 4, "num_stages": 3}
 PREFILL_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3}
@@ -45,11 +51,36 @@ def launch_config(M: int) -> dict:
     return dict(DECODE_CONFIG if M <= MIN_DOT_ROWS else PREFILL_CONFIG)
 
 
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def plan_split_k(M: int, N: int, K: int, cfg: dict, block_k: int, split_k: int | None,
+                 device: torch.device) -> tuple[int, int]:
+    """(splits, K per split): how many programs share each output tile's K loop.
+
+    A decode matmul (M = 1) has only N / BLOCK_N output tiles, fewer than a big GPU has
+    multiprocessors, so each tile's K loop is cut into slices that run in parallel and
+    write float32 partial sums, added afterwards. K per split is a multiple of ``block_k``
+    (so an INT4 K tile never straddles two groups). ``split_k`` forces the number (tests);
+    by default: enough to give every multiprocessor about two programs, on a GPU only.
+    """
+    if split_k is None:
+        split_k = 1
+        if device.type == "cuda" and not INTERPRETED:
+            tiles = triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"])
+            split_k = max(1, min(2 * _multiprocessors(device.index or 0) // tiles, MAX_SPLIT_K))
+    split_k = max(1, min(split_k, triton.cdiv(K, block_k)))
+    k_per_split = triton.cdiv(triton.cdiv(K, split_k), block_k) * block_k
+    return triton.cdiv(K, k_per_split), k_per_split
+
+
 @triton.jit
 def _int8_matmul_kernel(
     x_ptr, w_ptr, scale_ptr, out_ptr,
-    M, N, K,
-    stride_xm, stride_wn, stride_om,
+    M, N, K, k_per_split,
+    stride_xm, stride_wn, stride_om, stride_os,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_IN_FP32: tl.constexpr,
 ):
     """Program (pid_m, pid_n): out[rows, cols] = (x[rows, :] @ q[cols, :].T) * scale[cols]."""
@@ -58,12 +89,13 @@ def _int8_matmul_kernel(
     # Hint: the scale is per output column: multiply the float32 accumulator once, after the K loop.
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)  # this program's slice of K (split-K)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < M
     col_ok = cols < N
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(pid_k * k_per_split, tl.minimum((pid_k + 1) * k_per_split, K), BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < K
         x = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
@@ -74,35 +106,39 @@ def _int8_matmul_kernel(
             acc += tl.dot(x, q.to(x.dtype))
     scale = tl.load(scale_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
     acc = acc * scale[None, :]
-    tl.store(out_ptr + rows[:, None] * stride_om + cols[None, :], acc.to(out_ptr.dtype.element_ty),
+    tl.store(out_ptr + pid_k * stride_os + rows[:, None] * stride_om + cols[None, :], acc.to(out_ptr.dtype.element_ty),
              mask=row_ok[:, None] & col_ok[None, :])
     # END SOLUTION
 
 
-def int8_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x [M, K] (float16/bfloat16/float32) @ (qweight [N, K] int8 * scale [N, 1]).T -> [M, N] in x's dtype."""
+def int8_matmul(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, split_k: int | None = None) -> torch.Tensor:
+    """x [M, K] (float16/bfloat16/float32) @ (qweight [N, K] int8 * scale [N, 1]).T -> [M, N] in x's dtype.
+
+    split_k: programs along K (None: ``plan_split_k`` decides; see there).
+    """
     # BEGIN SOLUTION lesson18
     # Hint: the kernel indexes x and the weight with a row stride and unit steps along K: make them contiguous.
     M, K = x.shape
     N = qweight.shape[0]
     x, qweight = x.contiguous(), qweight.contiguous()
-    out = torch.empty(M, N, dtype=x.dtype, device=x.device)
     cfg = launch_config(M)
-    grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(N, cfg["BLOCK_N"]))
+    splits, k_per_split = plan_split_k(M, N, K, cfg, cfg["BLOCK_K"], split_k, x.device)
+    out = torch.empty(splits, M, N, dtype=x.dtype if splits == 1 else torch.float32, device=x.device)
+    grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(N, cfg["BLOCK_N"]), splits)
     _int8_matmul_kernel[grid](
-        x, qweight, scale, out, M, N, K, x.stride(0), qweight.stride(0), out.stride(0),
+        x, qweight, scale, out, M, N, K, k_per_split, x.stride(0), qweight.stride(0), out.stride(1), out.stride(0),
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
         DOT_IN_FP32=INTERPRETED or x.dtype == torch.float32, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
-    return out
+    return out[0] if splits == 1 else out.sum(0).to(x.dtype)
     # END SOLUTION
 
 
 @triton.jit
 def _int4_matmul_kernel(
     x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, out_ptr,
-    M, N, K, group_size,
-    stride_xm, stride_om,
+    M, N, K, group_size, k_per_split,
+    stride_xm, stride_om, stride_os,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_IN_FP32: tl.constexpr,
 ):
     """Program (pid_m, pid_n): out[rows, cols] = x[rows, :] @ W.T[:, cols], W.T[k, n] = (q[k, n] - z[g, n]) * s[g, n]."""
@@ -111,6 +147,7 @@ def _int4_matmul_kernel(
     # Hint: BLOCK_K divides group_size, so one K tile has a single group: g = k0 // group_size.
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)  # this program's slice of K (split-K)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < M
@@ -119,7 +156,7 @@ def _int4_matmul_kernel(
     shifts = ((cols % 8) // 2 + 4 * (cols % 2)) * 4
     packed_n = N // 8
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(pid_k * k_per_split, tl.minimum((pid_k + 1) * k_per_split, K), BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :], mask=row_ok[:, None], other=0.0)
         packed = tl.load(qweight_ptr + ks[:, None] * packed_n + packed_cols[None, :], mask=col_ok[None, :], other=0)
@@ -132,17 +169,17 @@ def _int4_matmul_kernel(
             acc += tl.dot(x.to(tl.float32), w, input_precision="ieee")
         else:
             acc += tl.dot(x, w.to(x.dtype))
-    tl.store(out_ptr + rows[:, None] * stride_om + cols[None, :], acc.to(out_ptr.dtype.element_ty),
+    tl.store(out_ptr + pid_k * stride_os + rows[:, None] * stride_om + cols[None, :], acc.to(out_ptr.dtype.element_ty),
              mask=row_ok[:, None] & col_ok[None, :])
     # END SOLUTION
 
 
 def int4_matmul(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
-                group_size: int) -> torch.Tensor:
+                group_size: int, split_k: int | None = None) -> torch.Tensor:
     """x [M, K] @ W.T -> [M, N] in x's dtype, W given by AWQ tensors.
 
     qweight [K, N / 8] int32, qzeros [K / group, N / 8] int32, scales [K / group, N] float16;
-    K % group_size == 0 and group_size a power of two >= 16.
+    K % group_size == 0 and group_size a power of two >= 16. split_k: programs along K (None: ``plan_split_k``).
     """
     M, K = x.shape
     N = scales.shape[1]
@@ -151,15 +188,16 @@ def int4_matmul(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, sc
     # BEGIN SOLUTION lesson18
     # Hint: BLOCK_K = min(the config's BLOCK_K, group_size) keeps every K tile inside one group.
     x = x.contiguous()
-    out = torch.empty(M, N, dtype=x.dtype, device=x.device)
     cfg = launch_config(M)
     block_k = min(cfg["BLOCK_K"], group_size)
-    grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(N, cfg["BLOCK_N"]))
+    splits, k_per_split = plan_split_k(M, N, K, cfg, block_k, split_k, x.device)
+    out = torch.empty(splits, M, N, dtype=x.dtype if splits == 1 else torch.float32, device=x.device)
+    grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(N, cfg["BLOCK_N"]), splits)
     _int4_matmul_kernel[grid](
-        x, qweight.contiguous(), qzeros.contiguous(), scales.contiguous(), out, M, N, K, group_size,
-        x.stride(0), out.stride(0),
+        x, qweight.contiguous(), qzeros.contiguous(), scales.contiguous(), out, M, N, K, group_size, k_per_split,
+        x.stride(0), out.stride(1), out.stride(0),
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=block_k,
         DOT_IN_FP32=INTERPRETED or x.dtype == torch.float32, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
-    return out
+    return out[0] if splits == 1 else out.sum(0).to(x.dtype)
     # END SOLUTION
