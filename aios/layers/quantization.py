@@ -433,6 +433,9 @@ def quantize_model(model: nn.Module, spec: QuantSpec, backend: str | None = None
         if layer.bias is not None:
             copy_into(quantized.bias.data, layer.bias.data)
         setattr(parent, name, quantized)
+    if torch.cuda.is_available():
+        # Give the float weights' memory back to the GPU, so that the KV cache sized after loading can use it.
+        torch.cuda.empty_cache()
     return model
 
 
