@@ -151,6 +151,8 @@ class Worker:
         self.importing: set[str] = set()
         self.tensors = CopyCache()
         self.shared = SharedTensors()
+        self.epoch = 0  # requests that may have changed the learner's objects (see snapshot_value)
+        self.depth = 0  # requests in flight (callbacks nest them)
         self.alive = True
 
     # ---------------------------------------------------------------- requests
@@ -163,6 +165,7 @@ class Worker:
                    "sync": self.shared.changed(), "relt": self.shared.forget(), "orig": self._changed_copies()}
         raw = self._pickle(message)
         self.released = []
+        self.depth += 1
         try:
             protocol.send(self.sock, {"pickle": 1}, [raw])
             header, buffers = self._wait()
@@ -173,12 +176,40 @@ class Worker:
             if broken:
                 raise WorkerDied(note) from None
             raise
+        finally:
+            self.depth -= 1
+        if header.get("pure") is not True:
+            self.epoch += 1  # learner code may have run: every snapshot taken before is stale
+        self._keep_snapshots(header.get("snaps"))
         for tid, value in self.decode(header.get("wb", {"$": "list", "v": []}), buffers):
             self.shared.write_back(tid, value)
         _echo(header)
         if header["k"] == "ret":
             return self.decode(header["v"], buffers)
         raise self.error(header, buffers)
+
+    def _keep_snapshots(self, snaps) -> None:
+        """Attach the snapshots a reply sent (``[[handle id, {name: data}], ...]``: the object a pure
+        read was made on, or the objects the request named), valid from now on."""
+        for hid, snap in snaps if type(snaps) is list else ():
+            proxy = self.proxies.get(hid) if type(hid) is int else None
+            if proxy is not None and type(snap) is dict:
+                object.__setattr__(proxy, "_aios_snap", (self.epoch, snap))
+
+    def snapshot_value(self, proxy: "Remote", name: str):
+        """``proxy.name`` from the snapshot of its attributes (``_MISSING`` when there is none or it is stale).
+
+        The worker sends a snapshot of an object's plain-data attributes with its handle, and
+        again in the reply to a request that named the object; it stays valid until a request
+        that may have run learner code (``epoch``), and is not used while a request is in
+        flight (a callback from learner code that is still running).
+        """
+        snap = proxy._aios_snap
+        if snap is None or snap[0] != self.epoch or self.depth or name not in snap[1] or not self.alive:
+            return _MISSING
+        if SESSION is not None and SESSION.current is not self:
+            return _MISSING
+        return protocol.decode(snap[1][name], [], _no_handles)
 
     def _changed_copies(self) -> list:
         """Copies of worker tensors the test changed in place (``context.context_lens[1] = 0``):
@@ -281,6 +312,8 @@ class Worker:
             proxy = Remote(self, hid, record)
             self.proxies[hid] = proxy
         object.__setattr__(proxy, "_aios_seen", proxy._aios_seen + 1)
+        if type(record.get("snap")) is dict:
+            object.__setattr__(proxy, "_aios_snap", (self.epoch, record["snap"]))
         if record.get("kind") == "coroutine":
             return _awaiting(proxy)
         if record.get("kind") == "asyncgen":
@@ -470,6 +503,11 @@ def _tensor_type():
     torch = sys.modules.get("torch")
     return torch.Tensor if torch is not None else None
 STOP = object()
+_MISSING = object()
+
+
+def _no_handles(record):
+    raise protocol.WireError("a snapshot holds plain data only")
 
 
 def read_log(path: Path, limit: int = LOG_LIMIT) -> str:
@@ -649,7 +687,7 @@ class Remote:
     """
 
     __slots__ = ("_aios_worker", "_aios_id", "_aios_seen", "_aios_record", "_aios_path", "_aios_fresh",
-                 "_aios_patched", "__weakref__")
+                 "_aios_patched", "_aios_snap", "__weakref__")
 
     def __init__(self, worker: Worker, hid: int, record: dict):
         object.__setattr__(self, "_aios_worker", worker)
@@ -659,6 +697,7 @@ class Remote:
         object.__setattr__(self, "_aios_path", None)
         object.__setattr__(self, "_aios_fresh", None)
         object.__setattr__(self, "_aios_patched", {})  # attribute name -> times the tests set it
+        object.__setattr__(self, "_aios_snap", None)  # (epoch, {name: data}): see Worker.snapshot_value
 
     def __del__(self):
         worker = self._aios_worker
@@ -698,6 +737,9 @@ class Remote:
         methods = self._aios_worker.methods.get(str(self._aios_record.get("tkey")), ())
         if name in methods and self._aios_record.get("kind") != "class":
             return RemoteMethod(self, name)
+        value = self._aios_worker.snapshot_value(self, name)
+        if value is not _MISSING:
+            return value
         return self._aios("getattr", self, name)
 
     def __setattr__(self, name: str, value) -> None:
@@ -959,6 +1001,10 @@ def install(tree: Path, *, block_hf_models: bool, log_path: Path) -> Session:
     for name in [n for n in sys.modules if _is_aios(n)]:
         del sys.modules[name]
     sys.meta_path.insert(0, RemoteFinder())
+    try:
+        SESSION.worker()  # started now, its imports overlap with the tests' own
+    except OSError:
+        pass  # tried again at the first import of aios, which reports what failed
     _forward_torch_settings()
     return SESSION
 

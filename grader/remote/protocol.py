@@ -26,6 +26,7 @@ import pathlib
 import socket
 import struct
 import sys
+import weakref
 
 HEAD = struct.Struct("!II")
 BUFFER_LEN = struct.Struct("!Q")
@@ -41,13 +42,33 @@ class WireError(RuntimeError):
     """The other side sent something that is not a well-formed message, or hung up."""
 
 
+#: Bytes read from each socket ahead of what was asked (a frame's parts come in one recv call).
+_PENDING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+READ_AHEAD = 1 << 16
+
+
 def _read_exact(sock: socket.socket, size: int) -> bytes:
-    """Exactly ``size`` bytes from the socket (WireError when it closes first)."""
-    chunks, left = [], size
+    """Exactly ``size`` bytes from the socket (WireError when it closes first).
+
+    Small reads are served from a read-ahead buffer, so that a small frame (header length,
+    JSON header, buffer lengths and a pickle) costs one system call, not four.
+    """
+    pending = _PENDING.get(sock)
+    if pending is None:
+        pending = _PENDING[sock] = bytearray()
+    if len(pending) >= size:
+        data = bytes(pending[:size])
+        del pending[:size]
+        return data
+    chunks, left = [bytes(pending)], size - len(pending)
+    pending.clear()
     while left:
-        chunk = sock.recv(min(left, 2**22))
+        chunk = sock.recv(max(left, READ_AHEAD) if left < READ_AHEAD else min(left, 2**22))
         if not chunk:
             raise WireError("the other side closed the connection")
+        if len(chunk) > left:
+            pending += chunk[left:]
+            chunk = chunk[:left]
         chunks.append(chunk)
         left -= len(chunk)
     return b"".join(chunks)

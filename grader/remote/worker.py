@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import builtins
+import collections
 import contextlib
 import importlib
 import importlib.util
@@ -29,6 +30,7 @@ import socket
 import sys
 import threading
 import traceback
+import types
 import weakref
 from pathlib import Path
 
@@ -50,7 +52,20 @@ OPERATORS = {name: getattr(operator, name) for name in (
     "getitem", "setitem", "delitem")}
 OPERATORS.update(eq=lambda a, b: bool(a == b), ne=lambda a, b: bool(a != b), contains=lambda a, b: bool(b in a),
                  len=len, bool=bool, hash=hash, repr=repr, str=str, format=format, int=int, float=float,
-                 iter=iter, fspath=os.fspath, dir=lambda a: sorted(dir(a)), reversed=reversed, round=round)
+                 iter=lambda a: _iterate(a), fspath=os.fspath, dir=lambda a: sorted(dir(a)), reversed=reversed,
+                 round=round)
+#: Builtin containers whose items ``iter`` sends all at once (one round trip instead of one per item).
+BATCHED_ITERABLES = (list, tuple, set, frozenset, dict, collections.deque, collections.OrderedDict,
+                     collections.defaultdict, collections.Counter, type({}.keys()), type({}.values()),
+                     type({}.items()), range)
+BATCH_LIMIT = 100_000
+#: At most this many plain values in the snapshot of one object's attributes (see ``snapshot``),
+#: and in one attribute of it: a snapshot is sent again with every request naming the object, so
+#: it stays small (a block table, a counter), never a whole token list or cache index.
+SNAPSHOT_ITEMS = 256
+SNAPSHOT_ATTRIBUTE_ITEMS = 64
+#: At most this many objects named by a request get a fresh snapshot in its reply.
+SNAPSHOT_OBJECTS = 8
 PRINTED_LIMIT = 64_000
 STOP = object()  # what ``next`` answers at the end of an iterator
 HF_MODEL_MODULES = "transformers.modeling_utils"
@@ -103,6 +118,77 @@ class TrustedProxy:
 
     def __repr__(self):
         return f"<trusted object {self._tid}>"
+
+
+def _iterate(value):
+    """``iter(value)``; for a builtin container, the list of its items (the trusted side iterates that)."""
+    if type(value) in BATCHED_ITERABLES and len(value) <= BATCH_LIMIT:
+        return list(value)
+    return iter(value)
+
+
+def _own_attributes(obj) -> dict | None:
+    """``obj``'s instance ``__dict__`` when reading an attribute found there runs no code of the
+    learner's (no ``__getattribute__`` or ``__dict__`` of its class's own) and no other thread
+    of the learner's could change it between requests; None otherwise."""
+    cls = type(obj)
+    if any("__getattribute__" in meta.__dict__ for meta in type(cls).__mro__ if meta not in (type, object)):
+        return None  # a metaclass of the learner's: even reading the class's attributes runs its code
+    if issubclass(cls, (type, types.ModuleType)) or cls.__getattribute__ is not object.__getattribute__:
+        return None
+    if threading.active_count() > 1:
+        return None
+    slot = next((k.__dict__["__dict__"] for k in cls.__mro__ if "__dict__" in k.__dict__), None)
+    if type(slot) is not types.GetSetDescriptorType:
+        return None
+    attrs = object.__getattribute__(obj, "__dict__")
+    return attrs if type(attrs) is dict else None
+
+
+def _shadowed(cls: type, name: str) -> bool:
+    """Whether a class in ``cls``'s MRO defines ``name`` (a property would win over the instance's value)."""
+    return any(name in k.__dict__ for k in cls.__mro__)
+
+
+def _plain_left(value, left: int, depth: int = 0) -> int:
+    """``left`` less the number of values in ``value`` when it is plain data (builtin scalars and
+    builtin containers of them); below 0 when it is not, or is bigger than ``left``."""
+    kind = type(value)
+    if kind in protocol.PLAIN:
+        return left - 1
+    if depth > 8 or kind not in (list, tuple, set, frozenset, dict):
+        return -1
+    left -= 1
+    for item in (value.items() if kind is dict else value):
+        if kind is dict:
+            left = _plain_left(item[1], _plain_left(item[0], left, depth + 1), depth + 1)
+        else:
+            left = _plain_left(item, left, depth + 1)
+        if left < 0:
+            return -1
+    return left
+
+
+def snapshot(obj) -> dict | None:
+    """The encoded plain-data attributes of ``obj`` (a few, small), for the trusted side to read
+    without a round trip until its next request that may change anything. None when reading
+    them could run learner code (see ``_own_attributes``)."""
+    attrs = _own_attributes(obj)
+    if attrs is None:
+        return None
+    found, left, cls = {}, SNAPSHOT_ITEMS, type(obj)
+    for name, value in attrs.items():
+        budget = min(left, SNAPSHOT_ATTRIBUTE_ITEMS)
+        rest = _plain_left(value, budget)
+        if rest >= 0 and type(name) is str and not _shadowed(cls, name):
+            found[name], left = protocol.encode(value, None, []), left - (budget - rest)
+    return found
+
+
+def _pure_read(obj, name) -> bool:
+    """Whether ``getattr(obj, name)`` only reads ``obj``'s own ``__dict__`` (changes nothing)."""
+    attrs = _own_attributes(obj)
+    return attrs is not None and type(name) is str and name in attrs and not _shadowed(type(obj), name)
 
 
 def _builtin_bases(cls: type) -> list[str]:
@@ -265,6 +351,13 @@ class Worker:
             self.types_sent.add(id(cls))
             record["methods"] = self._methods(cls)
         record["tkey"] = f"{_qualname(cls)}#{id(cls)}"
+        if record["kind"] in ("object", "callable"):
+            try:
+                snap = snapshot(obj)
+            except Exception:  # noqa: BLE001 - an object too odd to tell: no snapshot
+                snap = None
+            if snap is not None:
+                record["snap"] = snap
         return record
 
     @staticmethod
@@ -311,10 +404,46 @@ class Worker:
         """The test's tensors that learner code changed in place, as [[id, contents], ...]."""
         return protocol.encode(self.tensors.changed_shared(), self.handle, buffers)
 
-    def reply(self, value, printed: dict) -> None:
+    def reply(self, value, printed: dict, read_from=None, involved=()) -> None:
+        """Send ``value`` back. ``read_from``: the object a pure attribute read was made on; the reply
+        then says it changed nothing ("pure"). Fresh snapshots of that object and of the objects
+        the request named (``involved``) come with it, valid after this request."""
         buffers: list[bytes] = []
         data = protocol.encode(value, self.handle, buffers, tensors=self.tensors)
-        protocol.send(self.sock, {"k": "ret", "v": data, "wb": self.write_backs(buffers), **printed}, buffers)
+        header = {"k": "ret", "v": data, "wb": self.write_backs(buffers), **printed}
+        if read_from is not None and id(read_from) in self.ids and not header["wb"]["v"]:
+            header["pure"] = True
+            involved = (read_from,)
+        snaps, done = [], set()
+        for obj in involved:
+            hid = self.ids.get(id(obj))
+            if hid is None or hid in done:
+                continue
+            done.add(hid)
+            try:
+                snap = snapshot(obj)
+            except Exception:  # noqa: BLE001 - as in handle()
+                snap = None
+            if snap is not None:
+                snaps.append([hid, snap])
+        if snaps:
+            header["snaps"] = snaps
+        protocol.send(self.sock, header, buffers)
+
+    def involved(self, args: tuple) -> list:
+        """The learner objects a request names (its target and arguments, a few levels deep): their
+        snapshots are sent again after it, since it may have changed them."""
+        found, todo = {}, [(a, 0) for a in args]
+        while todo and len(found) < SNAPSHOT_OBJECTS:
+            value, depth = todo.pop()
+            kind = type(value)
+            if kind in (list, tuple) and depth < 2:
+                todo.extend((v, depth + 1) for v in value[:32])
+            elif kind is dict and depth < 2:
+                todo.extend((v, depth + 1) for v in list(value.values())[:32])
+            elif kind not in protocol.PLAIN and id(value) in self.ids:
+                found[id(value)] = value
+        return list(found.values())
 
     def reply_error(self, exc: BaseException, printed: dict | None = None) -> None:
         """The exception's class name, builtin bases, plain arguments and learner traceback."""
@@ -333,6 +462,12 @@ class Worker:
 
     def unpickle(self, raw: bytes):
         """A trusted message: handles become the objects they name, callbacks TrustedProxy."""
+        unpickler = self.__dict__.get("_unpickler")
+        if unpickler is None:  # one class for the worker's lifetime (making it costs more than a request)
+            unpickler = self._unpickler = self._unpickler_class()
+        return unpickler(io.BytesIO(raw)).load()
+
+    def _unpickler_class(self) -> type:
         worker = self
 
         class Unpickler(pickle.Unpickler):
@@ -347,7 +482,7 @@ class Worker:
                     return inspect.getattr_static(type(obj), name).__get__(obj, type(obj)) if own else getattr(obj, name)
                 return worker.objects[ident] if kind == "h" else TrustedProxy(ident)
 
-        return Unpickler(io.BytesIO(raw)).load()
+        return Unpickler
 
     def receive(self) -> dict:
         header, buffers = protocol.recv(self.sock)
@@ -381,15 +516,21 @@ class Worker:
                 self.hold(*message["a"])
                 continue
             out, err = io.StringIO(), io.StringIO()
+            args = message["a"]
+            try:
+                read_from = args[0] if message["op"] == "getattr" and _pure_read(*args[:2]) else None
+            except Exception:  # noqa: BLE001 - an object too odd to tell: its read is not pure
+                read_from = None
+            involved = self.involved(args) if read_from is None else ()
             try:
                 with grad_mode(message.get("mode", 0)), \
                         contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                    value = self.run(message["op"], *message["a"])
+                    value = self.run(message["op"], *args)
             except BaseException as exc:  # noqa: BLE001 - every learner failure goes back to the tests
                 self.reply_error(exc, _printed(out, err))
                 continue
             try:
-                self.reply(value, _printed(out, err))
+                self.reply(value, _printed(out, err), read_from, involved)
             except Exception as exc:  # noqa: BLE001 - an unencodable value is the learner's failure too
                 self.reply_error(exc, _printed(out, err))
 
@@ -542,6 +683,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.meta_path.insert(0, HFModelBlocker())
     global WORKER
     WORKER = Worker(socket.socket(fileno=args.fd))
+    with contextlib.suppress(ImportError):  # the learner's code needs it; meanwhile the tests start up
+        import torch  # noqa: F401
     try:
         WORKER.serve()
     except protocol.WireError:

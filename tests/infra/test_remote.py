@@ -77,6 +77,20 @@ LEARNER = {
 
         def sleeper():
             return subprocess.Popen(["sleep", "120"]).pid
+
+
+        class Counter:
+            def __init__(self):
+                self.count, self.table, self.queue = 0, [0], __import__("collections").deque([1, 2, 3])
+
+            def bump(self):
+                self.count += 1
+                self.table.append(self.count)
+
+            @property
+            def doubled(self):
+                self.reads = getattr(self, "reads", 0) + 1
+                return 2 * self.count
     ''',
 }
 
@@ -423,3 +437,31 @@ def test_a_sandboxed_worker_runs_as_the_learner_user_in_its_own_scratch(monkeypa
         shutil.rmtree(secret), shutil.rmtree(tree)
     assert seen["uid"] == iso.uid != 0 and not seen["secret_readable"]
     assert seen["home"] == seen["cwd"] == str(scratch) and not scratch.exists()
+
+
+def test_attribute_reads_between_requests_cost_no_round_trip_and_are_never_stale(worker, monkeypatch):
+    """Plain attributes come with an object's handle (and with the reply to a request that named
+    it): read again before any other request they cost nothing; after a call that changed them,
+    the new values are read. A property runs in the worker every time."""
+    counter = worker.request("call", worker.request("getattr", tricks(worker), "Counter"), (), {})
+    sent = []
+    monkeypatch.setattr(protocol, "send", lambda sock, header, buffers=(), _send=protocol.send:
+                        sent.append(header) or _send(sock, header, buffers))
+    assert [counter.count, counter.table, counter.count] == [0, [0], 0] and not sent
+    counter.table.append(99)  # a copy: the learner's list is not changed
+    assert counter.table == [0] and not sent
+    counter.bump()
+    assert (counter.count, counter.table) == (1, [0, 1]) and len(sent) == 1  # the call's reply refreshed them
+    assert (counter.doubled, counter.doubled, counter.reads) == (2, 2, 2)
+    counter.count = 5
+    assert counter.count == 5
+
+
+def test_iterating_a_builtin_container_is_one_round_trip(worker, monkeypatch):
+    """A deque held by a learner object is iterated in one request, not one per item."""
+    counter = worker.request("call", worker.request("getattr", tricks(worker), "Counter"), (), {})
+    queue = counter.queue
+    sent = []
+    monkeypatch.setattr(protocol, "send", lambda sock, header, buffers=(), _send=protocol.send:
+                        sent.append(header) or _send(sock, header, buffers))
+    assert [item for item in queue] == [1, 2, 3] and len(sent) == 1
