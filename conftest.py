@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -70,8 +71,15 @@ def _start_worker(impl_dir: Path) -> None:
     """Trust split (docs/classroom.md): ``import aios`` yields proxies to a learner worker process."""
     from grader.remote.client import install
 
-    log = os.environ.get("AIOS_REMOTE_LOG") or os.path.join(tempfile.mkdtemp(prefix="aios-worker-"), "worker.log")
+    global _OWN_LOG_DIR
+    log = os.environ.get("AIOS_REMOTE_LOG")
+    if not log:  # a run outside the grader: a log folder of our own, removed at the end (pytest_unconfigure)
+        _OWN_LOG_DIR = tempfile.mkdtemp(prefix="aios-worker-log-")
+        log = os.path.join(_OWN_LOG_DIR, "worker.log")
     install(impl_dir, block_hf_models=os.environ.get("AIOS_REMOTE_BLOCK_HF") == "1", log_path=Path(log))
+
+
+_OWN_LOG_DIR: str | None = None
 
 
 IMPL_LABEL, IMPL_DIR = resolve_impl(os.environ.get("AIOS_IMPL"))
@@ -96,6 +104,8 @@ def pytest_unconfigure(config):
         from grader.remote.client import uninstall
 
         uninstall()
+        if _OWN_LOG_DIR:
+            shutil.rmtree(_OWN_LOG_DIR, ignore_errors=True)
 
 
 @pytest.hookimpl(trylast=True)  # after pytest's tmpdir plugin made config._tmp_path_factory
