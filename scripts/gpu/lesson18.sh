@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Lesson 18 (quantization) on one GPU, in one call:
+#   1. its tests (visible + hidden) on the GPU, reference engine, benchmark excluded
+#      (the Triton INT8/INT4 kernels at Qwen3-8B shapes, each method generating on the GPU);
+#   2. the GPU benchmark: batch-1 decode of the Qwen3-8B shape, INT8 and INT4 against bf16.
+#
+#   bash scripts/gpu/lesson18.sh [all|tests|bench]   # results and logs under $OUT (default /tmp/aios_out)
+#
+# Files written to $OUT: gpu.txt, lesson18_tests.log, lesson18_benchmark.json (pytest-benchmark;
+# the figures in extra_info), lesson18_bench.log.
+set -u -o pipefail
+source "$(dirname "$0")/common.sh"
+MODE=${1:-all}
+record_environment triton transformers
+
+status=0
+if [ "$MODE" = all ] || [ "$MODE" = tests ]; then
+  section "tests of lesson 18 on the GPU (benchmark excluded)"
+  timeout 400 python3 -m pytest tests/lesson18 grader/hidden/lesson18 -m "not benchmark_gpu" -q -rs \
+    -p no:cacheprovider > "$OUT/lesson18_tests.log" 2>&1
+  status=$?
+  grep -E "passed|failed|^FAILED|^ERROR" "$OUT/lesson18_tests.log" | tail -20
+fi
+
+if [ "$MODE" = all ] || [ "$MODE" = bench ]; then
+  section "lesson 18 GPU benchmark (batch-1 decode, Qwen3-8B shape)"
+  timeout 500 python3 -m pytest tests/lesson18/test_l18_benchmark.py -m benchmark_gpu -q -rs -s \
+    -p no:cacheprovider --benchmark-json "$OUT/lesson18_benchmark.json" > "$OUT/lesson18_bench.log" 2>&1
+  bench_status=$?
+  [ $status = 0 ] && status=$bench_status
+  grep -v "^$" "$OUT/lesson18_bench.log" | tail -20
+fi
+section done
+exit $status
