@@ -11,17 +11,18 @@ ENGINE = {"attention_backend": "torch", "kvcache_block_size": 8, "max_model_len"
 
 @pytest.fixture(scope="module")
 def make_llm(tiny_model_dir):
-    """``make_llm(**options)``: an LLM on the tiny model, CPU, lessons <= 16 (chunked prefill on), cached per option set."""
+    """``make_llm(**options)``: an LLM on the tiny model (CPU unless ``device=`` says otherwise), lessons <= 16
+    (chunked prefill on), cached per option set."""
     from aios import LLM
     from aios.config import features_up_to
 
     engines = {}
 
     def make(**options):
-        options = {**features_up_to(16), **ENGINE, **options}
+        options = {**features_up_to(16), **ENGINE, "device": "cpu", **options}
         key = tuple(sorted(options.items()))
         if key not in engines:
-            engines[key] = LLM(str(tiny_model_dir), device="cpu", **options)
+            engines[key] = LLM(str(tiny_model_dir), **options)
         return engines[key]
 
     return make
@@ -51,10 +52,12 @@ def greedy():
 
 @pytest.fixture
 def unchunked(make_llm):
-    """``unchunked(prompts, params)``: the token ids lesson 8's prefill-first engine generates for the same requests."""
+    """``unchunked(prompts, params, **options)``: the token ids lesson 8's prefill-first engine generates for the
+    same requests (``options`` as for ``make_llm``, e.g. ``device=``)."""
 
-    def run(prompts, params):
-        llm = make_llm(enable_chunked_prefill=False, enable_prefix_caching=False, num_kvcache_blocks=256)
+    def run(prompts, params, **options):
+        llm = make_llm(**{"enable_chunked_prefill": False, "enable_prefix_caching": False,
+                          "num_kvcache_blocks": 256, **options})
         return [out["token_ids"] for out in llm.generate(prompts, params, use_tqdm=False)]
 
     return run

@@ -4,6 +4,7 @@ import math
 import random
 
 import pytest
+import torch
 
 from aios import SamplingParams
 
@@ -102,8 +103,10 @@ def test_seeded_sampling_is_unchanged_by_chunking(make_llm, random_prompt, serve
 
 @pytest.mark.hint(5)
 def test_triton_attention_runs_mixed_steps(make_llm, unchunked, idle, served):
-    """With lesson 9's Triton kernels (interpreted on the CPU) mixed steps give the same tokens as well."""
+    """With lesson 9's Triton kernels (interpreted on the CPU, compiled on a GPU) mixed steps give the same tokens."""
     prompts, params = mixed_requests(4, seed=11, longest=30)
-    llm = make_llm(attention_backend="triton", max_num_batched_tokens=8, max_num_seqs=4, max_model_len=64)
-    assert served(llm, prompts, params) == unchunked(prompts, params)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # compiled Triton kernels need GPU tensors
+    llm = make_llm(attention_backend="triton", max_num_batched_tokens=8, max_num_seqs=4, max_model_len=64,
+                   device=device)
+    assert served(llm, prompts, params) == unchunked(prompts, params, device=device)
     idle(llm)

@@ -83,6 +83,8 @@ def test_quantized_linear_forward_equals_dequantized_matmul(method, backend):
     load_piece(layer, checkpoint_tensors(method, w), None)
     x = randn(3, 128, seed=7) * 20
     expected = x @ dequantized(method, w).T
+    if backend == "triton" and torch.cuda.is_available():  # compiled (not interpreted) kernels need GPU tensors
+        layer, x, expected = layer.cuda(), x.cuda(), expected.cuda()
     torch.testing.assert_close(layer(x), expected, rtol=1e-4, atol=1e-4)
 
 
