@@ -6,6 +6,8 @@ from types import SimpleNamespace
 
 import torch
 
+from aios.utils.moe_config import moe_config_fields
+
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -38,4 +40,5 @@ def load_model_config(model_dir: str | Path) -> SimpleNamespace:
         attention_bias=raw.get("attention_bias", False),
         torch_dtype=_DTYPES.get(raw.get("torch_dtype") or raw.get("dtype") or "bfloat16", torch.bfloat16),
         eos_token_id=raw.get("eos_token_id"),
+        **moe_config_fields(raw),  # lesson 20: Qwen3-MoE's fields (and architectures / model_type)
     )

@@ -197,19 +197,21 @@ def load_qwen3(
     Returns the model in eval mode.
     """
     from aios.layers.quantization import quantize_model, replace_with_quantized, resolve_quantization
-    from aios.models.qwen3 import Qwen3ForCausalLM
+    from aios.models.registry import model_class
 
     config = load_model_config(model_dir)
     dtype = dtype or config.torch_dtype
     quant = resolve_quantization(model_dir, quantization)
     with default_dtype_and_device(dtype, device):
-        model = Qwen3ForCausalLM(config, **model_options)
+        model = model_class(config)(config, **model_options)
         if quant is not None and quant.pre_quantized:
             if load_format == "dummy":
                 raise ValueError("load_format='dummy' needs a float checkpoint's config.json, not a pre-quantized one")
             replace_with_quantized(model, quant)
     if load_format == "dummy":
         fill_random_weights(model)
+    elif hasattr(model, "load_checkpoint"):  # lesson 20: Qwen3-MoE's expert layouts
+        model.load_checkpoint(model_dir)
     elif model.fused_layers:
         load_packed_weights(model, model_dir)
     else:
