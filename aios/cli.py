@@ -168,11 +168,14 @@ def _args_serve(parser: argparse.ArgumentParser) -> None:
     engine.add_argument("--enable-chunked-prefill", action="store_true", default=None,
                         help="token-budget steps: decodes first, long prompts in chunks of --max-num-batched-tokens "
                              "(lesson 16)")
+    engine.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
+                        help="overlap the host with the GPU (lesson 17; default: on for CUDA, off on the CPU)")
 
 
 SERVE_ENGINE_OPTIONS = ("load_format", "dtype", "device", "max_model_len", "max_num_seqs", "max_num_batched_tokens",
                         "num_kvcache_blocks", "kvcache_block_size", "gpu_memory_utilization", "tensor_parallel_size",
-                        "attention_backend", "enforce_eager", "enable_prefix_caching", "enable_chunked_prefill")
+                        "attention_backend", "enforce_eager", "enable_prefix_caching", "enable_chunked_prefill",
+                        "async_scheduling")
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -331,6 +334,8 @@ def _args_bench(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", action="store_true", help="then profile 20 decode steps (torch.profiler)")
     parser.add_argument("--no-compile", action="store_true",
                         help="graphs without torch.compile of the norms, RoPE and SiLU (compile_elementwise=False)")
+    parser.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
+                        help="overlap the host with the GPU (lesson 17; default: the engine's, on for CUDA)")
     parser.add_argument("--json", dest="json_path", type=Path, metavar="FILE", help="also write the result here")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
 

@@ -26,6 +26,7 @@ def features_up_to(lesson: int) -> dict:
         "enforce_eager": lesson < 11,
         "enable_prefix_caching": lesson >= 13,
         "enable_chunked_prefill": lesson >= 16,
+        "async_scheduling": lesson >= 17,
     }
 
 
@@ -58,6 +59,8 @@ class Config:
                             layers at load time. A pre-quantized checkpoint (config.json's quantization_config)
                             loads as it is whatever this says (None or its own method).
     kv_cache_dtype:         "auto" (the model's dtype) or "fp8" (lesson 18; e4m3 K and V, needs an FP8 GPU).
+    async_scheduling:       overlap the host with the GPU (lesson 17): True, False, or None (on for CUDA, off on
+                            the CPU); tensor parallelism and speculative decoding run the synchronous loop.
     """
 
     model: str
@@ -79,6 +82,7 @@ class Config:
     load_format: str = "safetensors"
     quantization: str | None = None
     kv_cache_dtype: str = "auto"
+    async_scheduling: bool | None = None
     hf_config: object = field(default=None, repr=False)
 
     def __post_init__(self):
@@ -99,6 +103,15 @@ class Config:
             self.enforce_eager = True
         self._validate()
         self._validate_quantization()
+        self._resolve_async_scheduling()
+
+    def _resolve_async_scheduling(self):
+        """Lesson 17: None becomes on for CUDA, off on the CPU; a bad value is an error pointing to the README."""
+        from aios.engine.async_loop import resolve_async_scheduling
+
+        self.async_scheduling = resolve_async_scheduling(
+            self.async_scheduling, self.device, self.tensor_parallel_size,
+            getattr(self, "speculative_config", None) is not None)
 
     def _validate_quantization(self):
         """Lesson 18: unsupported quantization settings are clear errors, never wrong output."""

@@ -75,6 +75,7 @@ def engine_summary(llm) -> dict:
         "max_num_batched_tokens": config.max_num_batched_tokens,
         "num_kvcache_blocks": config.num_kvcache_blocks,
         "kvcache_block_size": config.kvcache_block_size,
+        "async_scheduling": getattr(config, "async_scheduling", False),
     }
 
 
@@ -258,6 +259,8 @@ def run_command(args) -> int:
         options["enforce_eager"] = True
     if args.no_compile:
         options["compile_elementwise"] = False
+    if getattr(args, "async_scheduling", None) is not None:  # lesson 17; None: the engine's default
+        options["async_scheduling"] = args.async_scheduling
     start = time.perf_counter()
     llm = build_engine(model_dir, **options)
     print(f"engine ready in {time.perf_counter() - start:.1f} s (weights, KV cache, compilation, graph capture)")

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from aios.config import Config
+from aios.engine.async_loop import AsyncLoop
 from aios.engine.block_manager import BlockManager
 from aios.engine.tp_runner import create_model_runner
 from aios.engine.scheduler import Scheduler
@@ -71,6 +72,8 @@ class LLMEngine:
             self.config.num_kvcache_blocks, self.config.kvcache_block_size, self.config.enable_prefix_caching
         )
         self.scheduler = Scheduler(self.config, self.block_manager, self.eos_token_ids)
+        # Lesson 17: the overlapped loop (None: the synchronous one below).
+        self.async_loop = AsyncLoop(self) if self.config.async_scheduling else None
 
     @property
     def max_request_len(self) -> int:
@@ -146,6 +149,8 @@ class LLMEngine:
 
         Call it before the running sequences are requeued or aborted (they still hold their blocks).
         """
+        if self.async_loop is not None:
+            self.async_loop.discard()  # lesson 17: drop the step in flight and its placeholders
         for seq in self.scheduler.running:
             self.block_manager.forget_computed_blocks(seq)
 
@@ -155,6 +160,8 @@ class LLMEngine:
 
     def step(self) -> tuple[list[Sequence], int]:
         """Run one scheduled batch. Returns (sequences that finished, tokens processed: positive for prefill, negative for decode)."""
+        if self.async_loop is not None:
+            return self.async_loop.step()  # lesson 17: launches the next step, returns the previous one's finished
         if self.config.enable_chunked_prefill:
             return self.step_chunked()
         raise NotImplementedError("Lesson 8: implement LLMEngine.step in aios/engine/llm_engine.py — see exercises/lesson08/README.md, 'What to implement'")
