@@ -61,6 +61,9 @@ class Config:
     kv_cache_dtype:         "auto" (the model's dtype) or "fp8" (lesson 18; e4m3 K and V, needs an FP8 GPU).
     async_scheduling:       overlap the host with the GPU (lesson 17): True, False, or None (on for CUDA, off on
                             the CPU); tensor parallelism and speculative decoding run the synchronous loop.
+    speculative_config:     None, or speculative decoding (lesson 19): {"method": "ngram", "num_speculative_tokens": k,
+                            "prompt_lookup_max": 4, "prompt_lookup_min": 1} or {"model": DRAFT_DIR,
+                            "num_speculative_tokens": k}; checked into a SpeculativeConfig (aios/spec/config.py).
     """
 
     model: str
@@ -83,6 +86,7 @@ class Config:
     quantization: str | None = None
     kv_cache_dtype: str = "auto"
     async_scheduling: bool | None = None
+    speculative_config: dict | None = None
     hf_config: object = field(default=None, repr=False)
 
     def __post_init__(self):
@@ -103,6 +107,7 @@ class Config:
             self.enforce_eager = True
         self._validate()
         self._validate_quantization()
+        self._validate_speculative()
         self._resolve_async_scheduling()
 
     def _resolve_async_scheduling(self):
@@ -112,6 +117,13 @@ class Config:
         self.async_scheduling = resolve_async_scheduling(
             self.async_scheduling, self.device, self.tensor_parallel_size,
             getattr(self, "speculative_config", None) is not None)
+
+    def _validate_speculative(self):
+        """Lesson 19: check speculative_config; a draft model's KV blocks and weights are kept out of the target's cache."""
+        from aios.spec.config import draft_memory_bytes, parse_speculative_config
+
+        self.speculative_config = parse_speculative_config(self.speculative_config, self)
+        self.draft_kv_block_bytes, self.draft_weight_bytes = draft_memory_bytes(self, self.speculative_config)
 
     def _validate_quantization(self):
         """Lesson 18: unsupported quantization settings are clear errors, never wrong output."""

@@ -15,6 +15,7 @@ from aios.engine.scheduler import Scheduler
 from aios.engine.sequence import Sequence
 from aios.layers.sampler import sampling_tensors
 from aios.sampling_params import SamplingParams
+from aios.spec.decoding import make_speculator, request_spec_stats
 
 
 class RequestError(ValueError):
@@ -74,6 +75,8 @@ class LLMEngine:
         self.scheduler = Scheduler(self.config, self.block_manager, self.eos_token_ids)
         # Lesson 17: the overlapped loop (None: the synchronous one below).
         self.async_loop = AsyncLoop(self) if self.config.async_scheduling else None
+        # Lesson 19: speculative decoding (None without speculative_config; a draft model loads here).
+        self.speculator = make_speculator(self.config)
 
     @property
     def max_request_len(self) -> int:
@@ -160,6 +163,8 @@ class LLMEngine:
 
     def step(self) -> tuple[list[Sequence], int]:
         """Run one scheduled batch. Returns (sequences that finished, tokens processed: positive for prefill, negative for decode)."""
+        if getattr(self, "speculator", None) is not None:
+            return self.speculator.step(self)  # lesson 19: propose, verify, accept / roll back
         if self.async_loop is not None:
             return self.async_loop.step()  # lesson 17: launches the next step, returns the previous one's finished
         if self.config.enable_chunked_prefill:
@@ -186,6 +191,7 @@ class LLMEngine:
         if stop is not None:
             stop()
         self.model_runner = ShutDownRunner()
+        self.speculator = None  # lesson 19: and the draft model's weights and cache
         release_device_memory()
 
     def is_finished(self) -> bool:
@@ -202,7 +208,13 @@ class LLMEngine:
             "text": self.tokenizer.decode(ids, skip_special_tokens=True),
             "token_ids": ids,
             "finish_reason": seq.finish_reason,
+            **({"spec_decode": request_spec_stats(seq)} if getattr(self, "speculator", None) else {}),
         }
+
+    def speculative_stats(self) -> dict | None:
+        """Lesson 19: acceptance since the engine started (proposed, accepted, acceptance rate, mean accepted
+        length; see aios/spec/decoding.py's SpecStats), or None without speculative decoding."""
+        return None if getattr(self, "speculator", None) is None else self.speculator.stats.as_dict()
 
     def generate(self, prompts, sampling_params=None, use_tqdm: bool = True) -> list[dict]:
         """Generate for every prompt; returns one dict per prompt, in prompt order.

@@ -34,6 +34,7 @@ def default_num_kvcache_blocks(config: Config) -> int:
     # With tensor parallelism each rank caches only its share of the KV heads.
     block_bytes = kv_block_bytes(config.hf_config, config.kvcache_block_size, config.dtype)
     block_bytes //= config.tensor_parallel_size
+    block_bytes += getattr(config, "draft_kv_block_bytes", 0)  # lesson 19: a draft model's cache has as many blocks
     per_seq = math.ceil(config.max_model_len / config.kvcache_block_size)
     if config.device == "cpu":
         return max(1, min(config.max_num_seqs * per_seq, CPU_KV_CACHE_BYTES // block_bytes))
@@ -42,6 +43,7 @@ def default_num_kvcache_blocks(config: Config) -> int:
     activation_reserve = config.max_num_batched_tokens * (hf.hidden_size * 8 + hf.intermediate_size * 6) * 2
     activation_reserve += config.max_num_seqs * hf.vocab_size * 4 * 3
     budget = total * config.gpu_memory_utilization - (total - free) - activation_reserve
+    budget -= getattr(config, "draft_weight_bytes", 0)  # lesson 19: loaded after the target's cache is sized
     blocks = int(budget // block_bytes)
     if blocks < per_seq:
         raise RuntimeError(
