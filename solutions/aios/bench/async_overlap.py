@@ -99,8 +99,7 @@ def gpu_idle_per_step(intervals: list[tuple[float, float]], steps: int) -> tuple
         else:
             end = max(end, b)
     busy += end - start
-    span = end - first if end > first else 1.0
-    span = max(span, max(b for _, b in intervals) - first)
+    span = max(end - first, 1e-9)
     return (span - busy) / steps, busy / span
 
 
