@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import builtins
+import contextlib
 import functools
 import importlib
 import importlib.abc
@@ -161,13 +162,17 @@ class Worker:
         """Send one request and wait for its answer, serving the worker's callbacks meanwhile."""
         if not self.alive:
             raise WorkerDied("the learner worker was stopped")
-        message = {"k": "req", "op": op, "a": args, "rel": self.released, "mode": _grad_mode(),
-                   "sync": self.shared.changed(), "relt": self.shared.forget(), "orig": self._changed_copies()}
+        message = {"k": "req", "op": op, "a": args}
+        # Only what is not empty: the worker reads a missing entry as empty.
+        for key, value in (("rel", self.released), ("mode", _grad_mode()), ("sync", self.shared.changed()),
+                           ("relt", self.shared.forget()), ("orig", self._changed_copies())):
+            if value:
+                message[key] = value
         raw = self._pickle(message)
         self.released = []
         self.depth += 1
         try:
-            protocol.send(self.sock, {"pickle": 1}, [raw])
+            protocol.send(self.sock, protocol.PICKLE_HEADER, [raw])
             header, buffers = self._wait()
         except BaseException as exc:
             broken = isinstance(exc, (protocol.WireError, OSError))
@@ -181,8 +186,9 @@ class Worker:
         if header.get("pure") is not True:
             self.epoch += 1  # learner code may have run: every snapshot taken before is stale
         self._keep_snapshots(header.get("snaps"))
-        for tid, value in self.decode(header.get("wb", {"$": "list", "v": []}), buffers):
-            self.shared.write_back(tid, value)
+        if "wb" in header:
+            for tid, value in self.decode(header["wb"], buffers):
+                self.shared.write_back(tid, value)
         _echo(header)
         if header["k"] == "ret":
             return self.decode(header["v"], buffers)
@@ -216,6 +222,8 @@ class Worker:
         their new contents, for the worker to write into the originals. The copies of the last
         reply are held until then, so a copy changed and dropped at once counts too."""
         changed = []
+        if not self.tensors.recent and not len(self.tensors):
+            return changed
         recent, self.tensors.recent = self.tensors.recent, []
         for tensor in {id(t): t for t in [*self.tensors.values(), *recent]}.values():
             origin = tensor.__dict__.get("_aios_origin")
@@ -263,7 +271,7 @@ class Worker:
             raw = self._pickle({"k": "ret", "v": result})
         except Exception as exc:  # noqa: BLE001 - the failure is reported to the caller in the worker
             raw = self._pickle({"k": "err", "name": type(exc).__name__, "message": protocol.clip(str(exc))})
-        protocol.send(self.sock, {"pickle": 1}, [raw])
+        protocol.send(self.sock, protocol.PICKLE_HEADER, [raw])
 
     def error(self, header: dict, buffers: list[bytes] = ()) -> BaseException:
         """The local exception for a learner exception (its learner traceback as a note); a
@@ -351,6 +359,9 @@ class Worker:
         self.alive = False
         try:
             self.sock.close()
+            if os.environ.get("AIOS_WORKER_PROFILE"):  # let it write its profile (worker.py: _profiled)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout=30)
         finally:
             _kill_group(self.proc)
             if self.scratch is not None:
@@ -426,6 +437,8 @@ class SharedTensors:
 
     def changed(self) -> list:
         """The shared tensors the test changed since the worker last saw them."""
+        if not self.entries:
+            return []
         alive = [(entry[0](), entry[1]) for entry in list(self.entries.values())]
         return [tensor for tensor, version in alive if tensor is not None and protocol.version(tensor) != version]
 
@@ -459,9 +472,10 @@ class Pickler(pickle.Pickler):
         self.worker = worker
 
     def persistent_id(self, obj):
-        if LENT is not None and type(obj) in (str, type(LENT.base)):
+        kind = type(obj)
+        if LENT is not None and kind in (str, type(LENT.base)):
             LENT.hand_over(obj)
-        if type(obj) in _PLAIN_FAST:
+        if kind in _PLAIN_FAST:
             return None
         if isinstance(obj, Remote):
             return ("h", obj._aios_target(self.worker))

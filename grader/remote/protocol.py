@@ -45,38 +45,59 @@ class WireError(RuntimeError):
 #: Bytes read from each socket ahead of what was asked (a frame's parts come in one recv call).
 _PENDING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 READ_AHEAD = 1 << 16
+#: The header of every trusted -> worker frame, and its encoding (made once).
+PICKLE_HEADER = {"pickle": 1}
+_PICKLE_HEADER_TEXT = json.dumps(PICKLE_HEADER).encode()
+
+
+def _fill(sock: socket.socket, pending: bytearray, size: int) -> None:
+    """Read until ``pending`` holds at least ``size`` bytes (WireError when the socket closes first).
+
+    Small frames come whole with the first read (read-ahead): one system call, not one per part.
+    """
+    while len(pending) < size:
+        chunk = sock.recv(max(size - len(pending), READ_AHEAD))
+        if not chunk:
+            raise WireError("the other side closed the connection")
+        pending += chunk
+
+
+def _read_large(sock: socket.socket, pending: bytearray, size: int) -> bytes:
+    """The next ``size`` bytes, a large buffer: what is pending, then read straight into place."""
+    data = bytearray(size)
+    have = min(len(pending), size)
+    data[:have] = pending[:have]
+    del pending[:have]
+    view = memoryview(data)
+    while have < size:
+        got = sock.recv_into(view[have:], min(size - have, 2**22))
+        if not got:
+            raise WireError("the other side closed the connection")
+        have += got
+    return bytes(data)
 
 
 def _read_exact(sock: socket.socket, size: int) -> bytes:
-    """Exactly ``size`` bytes from the socket (WireError when it closes first).
+    """Exactly ``size`` bytes from the socket (WireError when it closes first)."""
+    pending = _pending(sock)
+    if size > READ_AHEAD:
+        return _read_large(sock, pending, size)
+    _fill(sock, pending, size)
+    data = bytes(pending[:size])
+    del pending[:size]
+    return data
 
-    Small reads are served from a read-ahead buffer, so that a small frame (header length,
-    JSON header, buffer lengths and a pickle) costs one system call, not four.
-    """
+
+def _pending(sock: socket.socket) -> bytearray:
     pending = _PENDING.get(sock)
     if pending is None:
         pending = _PENDING[sock] = bytearray()
-    if len(pending) >= size:
-        data = bytes(pending[:size])
-        del pending[:size]
-        return data
-    chunks, left = [bytes(pending)], size - len(pending)
-    pending.clear()
-    while left:
-        chunk = sock.recv(max(left, READ_AHEAD) if left < READ_AHEAD else min(left, 2**22))
-        if not chunk:
-            raise WireError("the other side closed the connection")
-        if len(chunk) > left:
-            pending += chunk[left:]
-            chunk = chunk[:left]
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
+    return pending
 
 
 def send(sock: socket.socket, header: dict, buffers: list[bytes] = ()) -> None:
-    """Write one frame: the JSON header and its raw buffers."""
-    text = json.dumps(header).encode()
+    """Write one frame: the JSON header and its raw buffers, with one system call."""
+    text = _PICKLE_HEADER_TEXT if header is PICKLE_HEADER else json.dumps(header).encode()
     parts = [HEAD.pack(len(text), len(buffers)), text]
     for buffer in buffers:
         parts += [BUFFER_LEN.pack(len(buffer)), buffer]
@@ -85,20 +106,26 @@ def send(sock: socket.socket, header: dict, buffers: list[bytes] = ()) -> None:
 
 def recv(sock: socket.socket) -> tuple[dict, list[bytes]]:
     """Read one frame; sizes are checked before anything is allocated."""
-    size, count = HEAD.unpack(_read_exact(sock, HEAD.size))
+    pending = _pending(sock)
+    _fill(sock, pending, HEAD.size)
+    size, count = HEAD.unpack_from(pending)
     if size > MAX_HEADER or count > 2**20:
         raise WireError(f"oversized frame ({size} bytes of header, {count} buffers)")
+    del pending[:HEAD.size]
+    text = _read_exact(sock, size)
     try:
-        header = json.loads(_read_exact(sock, size))
+        header = json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise WireError(f"malformed header: {exc}") from None
     if not isinstance(header, dict):
         raise WireError("a frame's header must be a JSON object")
     buffers = []
     for _ in range(count):
-        (length,) = BUFFER_LEN.unpack(_read_exact(sock, BUFFER_LEN.size))
+        _fill(sock, pending, BUFFER_LEN.size)
+        (length,) = BUFFER_LEN.unpack_from(pending)
         if length > MAX_BUFFER:
             raise WireError(f"oversized buffer ({length} bytes)")
+        del pending[:BUFFER_LEN.size]
         buffers.append(_read_exact(sock, length))
     return header, buffers
 

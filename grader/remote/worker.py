@@ -69,6 +69,7 @@ SNAPSHOT_OBJECTS = 8
 PRINTED_LIMIT = 64_000
 STOP = object()  # what ``next`` answers at the end of an iterator
 HF_MODEL_MODULES = "transformers.modeling_utils"
+PROFILE_ENV = "AIOS_WORKER_PROFILE"
 
 
 class HFModelBlocker:
@@ -132,7 +133,8 @@ def _own_attributes(obj) -> dict | None:
     learner's (no ``__getattribute__`` or ``__dict__`` of its class's own) and no other thread
     of the learner's could change it between requests; None otherwise."""
     cls = type(obj)
-    if any("__getattribute__" in meta.__dict__ for meta in type(cls).__mro__ if meta not in (type, object)):
+    meta = type(cls)
+    if meta is not type and any("__getattribute__" in m.__dict__ for m in meta.__mro__ if m not in (type, object)):
         return None  # a metaclass of the learner's: even reading the class's attributes runs its code
     if issubclass(cls, (type, types.ModuleType)) or cls.__getattribute__ is not object.__getattribute__:
         return None
@@ -148,6 +150,14 @@ def _own_attributes(obj) -> dict | None:
 def _shadowed(cls: type, name: str) -> bool:
     """Whether a class in ``cls``'s MRO defines ``name`` (a property would win over the instance's value)."""
     return any(name in k.__dict__ for k in cls.__mro__)
+
+
+def _all_shadowed(cls: type, attrs: dict) -> set:
+    """The names in ``attrs`` that a class in ``cls``'s MRO defines too (``_shadowed``, all at once)."""
+    names, found = attrs.keys(), set()
+    for klass in cls.__mro__:
+        found |= names & klass.__dict__.keys()
+    return found
 
 
 def _plain_left(value, left: int, depth: int = 0) -> int:
@@ -169,6 +179,28 @@ def _plain_left(value, left: int, depth: int = 0) -> int:
     return left
 
 
+#: Scalars that ``protocol.encode`` sends as themselves (a float may not be: nan is tagged).
+_AS_THEMSELVES = frozenset({type(None), bool, int, str})
+_FLAT_CONTAINERS = {list: "list", tuple: "tuple", set: "set", frozenset: "frozenset"}
+
+
+def _encoded_plain(value, budget: int):
+    """``(protocol.encode(value), number of values in it)`` when ``value`` is plain data of at most
+    ``budget`` values (see ``_plain_left``); None otherwise. Flat containers of scalars, the
+    usual attributes, are checked and encoded without a call per item."""
+    kind = type(value)
+    if kind in _AS_THEMSELVES:
+        return (value, 1) if budget >= 1 else None
+    tag = _FLAT_CONTAINERS.get(kind)
+    if tag is not None and len(value) < budget and _AS_THEMSELVES.issuperset(map(type, value)):
+        return {"$": tag, "v": list(value)}, len(value) + 1
+    if kind is dict and 2 * len(value) < budget and _AS_THEMSELVES.issuperset(map(type, value)) \
+            and _AS_THEMSELVES.issuperset(map(type, value.values())):
+        return {"$": "dict", "k": list(value), "v": list(value.values())}, 2 * len(value) + 1
+    rest = _plain_left(value, budget)
+    return (protocol.encode(value, None, []), budget - rest) if rest >= 0 else None
+
+
 def snapshot(obj) -> dict | None:
     """The encoded plain-data attributes of ``obj`` (a few, small), for the trusted side to read
     without a round trip until its next request that may change anything. None when reading
@@ -176,12 +208,13 @@ def snapshot(obj) -> dict | None:
     attrs = _own_attributes(obj)
     if attrs is None:
         return None
-    found, left, cls = {}, SNAPSHOT_ITEMS, type(obj)
+    found, left = {}, SNAPSHOT_ITEMS
+    shadowed = _all_shadowed(type(obj), attrs)
     for name, value in attrs.items():
-        budget = min(left, SNAPSHOT_ATTRIBUTE_ITEMS)
-        rest = _plain_left(value, budget)
-        if rest >= 0 and type(name) is str and not _shadowed(cls, name):
-            found[name], left = protocol.encode(value, None, []), left - (budget - rest)
+        if type(name) is str and name not in shadowed:
+            encoded = _encoded_plain(value, min(left, SNAPSHOT_ATTRIBUTE_ITEMS))
+            if encoded is not None:
+                found[name], left = encoded[0], left - encoded[1]
     return found
 
 
@@ -206,7 +239,12 @@ def _raw(tensor) -> bytes:
 
 def _printed(out: io.StringIO, err: io.StringIO) -> dict:
     """What learner code printed during a request (the end of it), for the test's own output."""
-    return {"out": protocol.clip(out.getvalue(), PRINTED_LIMIT), "err": protocol.clip(err.getvalue(), PRINTED_LIMIT)}
+    printed = {}
+    for key, stream in (("out", out), ("err", err)):
+        text = stream.getvalue()
+        if text:
+            printed[key] = protocol.clip(text, PRINTED_LIMIT)
+    return printed
 
 
 def _learner_frames(tb):
@@ -316,6 +354,7 @@ class Worker:
     def __init__(self, sock: socket.socket):
         self.sock = sock
         self.objects: dict[int, object] = {}
+        self.records: dict[int, dict] = {}  # handle id -> its record (see _record)
         self.ids: dict[int, int] = {}
         self.sent: dict[int, int] = {}
         self.types_sent: set[int] = set()
@@ -340,17 +379,13 @@ class Worker:
         if hid is None:
             hid, self.next_id = self.next_id, self.next_id + 1
             self.objects[hid], self.ids[id(obj)], self.sent[hid] = obj, hid, 0
+            self.records[hid] = self._record(obj, hid)
         self.sent[hid] += 1
-        record = {"$": "h", "id": hid, "kind": self._kind(obj), "type": _qualname(type(obj))}
-        if inspect.ismodule(obj):
-            record["name"], record["package"] = obj.__name__, hasattr(obj, "__path__")
-        elif isinstance(obj, type) or callable(obj):
-            record["name"] = _qualname(obj)
+        record = dict(self.records[hid])
         cls = type(obj)
         if id(cls) not in self.types_sent:
             self.types_sent.add(id(cls))
             record["methods"] = self._methods(cls)
-        record["tkey"] = f"{_qualname(cls)}#{id(cls)}"
         if record["kind"] in ("object", "callable"):
             try:
                 snap = snapshot(obj)
@@ -358,6 +393,16 @@ class Worker:
                 snap = None
             if snap is not None:
                 record["snap"] = snap
+        return record
+
+    def _record(self, obj, hid: int) -> dict:
+        """What the trusted side is told of a new handle (kept with it: the same each time it is sent)."""
+        record = {"$": "h", "id": hid, "kind": self._kind(obj), "type": _qualname(type(obj))}
+        if inspect.ismodule(obj):
+            record["name"], record["package"] = obj.__name__, hasattr(obj, "__path__")
+        elif isinstance(obj, type) or callable(obj):
+            record["name"] = _qualname(obj)
+        record["tkey"] = f"{_qualname(type(obj))}#{id(type(obj))}"
         return record
 
     @staticmethod
@@ -390,7 +435,7 @@ class Worker:
                 self.sent[hid] -= count
                 if self.sent[hid] <= 0:
                     obj = self.objects.pop(hid)
-                    del self.sent[hid], self.ids[id(obj)]
+                    del self.sent[hid], self.ids[id(obj)], self.records[hid]
 
     def hold(self, key: int) -> None:
         """Answer with a handle to a numbered tensor itself (not a copy), to set attributes on it."""
@@ -400,9 +445,12 @@ class Worker:
         else:
             protocol.send(self.sock, {"k": "ret", "v": self.handle(tensor)})
 
-    def write_backs(self, buffers: list[bytes]):
-        """The test's tensors that learner code changed in place, as [[id, contents], ...]."""
-        return protocol.encode(self.tensors.changed_shared(), self.handle, buffers)
+    def write_backs(self, header: dict, buffers: list[bytes]) -> None:
+        """The test's tensors that learner code changed in place, as ``header["wb"]``: [[id, contents], ...]
+        (left out when there are none)."""
+        changed = self.tensors.changed_shared()
+        if changed:
+            header["wb"] = protocol.encode(changed, self.handle, buffers)
 
     def reply(self, value, printed: dict, read_from=None, involved=()) -> None:
         """Send ``value`` back. ``read_from``: the object a pure attribute read was made on; the reply
@@ -410,8 +458,9 @@ class Worker:
         the request named (``involved``) come with it, valid after this request."""
         buffers: list[bytes] = []
         data = protocol.encode(value, self.handle, buffers, tensors=self.tensors)
-        header = {"k": "ret", "v": data, "wb": self.write_backs(buffers), **printed}
-        if read_from is not None and id(read_from) in self.ids and not header["wb"]["v"]:
+        header = {"k": "ret", "v": data, **printed}
+        self.write_backs(header, buffers)
+        if read_from is not None and id(read_from) in self.ids and "wb" not in header:
             header["pure"] = True
             involved = (read_from,)
         snaps, done = [], set()
@@ -453,7 +502,8 @@ class Worker:
         tb = protocol.clip("".join(traceback.format_exception(exc.with_traceback(_learner_frames(exc.__traceback__)))))
         buffers: list[bytes] = []
         header = {"k": "err", "name": cls.__qualname__, "module": cls.__module__, "bases": _builtin_bases(cls),
-                  "args": args, "tb": tb, "wb": self.write_backs(buffers), **(printed or {})}
+                  "args": args, "tb": tb, **(printed or {})}
+        self.write_backs(header, buffers)
         if cls.__module__ != "builtins":  # its attributes (APIError.status) are read through this handle
             header["obj"] = self.handle(exc)
         protocol.send(self.sock, header, buffers)
@@ -685,11 +735,30 @@ def main(argv: list[str] | None = None) -> None:
     WORKER = Worker(socket.socket(fileno=args.fd))
     with contextlib.suppress(ImportError):  # the learner's code needs it; meanwhile the tests start up
         import torch  # noqa: F401
-    try:
-        WORKER.serve()
-    except protocol.WireError:
-        pass
+    with _profiled(os.environ.pop(PROFILE_ENV, "")):
+        try:
+            WORKER.serve()
+        except protocol.WireError:
+            pass
     sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def _profiled(prefix: str):
+    """With ``AIOS_WORKER_PROFILE=PREFIX`` (a maintainer's measurement), the worker's cProfile
+    statistics go to ``PREFIX.<pid>`` when its connection closes (the trusted side waits for that)."""
+    if not prefix:
+        yield
+        return
+    import cProfile
+
+    profile = cProfile.Profile()
+    profile.enable()
+    try:
+        yield
+    finally:
+        profile.disable()
+        profile.dump_stats(f"{prefix}.{os.getpid()}")
 
 
 if __name__ == "__main__":
