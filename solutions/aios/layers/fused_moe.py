@@ -194,7 +194,7 @@ if HAS_TRITON:
 
 def launch_config(num_pairs: int, num_experts: int) -> dict:
     """Tile sizes: small row blocks when experts get few rows each (decode), large ones otherwise."""
-    return dict(SMALL_CONFIG if num_pairs <= 4 * num_experts else LARGE_CONFIG)
+    return dict(SMALL_CONFIG if num_pairs <= 16 * num_experts else LARGE_CONFIG)
 
 
 def grouped_gemm(a: torch.Tensor, w: torch.Tensor, sorted_ids: torch.Tensor, block_expert: torch.Tensor,

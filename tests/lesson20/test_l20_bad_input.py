@@ -1,0 +1,35 @@
+"""Lesson 20: MoE configs no forward pass could run are refused clearly, pointing to the README."""
+
+import re
+
+import pytest
+import torch
+
+README = r"exercises/lesson20/README\.md, 'The config fields'"
+
+
+@pytest.mark.hint(2)
+@pytest.mark.parametrize("fields,name", [
+    ({"num_experts_per_tok": 9}, "num_experts_per_tok"),
+    ({"num_experts_per_tok": 0}, "num_experts_per_tok"),
+    ({"num_experts": 0}, "num_experts"),
+    ({"mlp_only_layers": [3]}, "mlp_only_layers"),
+    ({"decoder_sparse_step": 0}, "decoder_sparse_step"),
+])
+def test_impossible_moe_config_is_refused(tiny_moe_dir, edited_config, fields, name):
+    """LLM / load_qwen3 refuse k > E, k < 1, no experts, a layer index past the end, a step of 0 (README named)."""
+    from aios.utils.loader import load_qwen3
+
+    broken = edited_config(tiny_moe_dir, **fields)
+    with pytest.raises(ValueError, match=name) as error:
+        load_qwen3(broken, dtype=torch.float32)
+    assert re.search(README, str(error.value)), "the error should point to the README section"
+
+
+@pytest.mark.hint(7)
+def test_dense_checkpoint_still_builds_qwen3(tiny_model_dir, tiny_moe_dir):
+    """config.json picks the class: a qwen3 checkpoint gives Qwen3ForCausalLM, a qwen3_moe one Qwen3MoeForCausalLM."""
+    from aios.utils.loader import load_qwen3
+
+    assert type(load_qwen3(tiny_model_dir, dtype=torch.float32)).__name__ == "Qwen3ForCausalLM"
+    assert type(load_qwen3(tiny_moe_dir, dtype=torch.float32)).__name__ == "Qwen3MoeForCausalLM"
