@@ -31,3 +31,20 @@ def step_log(llm, prompts, max_tokens):
         del runner.run_model
         loop.InFlightStep.token_ids = token_ids
     return log
+
+
+def fail_one_step(llm):
+    """Make the next forward of ``llm`` raise, run one ``step()``, put the forward back; returns the error's text."""
+    runner = llm.model_runner
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected failure")
+
+    runner.run_model = broken
+    try:
+        llm.step()
+    except RuntimeError as error:
+        return str(error)
+    finally:
+        del runner.run_model
+    return ""

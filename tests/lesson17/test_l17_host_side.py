@@ -56,7 +56,8 @@ def test_finishes_by_length(completion, max_tokens, max_model_len, expected):
     from aios.engine.async_loop import finishes_by_length
 
     seq = make_seq([1, 2, 3, 4, 5], max_tokens=max_tokens)
-    seq.token_ids.extend([9] * completion)
+    for _ in range(completion):
+        seq.append_token(9)
     assert finishes_by_length(seq, max_model_len) is expected
 
 
