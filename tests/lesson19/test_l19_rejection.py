@@ -19,7 +19,8 @@ def chi_square_p_value(observed: torch.Tensor, expected_probs: list[float]) -> f
     """p-value of Pearson's chi-square goodness-of-fit test (scipy's when installed, else Wilson-Hilferty)."""
     counts = [float(c) for c in observed]
     total = sum(counts)
-    expected = [p * total for p in expected_probs]
+    mass = sum(expected_probs)
+    expected = [p / mass * total for p in expected_probs]
     try:
         from scipy.stats import chisquare
     except ImportError:
