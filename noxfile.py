@@ -1,7 +1,7 @@
 """Nox sessions for AIOS: grading, the honesty checks, the test suite and the stub generator.
 
     nox -s grade               # grade the current lesson, then show the board
-    nox -s grade-lesson3       # grade lesson 3 (grade-lesson0 ... grade-lesson16)
+    nox -s grade-lesson3       # grade lesson 3 (grade-lesson0 ... grade-lesson17)
     nox -s watch               # re-grade the current lesson whenever aios/ changes (-- 3 for lesson 3)
     nox -s selfcheck           # reference passes, stubs fail, aios/ up to date
     nox -s tests               # every visible suite + tests/infra against the reference
@@ -44,7 +44,7 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".nox" / "aios"
 REQUIREMENTS = ROOT / "requirements-dev.txt"
-LESSONS = range(17)
+LESSONS = range(18)
 #: Any installed version will do: a CUDA torch build and the triton it brings must never be replaced.
 ANY_VERSION = frozenset({"torch", "triton"})
 #: The file in .nox/aios that shows it the site-packages of the virtual environment it was made from.

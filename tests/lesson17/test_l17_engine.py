@@ -166,3 +166,27 @@ def test_a_finished_sequence_never_changes(make_llm, prompts, greedy, stop_ids):
         assert len(done) == len(seqs)
     finally:
         llm.scheduler.eos_token_ids = set(llm.eos_token_ids)
+
+
+@pytest.mark.hint(5)
+def test_resolve_finishes_a_sequence_that_was_preempted_meanwhile(make_llm, random_prompt, greedy):
+    """resolve_tokens: a sequence preempted while its token was in flight (so it waits, with a placeholder) and whose
+    token is EOS finishes and leaves the waiting queue; one whose token is not EOS gets the token and stays."""
+    from aios.engine.async_loop import PLACEHOLDER, Pending, resolve_tokens
+
+    llm = make_llm(async_scheduling=True)
+    eos = min(llm.eos_token_ids)
+    stopping = llm.add_request(random_prompt(6, seed=12), greedy(8, ignore_eos=False))
+    going_on = llm.add_request(random_prompt(5, seed=13), greedy(8, ignore_eos=False))
+    pending = {}
+    for row, seq in enumerate((stopping, going_on)):
+        seq.append_token(PLACEHOLDER)
+        pending[seq.seq_id] = Pending(seq, len(seq) - 1, row)
+    finished = resolve_tokens(llm, pending, [eos, 42])
+    assert [seq.seq_id for seq in finished] == [stopping.seq_id]
+    assert stopping.finish_reason == "stop" and stopping.token_ids[-1] == eos
+    assert going_on.token_ids[-1] == 42 and not going_on.is_finished
+    assert [seq.seq_id for seq in llm.scheduler.waiting] == [going_on.seq_id], (
+        "a finished sequence must leave whichever queue holds it, waiting included")
+    assert llm.abort(going_on.seq_id)
+    assert llm.is_finished()

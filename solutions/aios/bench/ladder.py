@@ -13,6 +13,7 @@
     12     LLM.generate, sampled (T 0.8, top-k/top-p)        sampling instead of greedy
     13     LLM.generate, features_up_to(13)                  prefix caching switched on
     16     LLM.generate, features_up_to(16)                  chunked prefill: token-budget steps, decodes first
+    17     LLM.generate, features_up_to(17)                  overlap scheduling: step t+1 launched before t's tokens are read
 
 Every stage generates exactly the workload's output lengths (no early stop at EOS),
 so tokens per second compare like for like. The GPU benchmark of lesson N
@@ -214,15 +215,16 @@ class SingleSequenceStage(Stage):
 
 
 class EngineStage(Stage):
-    """Stages 7-13 and 16 on one engine: its ModelRunner in static batches (7) or LLM.generate (8 on).
+    """Stages 7-13, 16 and 17 on one engine: its ModelRunner in static batches (7) or LLM.generate (8 on).
 
     The engine gets ``features_up_to(stage)``: each stage switches on its lesson's mechanism.
-    Stages 12 on sample (temperature, top-k, top-p) where the others decode greedily; stage 16
-    runs with a token budget of ``CHUNKED_BUDGET``.
+    Stages 12 on sample (temperature, top-k, top-p) where the others decode greedily; stages 16
+    and 17 run with a token budget of ``CHUNKED_BUDGET``.
     """
 
     NAMES = {7: "static batching", 8: "continuous batching", 9: "Triton attention", 10: "fused layers",
-             11: "CUDA graphs", 12: "sampling", 13: "prefix caching", 16: "chunked prefill"}
+             11: "CUDA graphs", 12: "sampling", 13: "prefix caching", 16: "chunked prefill",
+             17: "overlap scheduling"}
     SAMPLED_FROM = 12
     #: Stage 16's max_num_batched_tokens: prompts longer than what decodes leave of it are split.
     CHUNKED_BUDGET = 512
@@ -238,7 +240,7 @@ class EngineStage(Stage):
         engine_options = {**features_up_to(stage), "device": device, "max_num_seqs": max_num_seqs,
                           "num_kvcache_blocks": blocks, "kvcache_block_size": block_size,
                           "load_format": load_format, **options}
-        if stage == 16:
+        if stage in (16, 17):
             engine_options.setdefault("max_num_batched_tokens", max(self.CHUNKED_BUDGET, max_num_seqs))
         self.llm = LLM(str(model_dir), **engine_options)
 
@@ -445,7 +447,7 @@ def benchmark_model_dir(preset: str | None = None) -> Path:
 LADDER_WORKLOAD = {"num_requests": 32, "prompt_len": (32, 256), "output_len": (16, 96)}
 #: Batch size of the batched stages (7 on): half the requests, so stage 7 runs two static batches.
 LADDER_MAX_NUM_SEQS = 16
-LADDER_STAGES = (*range(3, 14), 16)
+LADDER_STAGES = (*range(3, 14), 16, 17)
 #: What each stage adds (the table's "what changed" column).
 LADDER_CHANGES = {
     3: "baseline: the whole sequence recomputed for every token",
@@ -460,6 +462,7 @@ LADDER_CHANGES = {
     12: "sampling (T 0.8, top-k 50, top-p 0.95) instead of greedy",
     13: "prefix caching on (random prompts: its bookkeeping only)",
     16: "chunked prefill: steps of at most 512 tokens, decodes first, prompts in chunks (a latency feature)",
+    17: "overlap scheduling: the host plans step t+1 while the GPU runs step t",
 }
 #: The syllabus's figures (tok/s at 32 requests, its own machine and model): for reference only.
 SYLLABUS_TOKENS_PER_SECOND = {3: 5, 4: 25, 5: 30, 6: 30, 7: 400, 8: 600, 9: 900, 10: 1000, 11: 1200,
@@ -822,7 +825,7 @@ def _scale(text: str) -> float:
 
 
 def _stage_list(text: str) -> tuple[int, ...]:
-    """``--stages 3,4,9-11``: ladder stages, each one of LADDER_STAGES (3-13, 16)."""
+    """``--stages 3,4,9-11``: ladder stages, each one of LADDER_STAGES (3-13, 16, 17)."""
     stages: list[int] = []
     try:
         for part in filter(None, (p.strip() for p in text.split(","))):
@@ -832,7 +835,7 @@ def _stage_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected stages like 3,4,9-11, got {text!r}") from None
     unknown = sorted(set(stages) - set(LADDER_STAGES))
     if unknown or not stages:
-        raise argparse.ArgumentTypeError(f"stages are 3-13, 16, got {text!r}")
+        raise argparse.ArgumentTypeError(f"stages are 3-13, 16, 17, got {text!r}")
     return tuple(sorted(set(stages)))
 
 
@@ -849,7 +852,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ladder.add_argument("--ladder", action="store_true", help="run every stage on the 32-request workload")
     ladder.add_argument("--out", type=Path, default=None, help="write DIR/table.md, DIR/ladder.json, DIR/ladder.png")
     ladder.add_argument("--stages", type=_stage_list, default=LADDER_STAGES,
-                        help="e.g. 3-8 or 3,7,11 (default 3-13, 16)")
+                        help="e.g. 3-8 or 3,7,11 (default 3-13, 16, 17)")
     ladder.add_argument("--max-num-seqs", type=int, default=LADDER_MAX_NUM_SEQS, help="batch size of stages 7 on")
     ladder.add_argument("--single-budget", type=float, default=10.0,
                         help="seconds of requests timed one at a time for stages 3-6 (default 10)")
