@@ -47,6 +47,8 @@ class Config:
     kvcache_block_size:     token slots per KV-cache block.
     gpu_memory_utilization: share of GPU memory the engine may fill (weights + KV cache + activations).
     tensor_parallel_size:   GPUs to shard the model over (lesson 14).
+    pipeline_parallel_size: stages the decoder layers are cut into, one group of tensor_parallel_size ranks
+                            each (lesson 21; tensor_parallel_size x pipeline_parallel_size ranks in all).
     enable_prefix_caching:  reuse KV blocks of identical prompt prefixes (lesson 13).
     enable_chunked_prefill: token-budget steps that mix decodes with chunks of long prompts (lesson 16);
                             off: lesson 8's prefill-first steps.
@@ -78,6 +80,7 @@ class Config:
     kvcache_block_size: int = 16
     gpu_memory_utilization: float = 0.9
     tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = False
     attention_backend: str = "auto"
@@ -114,9 +117,9 @@ class Config:
         """Lesson 17: None becomes on for CUDA, off on the CPU; a bad value is an error pointing to the README."""
         from aios.engine.async_loop import resolve_async_scheduling
 
+        ranks = self.tensor_parallel_size * getattr(self, "pipeline_parallel_size", 1)  # > 1: the synchronous loop
         self.async_scheduling = resolve_async_scheduling(
-            self.async_scheduling, self.device, self.tensor_parallel_size,
-            getattr(self, "speculative_config", None) is not None)
+            self.async_scheduling, self.device, ranks, getattr(self, "speculative_config", None) is not None)
 
     def _validate_speculative(self):
         """Lesson 19: check speculative_config; a draft model's KV blocks and weights are kept out of the target's cache."""
@@ -148,6 +151,8 @@ class Config:
             (self.kvcache_block_size >= 1, f"kvcache_block_size must be >= 1, got {self.kvcache_block_size}"),
             (0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization must be in (0, 1]"),
             (self.tensor_parallel_size >= 1, "tensor_parallel_size must be >= 1"),
+            (self.pipeline_parallel_size >= 1, "pipeline_parallel_size must be >= 1 "
+             "(see exercises/lesson21/README.md, 'Cutting the model into stages')"),
             (self.load_format in ("safetensors", "dummy"),
              f"load_format must be 'safetensors' or 'dummy', got {self.load_format!r}"),
             (self.attention_backend in ("torch", "triton"),

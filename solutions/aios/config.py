@@ -117,9 +117,9 @@ class Config:
         """Lesson 17: None becomes on for CUDA, off on the CPU; a bad value is an error pointing to the README."""
         from aios.engine.async_loop import resolve_async_scheduling
 
+        ranks = self.tensor_parallel_size * getattr(self, "pipeline_parallel_size", 1)  # > 1: the synchronous loop
         self.async_scheduling = resolve_async_scheduling(
-            self.async_scheduling, self.device, self.tensor_parallel_size,
-            getattr(self, "speculative_config", None) is not None)
+            self.async_scheduling, self.device, ranks, getattr(self, "speculative_config", None) is not None)
 
     def _validate_speculative(self):
         """Lesson 19: check speculative_config; a draft model's KV blocks and weights are kept out of the target's cache."""

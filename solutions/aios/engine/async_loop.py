@@ -19,9 +19,9 @@ t+1 already: the token step t+1 computed for it is dropped and its blocks freed.
 step-t token ends it by length (max_tokens, max_model_len) is known to finish and sits step
 t+1 out, so only EOS stops and aborts cost a wasted row.
 
-Not overlapped: tensor parallelism (the workers receive host-side sequence snapshots; a
-placeholder would reach them) and speculative decoding run the synchronous loop; see
-``resolve_async_scheduling``.
+Not overlapped: tensor and pipeline parallelism (the workers receive host-side sequence
+snapshots; a placeholder would reach them) and speculative decoding run the synchronous loop;
+see ``resolve_async_scheduling``.
 """
 
 from __future__ import annotations
@@ -44,16 +44,17 @@ PLACEHOLDER = -1
 ASYNC_README = "see exercises/lesson17/README.md, 'Turning it on'"
 
 
-def resolve_async_scheduling(value, device: str, tensor_parallel_size: int, speculative: bool) -> bool:
+def resolve_async_scheduling(value, device: str, num_ranks: int, speculative: bool) -> bool:
     """The effective ``async_scheduling`` option: True, False or None (None: on for CUDA, off on the CPU).
 
-    Falls back to False (the synchronous loop) with tensor parallelism or speculative decoding.
+    num_ranks: tensor_parallel_size x pipeline_parallel_size. Falls back to False (the synchronous loop)
+    with more than one rank (tensor or pipeline parallelism) or speculative decoding.
     Raises ValueError for anything but True, False or None.
     """
     if value is not None and not isinstance(value, bool):
         raise ValueError(f"async_scheduling must be True, False or None (None: on for CUDA, off on the CPU), "
                          f"got {value!r} ({ASYNC_README})")
-    if tensor_parallel_size > 1 or speculative:
+    if num_ranks > 1 or speculative:
         return False
     return str(device).startswith("cuda") if value is None else value
 
