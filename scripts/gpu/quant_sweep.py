@@ -13,6 +13,7 @@
 import argparse
 import itertools
 import json
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -95,9 +96,9 @@ def shape_folder(preset: str) -> str:
     tok_json = tokenizer.tokenizer_json(TOKENIZER_SIZES[preset])
     ids = tokenizer.special_token_ids(tok_json)
     config.update(bos_token_id=ids[tokenizer.ENDOFTEXT], eos_token_id=ids[tokenizer.IM_END])
-    folder = tempfile.mkdtemp(prefix=f"qwen3-{preset}-")
+    folder = Path(tempfile.mkdtemp(prefix=f"qwen3-{preset}-"))
     write_model_files(folder, config, tok_json)
-    return folder
+    return str(folder)
 
 
 def engine(preset: str) -> None:
