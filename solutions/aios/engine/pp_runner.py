@@ -233,7 +233,8 @@ class StageRunner(ModelRunner):
         self.kv_cache = self.allocate_kv_cache()
         self.sampler = Sampler()
         self.graphs, self.graph_sizes, self.graph_inputs = {}, [], None
-        dist.barrier()  # every stage is loaded: a rank that failed to start fails the others here, not mid-step
+        if dist.is_initialized():  # every stage is loaded: a rank that failed to start fails the others here
+            dist.barrier()
 
     def allocate_kv_cache(self) -> PagedKVCache:
         """The paged KV cache of this stage's layers only, for this rank's share of the KV heads.
@@ -468,17 +469,20 @@ class PipelineRunner:
             raise
 
     def _dead_worker(self, wait_s: float = 0.0) -> str | None:
-        """'rank 2 (pid 123) was killed by signal 9' for a spawned worker that is gone, else None."""
-        if not self.processes:
+        """'rank 3 (pid 123) was killed by signal 9' for every spawned worker that is gone, else None.
+
+        Waits up to ``wait_s`` for a first death, then a moment for the ranks that fail because of it.
+        """
+        if not self.processes or not wait([p.sentinel for p in self.processes], timeout=wait_s):
             return None
-        dead = wait([p.sentinel for p in self.processes], timeout=wait_s)
+        wait([p.sentinel for p in self.processes], timeout=0.5)
+        gone = []
         for rank, process in enumerate(self.processes, start=1):
-            if process.sentinel in dead:
-                process.join()
+            if process.exitcode is not None:
                 code = process.exitcode
                 how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-                return f"rank {rank} (pid {process.pid}) {how}"
-        return None
+                gone.append(f"rank {rank} (pid {process.pid}) {how}")
+        return "; ".join(gone) or None
 
     def _raise_if_a_worker_died(self) -> None:
         dead = self._dead_worker()
