@@ -4,7 +4,9 @@
     ending (n = 3)                                   the cat sat  ... no: "on the" ...
     the longest ending that occurred before, most recent occurrence:
                  [on the] mat .                 ...  [on the]
-    proposal:  the tokens that followed it: "mat ." (at most k of them)
+    proposal:  the tokens that followed it: "mat ." (k of them; an occurrence close to the end is
+               continued as an overlapping copy: after "a b a b", the match of "a b" at 0 proposes
+               "a b a b ..." for as many tokens as k asks)
 
 No model runs: a proposal costs a scan of the token list. It pays off on text that
 repeats itself (code edits, retrieval answers quoting their sources, summaries); on
@@ -21,10 +23,12 @@ def propose_ngram(token_ids: list[int], k: int, min_n: int, max_n: int) -> list[
     Tries n = max_n, max_n - 1, ..., min_n: the ending is ``token_ids[-n:]``; an occurrence
     starts at i < len(token_ids) - n (strictly before the ending itself, with at least one token after
     it). The longest n with an occurrence wins; among its occurrences the latest (largest i).
-    Returns ``token_ids[i + n : i + n + k]`` (may be shorter than k near the end), or [] when no
-    n in the range occurs earlier (or the text is too short for any n).
+    Returns the k tokens from ``i + n`` on, copied like an overlapping copy (LZ77): a position past
+    the end of the text takes the proposal's own earlier token, so a loop of period p goes on for
+    k tokens; or [] when no n in the range occurs earlier (or the text is too short for any n).
     """
     # Hint: walk n from long to short, and for each n walk the start i from the end backwards.
+                # Hint: past the end, copy from the proposal itself: position p >= length is proposal[p - length].
     raise NotImplementedError("Lesson 19: implement propose_ngram in aios/spec/ngram.py — see exercises/lesson19/README.md, 'What to implement'")
 
 

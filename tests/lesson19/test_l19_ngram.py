@@ -35,18 +35,19 @@ def test_no_earlier_occurrence_proposes_nothing():
     assert propose_ngram([5], k=4, min_n=1, max_n=3) == []
     assert propose_ngram([], k=4, min_n=1, max_n=3) == []
     assert propose_ngram([1, 2, 9, 2], k=4, min_n=2, max_n=3) == [], "only the 1-gram [2] matches, below min_n"
-    assert propose_ngram([1, 2, 9, 2], k=4, min_n=1, max_n=3) == [9, 2]
+    assert propose_ngram([1, 2, 9, 2], k=1, min_n=1, max_n=3) == [9]
 
 
 @pytest.mark.hint(1)
-def test_the_proposal_stops_at_the_end_of_the_text():
-    """Near the end fewer than k tokens follow the match: the proposal may be shorter, even overlap the ending."""
-    assert propose_ngram([4, 4], k=5, min_n=1, max_n=2) == [4], "the 1-gram [4] at 0 is followed by one token"
-    assert propose_ngram([1, 2, 1, 2], k=5, min_n=1, max_n=2) == [1, 2]
-    assert propose_ngram([8, 8, 8, 8], k=2, min_n=1, max_n=3) == [8], "the 3-gram at 0 leaves one token after it"
+def test_past_the_end_the_proposal_copies_itself():
+    """Near the end fewer than k tokens follow the match: the copy goes on from its own tokens (a loop continues)."""
+    assert propose_ngram([4, 4], k=5, min_n=1, max_n=2) == [4, 4, 4, 4, 4], "the 1-gram [4] at 0: a loop of period 1"
+    assert propose_ngram([1, 2, 1, 2], k=5, min_n=1, max_n=2) == [1, 2, 1, 2, 1], "[1, 2] at 0: period 2"
+    assert propose_ngram([8, 8, 8, 8], k=2, min_n=1, max_n=3) == [8, 8]
+    assert propose_ngram([1, 2, 9, 2], k=4, min_n=1, max_n=3) == [9, 2, 9, 2], "[2] at 1 is followed by 9, 2, then itself"
 
 
 @pytest.mark.hint(1)
 def test_max_n_longer_than_the_text_is_fine():
     """prompt_lookup_max larger than the text tries only the lengths that fit."""
-    assert propose_ngram([3, 5, 3], k=3, min_n=1, max_n=10) == [5, 3]
+    assert propose_ngram([3, 5, 3], k=3, min_n=1, max_n=10) == [5, 3, 5]

@@ -23,14 +23,15 @@ def p_value(observed, probs):
 @pytest.mark.hint(1)
 @pytest.mark.parametrize("tokens, k, low, high, expected", [
     ([1, 2, 3, 1, 2, 3, 1, 2], 3, 2, 2, [3, 1, 2]),
-    ([1, 2, 3, 1, 2, 3, 1, 2], 10, 1, 5, [3, 1, 2]),
-    ([6, 6, 6, 6, 6], 2, 1, 4, [6]),
+    ([1, 2, 3, 1, 2, 3, 1, 2], 10, 1, 5, [3, 1, 2, 3, 1, 2, 3, 1, 2, 3]),
+    ([6, 6, 6, 6, 6], 2, 1, 4, [6, 6]),
     ([1, 9, 2, 1, 9, 3, 1, 9], 2, 1, 2, [3, 1]),
     ([1, 9, 2, 1, 9, 3, 1, 9], 2, 3, 4, []),
     ([5, 1, 2, 3, 5, 1, 2, 4, 1, 2, 3], 2, 1, 3, [5, 1]),
 ])
 def test_ngram_lookup_other_cases(tokens, k, low, high, expected):
-    """n-gram lookup: exact n-gram size, a k beyond the text, runs of one token, recency, min_n above every match."""
+    """n-gram lookup: exact n-gram size, a k beyond the text (an overlapping copy), runs of one token, recency,
+    min_n above every match."""
     assert propose_ngram(tokens, k, low, high) == expected
 
 
