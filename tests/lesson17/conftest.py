@@ -20,7 +20,7 @@ def make_llm(tiny_model_dir):
 
     def make(**options):
         options = {**features_up_to(17), **ENGINE, **options}
-        key = tuple(sorted(options.items()))
+        key = tuple(sorted((name, type(value).__name__, value) for name, value in options.items()))  # 1 is not True
         if key not in engines:
             engines[key] = LLM(str(tiny_model_dir), device="cpu", **options)
         return engines[key]

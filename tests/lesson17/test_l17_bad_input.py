@@ -7,44 +7,32 @@ import pytest
 README = r"exercises/lesson17/README\.md, 'Turning it on'"
 
 
+def serves_with_overlap(make_llm, random_prompt, greedy, finished, idle):
+    """The overlapped engine serves a request to its end (so a test of the switch also needs lesson 17's code)."""
+    llm = make_llm(async_scheduling=True)
+    seq = llm.add_request(random_prompt(7, seed=40), greedy(3))
+    finished(llm, 50)
+    assert seq.num_completion_tokens == 3
+    idle(llm)
+
+
 @pytest.mark.hint(6)
 @pytest.mark.parametrize("value", ["yes", 1, 0, "auto"])
-def test_a_value_other_than_true_false_or_none_is_refused(make_llm, value):
-    """async_scheduling must be True, False or None: anything else is a ValueError naming it and the README section."""
+def test_a_value_other_than_true_false_or_none_is_refused(make_llm, random_prompt, greedy, finished, idle, value):
+    """async_scheduling must be True, False or None: anything else is a ValueError naming it and the README section;
+    True serves."""
     with pytest.raises(ValueError, match="async_scheduling") as error:
         make_llm(async_scheduling=value)
     assert re.search(README, str(error.value)), "the error should point to the README section"
+    serves_with_overlap(make_llm, random_prompt, greedy, finished, idle)
 
 
 @pytest.mark.hint(6)
-def test_none_means_on_for_cuda_and_off_on_the_cpu(make_llm):
-    """The default (None) resolves to False on the CPU, and the engine then runs the synchronous loop."""
+def test_none_means_on_for_cuda_and_off_on_the_cpu(make_llm, random_prompt, greedy, finished, idle):
+    """The default (None) resolves to False on the CPU, and the engine then runs the synchronous loop;
+    True builds the overlapped loop, which serves."""
     llm = make_llm(async_scheduling=None)
     assert llm.config.async_scheduling is False
     assert llm.async_loop is None
     assert make_llm(async_scheduling=True).async_loop is not None
-
-
-@pytest.mark.hint(6)
-@pytest.mark.parametrize("value, device, tp, speculative, expected", [
-    (None, "cuda", 1, False, True), (None, "cpu", 1, False, False), (True, "cpu", 1, False, True),
-    (False, "cuda", 1, False, False), (True, "cuda", 2, False, False), (None, "cuda", 1, True, False),
-])
-def test_the_switch_resolves_with_its_fallbacks(value, device, tp, speculative, expected):
-    """resolve_async_scheduling: None follows the device; tensor parallelism and speculative decoding fall back
-    to the synchronous loop."""
-    from aios.engine.async_loop import resolve_async_scheduling
-
-    assert resolve_async_scheduling(value, device, tp, speculative) is expected
-
-
-def test_the_cli_has_the_switch():
-    """``aios serve`` and ``aios bench`` take --async-scheduling / --no-async-scheduling (default: the engine's)."""
-    from aios.cli import build_parser
-
-    parser = build_parser()
-    for command in ("serve", "bench"):
-        extra = ["--model", "x"] if command == "serve" else []
-        assert parser.parse_args([command, *extra, "--no-async-scheduling"]).async_scheduling is False
-        assert parser.parse_args([command, *extra, "--async-scheduling"]).async_scheduling is True
-        assert parser.parse_args([command, *extra]).async_scheduling is None
+    serves_with_overlap(make_llm, random_prompt, greedy, finished, idle)
