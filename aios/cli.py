@@ -58,6 +58,10 @@ def _args_make_model(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="override a config field, e.g. --set num_hidden_layers=1 (VALUE is read as JSON if it parses)",
     )
+    parser.add_argument("--quantize", choices=["int4", "int8", "fp8"], default=None,
+                        help="write the checkpoint pre-quantized (lesson 18; the layouts of `aios quantize`)")
+    parser.add_argument("--group-size", type=int, default=128,
+                        help="with --quantize int4: the group along the input features (default 128)")
 
 
 def _parse_overrides(items: list[str]) -> dict:
@@ -87,11 +91,28 @@ def run_make_model(args: argparse.Namespace) -> int:
         raise CliError(f"{out_dir} is not empty; pass --force to write the checkpoint into it anyway")
     try:
         path = make_model(args.preset, out_dir, seed=args.seed, **_parse_overrides(args.overrides))
+        if args.quantize:
+            path = _quantize_in_place(path, args.quantize, args.group_size)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
-    print(f"wrote {args.preset} checkpoint (seed {args.seed}, {size / 2**20:.1f} MiB) to {path}")
+    kind = f"{args.quantize} " if args.quantize else ""
+    print(f"wrote {args.preset} {kind}checkpoint (seed {args.seed}, {size / 2**20:.1f} MiB) to {path}")
     return 0
+
+
+def _quantize_in_place(path: Path, method: str, group_size: int) -> Path:
+    """Replace the float checkpoint in ``path`` by its ``method`` copy (lesson 18's ``quantize``)."""
+    import shutil
+    import tempfile
+
+    from aios.utils.quantize_checkpoint import quantize_checkpoint
+
+    with tempfile.TemporaryDirectory(prefix="aios-quantize-", dir=path.parent) as scratch:
+        quantized = quantize_checkpoint(path, Path(scratch) / "q", method, group_size)
+        for item in quantized.iterdir():  # same file names: each float file is replaced
+            shutil.move(str(item), path / item.name)
+    return path
 
 
 # ---------------------------------------------------------------- train-tiny
@@ -162,6 +183,8 @@ def _args_serve(parser: argparse.ArgumentParser) -> None:
     engine.add_argument("--kvcache-block-size", type=int, metavar="N")
     engine.add_argument("--gpu-memory-utilization", type=float, metavar="F")
     engine.add_argument("--tensor-parallel-size", type=int, metavar="N")
+    engine.add_argument("--pipeline-parallel-size", type=int, metavar="N",
+                        help="cut the layers into N stages (lesson 21); with torchrun, one stage per node")
     engine.add_argument("--attention-backend", choices=["auto", "torch", "triton"])
     engine.add_argument("--enforce-eager", action="store_true", default=None, help="no CUDA graphs")
     engine.add_argument("--no-prefix-caching", dest="enable_prefix_caching", action="store_false", default=None)
@@ -175,7 +198,7 @@ def _args_serve(parser: argparse.ArgumentParser) -> None:
 SERVE_ENGINE_OPTIONS = ("load_format", "dtype", "device", "max_model_len", "max_num_seqs", "max_num_batched_tokens",
                         "num_kvcache_blocks", "kvcache_block_size", "gpu_memory_utilization", "tensor_parallel_size",
                         "attention_backend", "enforce_eager", "enable_prefix_caching", "enable_chunked_prefill",
-                        "async_scheduling")
+                        "async_scheduling", "pipeline_parallel_size")
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -331,6 +354,8 @@ def _args_bench(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attention-backend", choices=["auto", "torch", "triton"], default="auto")
     parser.add_argument("--tensor-parallel-size", type=int, default=1, metavar="N",
                         help="shard the model over N GPUs, one process each (lesson 14; default: 1)")
+    parser.add_argument("--pipeline-parallel-size", type=int, default=1, metavar="N",
+                        help="cut the layers into N stages, N x TP processes (lesson 21; default: 1)")
     parser.add_argument("--profile", action="store_true", help="then profile 20 decode steps (torch.profiler)")
     parser.add_argument("--no-compile", action="store_true",
                         help="graphs without torch.compile of the norms, RoPE and SiLU (compile_elementwise=False)")

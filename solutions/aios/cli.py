@@ -60,6 +60,8 @@ def _args_make_model(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--quantize", choices=["int4", "int8", "fp8"], default=None,
                         help="write the checkpoint pre-quantized (lesson 18; the layouts of `aios quantize`)")
+    parser.add_argument("--group-size", type=int, default=128,
+                        help="with --quantize int4: the group along the input features (default 128)")
 
 
 def _parse_overrides(items: list[str]) -> dict:
@@ -90,7 +92,7 @@ def run_make_model(args: argparse.Namespace) -> int:
     try:
         path = make_model(args.preset, out_dir, seed=args.seed, **_parse_overrides(args.overrides))
         if args.quantize:
-            path = _quantize_in_place(path, args.quantize)
+            path = _quantize_in_place(path, args.quantize, args.group_size)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
@@ -99,7 +101,7 @@ def run_make_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def _quantize_in_place(path: Path, method: str) -> Path:
+def _quantize_in_place(path: Path, method: str, group_size: int) -> Path:
     """Replace the float checkpoint in ``path`` by its ``method`` copy (lesson 18's ``quantize``)."""
     import shutil
     import tempfile
@@ -107,7 +109,7 @@ def _quantize_in_place(path: Path, method: str) -> Path:
     from aios.utils.quantize_checkpoint import quantize_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="aios-quantize-", dir=path.parent) as scratch:
-        quantized = quantize_checkpoint(path, Path(scratch) / "q", method, 128)
+        quantized = quantize_checkpoint(path, Path(scratch) / "q", method, group_size)
         for item in quantized.iterdir():  # same file names: each float file is replaced
             shutil.move(str(item), path / item.name)
     return path

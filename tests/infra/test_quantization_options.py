@@ -101,3 +101,27 @@ def test_quantize_command_refuses_bad_input(tiny_model_dir, tmp_path, learner_im
     full = run([sys.executable, "-m", "aios", "quantize", str(tiny_model_dir), str(busy), "--method", "int8"],
                capture_output=True, text=True, timeout=120)
     assert full.returncode == 2 and "not empty" in full.stderr
+
+
+@pytest.mark.parametrize("method,tensor", [("int4", "qweight"), ("int8", "weight_scale")])
+def test_make_model_quantize_writes_a_pre_quantized_checkpoint(tmp_path, learner_import, method, tensor):
+    """`make-model tiny DIR --quantize M` writes M's quantization_config and tensors, and the engine loads it."""
+    import json
+    import sys
+
+    from safetensors import safe_open
+
+    out = tmp_path / method
+    done = learner_import("subprocess").run(
+        [sys.executable, "-m", "aios", "make-model", "tiny", str(out), "--quantize", method, "--group-size", "32"],
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert method in done.stdout
+    config = json.loads((out / "config.json").read_text())
+    assert qz.read_quantization_config(out).method == method, config.get("quantization_config")
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+        names = set(f.keys())
+    assert f"model.layers.0.mlp.down_proj.{tensor}" in names
+    assert "model.layers.0.mlp.down_proj.weight" not in names or method == "int8"
+    llm = LLM(out, device="cpu", max_model_len=64, num_kvcache_blocks=16)
+    assert llm.config.quantization == method
