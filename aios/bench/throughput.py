@@ -71,6 +71,7 @@ def engine_summary(llm) -> dict:
         "compile_elementwise": config.compile_elementwise and not config.enforce_eager,
         "fused_layers": config.fused_layers,
         "tensor_parallel_size": config.tensor_parallel_size,
+        "pipeline_parallel_size": getattr(config, "pipeline_parallel_size", 1),
         "max_num_seqs": config.max_num_seqs,
         "max_num_batched_tokens": config.max_num_batched_tokens,
         "num_kvcache_blocks": config.num_kvcache_blocks,
@@ -255,6 +256,8 @@ def run_command(args) -> int:
     options = {"attention_backend": args.attention_backend}
     if getattr(args, "tensor_parallel_size", 1) != 1:
         options["tensor_parallel_size"] = args.tensor_parallel_size
+    if getattr(args, "pipeline_parallel_size", 1) != 1:  # lesson 21
+        options["pipeline_parallel_size"] = args.pipeline_parallel_size
     if args.enforce_eager:
         options["enforce_eager"] = True
     if args.no_compile:

@@ -49,6 +49,11 @@ class ParallelState:
     size: int = 1
     backend: str | None = None
     cpu_threads_before: int | None = None
+    # Lesson 21: with pipeline parallelism the TP group is one stage's ranks, not the whole world.
+    group: object = None
+    group_ranks: tuple[int, ...] = ()
+    pp_rank: int = 0
+    pp_size: int = 1
 
 
 _STATE = ParallelState()
@@ -131,7 +136,7 @@ def _run_with_deadline(function, timeout_s: float, what: str) -> None:
 def all_reduce(tensor: torch.Tensor) -> torch.Tensor:
     """Sum ``tensor`` over all ranks, in place; every rank gets the sum. Returns ``tensor``."""
     if _STATE.size > 1:
-        dist.all_reduce(tensor)
+        dist.all_reduce(tensor, group=_STATE.group)
     return tensor
 
 
@@ -143,13 +148,42 @@ def gather_to_driver(tensor: torch.Tensor, dim: int = -1) -> torch.Tensor | None
     """
     if _STATE.size == 1:
         return tensor
+    if _STATE.group is not None:  # a TP group inside a pipeline stage (lesson 21)
+        return _gather_in_stage_group(tensor, dim)
     # Hint: torch.distributed.gather needs a contiguous tensor and, on rank 0 only, a list of buffers.
     raise NotImplementedError("Lesson 14: implement gather_to_driver in aios/engine/distributed.py — see exercises/lesson14/README.md, 'What to implement'")
 
 
+def _gather_in_stage_group(tensor: torch.Tensor, dim: int) -> torch.Tensor | None:
+    """``gather_to_driver`` inside one pipeline stage's TP group: its first rank gets the concatenation."""
+    tensor = tensor.contiguous()
+    if _STATE.rank != 0:
+        dist.gather(tensor, group=_STATE.group, group_dst=0)
+        return None
+    parts = [torch.empty_like(tensor) for _ in range(_STATE.size)]
+    dist.gather(tensor, parts, group=_STATE.group, group_dst=0)
+    return torch.cat(parts, dim=dim)
+
+
+def get_pp_rank() -> int:
+    """This process's pipeline stage (0 without pipeline parallelism, lesson 21)."""
+    return _STATE.pp_rank
+
+
+def get_pp_size() -> int:
+    """How many pipeline stages the model is cut into (1 without pipeline parallelism)."""
+    return _STATE.pp_size
+
+
+def set_parallel_state(state: ParallelState) -> None:
+    """Install ``state`` as this process's place in the groups (lesson 21's pipeline set-up uses it)."""
+    global _STATE
+    _STATE = state
+
+
 def min_over_ranks(value: int) -> int:
     """The smallest ``value`` any rank holds (so all ranks agree, e.g. on the KV-cache size)."""
-    if _STATE.size == 1:
+    if _STATE.size == 1 and _STATE.pp_size == 1:
         return value
     device = "cuda" if _STATE.backend == "nccl" else "cpu"
     tensor = torch.tensor([value], dtype=torch.int64, device=device)

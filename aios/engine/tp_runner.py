@@ -118,6 +118,10 @@ def create_model_runner(config: Config):
             f"this process already drives a tensor-parallel engine of size {distributed.get_tp_size()}; "
             "call its shutdown() before building another engine"
         )
+    from aios.engine.pp_runner import create_pipeline_runner, uses_pipeline_runner
+
+    if uses_pipeline_runner(config):  # lesson 21: pipeline stages, or ranks started by torchrun
+        return create_pipeline_runner(config)
     if config.tensor_parallel_size == 1:
         return ModelRunner(config)
     return TensorParallelRunner(config)

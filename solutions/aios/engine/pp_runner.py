@@ -475,9 +475,11 @@ class PipelineRunner:
         """
         if not self.processes or not wait([p.sentinel for p in self.processes], timeout=wait_s):
             return None
-        wait([p.sentinel for p in self.processes], timeout=0.5)
+        ready = wait([p.sentinel for p in self.processes], timeout=0.5)
         gone = []
         for rank, process in enumerate(self.processes, start=1):
+            if process.sentinel in ready:
+                process.join(timeout=2.0)  # its sentinel closes a moment before it can be reaped
             if process.exitcode is not None:
                 code = process.exitcode
                 how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
