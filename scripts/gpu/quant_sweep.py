@@ -34,7 +34,9 @@ def bench(fn) -> float:
 def sweep(M: int, rows: list) -> None:
     configs = [dict(qk.DECODE_CONFIG if M <= 16 else qk.PREFILL_CONFIG, split_k=None, label="shipped")]
     grid = list(itertools.product((32, 64, 128), (64, 128, 256), (4,), (None, 1)))
-    grid += [(128, 128, 8, None), (256, 128, 8, None), (256, 64, 8, None)]
+    grid += [(128, 128, 8, None), (256, 64, 8, None)]
+    if M > 1:  # the settings sweep is for decode; larger M times the shipped settings only
+        grid = []
     for block_n, block_k, warps, split_k in grid:
         configs.append(dict(BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=3,
                             split_k=split_k, label=f"n{block_n}k{block_k}w{warps}s{split_k}"))
@@ -82,6 +84,12 @@ def sweep(M: int, rows: list) -> None:
                         print(f"  {method} shipped {us:8.1f} us  x{base / us:.2f}  err {err:.1e}", flush=True)
             if best:
                 print(f"  {method} best {best['config']} {best['us']:8.1f} us  x{best['speedup']}", flush=True)
+        if torch.cuda.get_device_capability() >= (8, 9):  # FP8 W8A8, shipped settings (activation quantization included)
+            w8, s8inv = qz.quantize_fp8_block(w)
+            us = bench(lambda: qk.fp8_block_matmul(x, w8, s8inv))
+            rows.append(dict(M=M, shape=name, method="fp8", config="shipped", us=round(us, 1),
+                             tb_s=round(N * K / us / 1e6, 2), speedup=round(base / us, 2)))
+            print(f"  fp8 W8A8 shipped {us:8.1f} us  x{base / us:.2f}", flush=True)
 
 
 def shape_folder(preset: str) -> str:
@@ -108,7 +116,7 @@ def engine(preset: str) -> None:
     from aios.sampling_params import SamplingParams
 
     model_dir = shape_folder(preset)
-    for method in (None, "int8", "int4"):
+    for method in (None, "int8", "int4", "fp8"):
         llm = build_engine(model_dir, quantization=method, dtype="bfloat16", max_num_seqs=8, max_model_len=1024)
         result = run_batch1_decode(llm, prompt_len=128, output_len=64)
         print(f"engine {method}: {result.output_tokens_per_second:.1f} tok/s; {json.dumps(result.engine)}", flush=True)
@@ -134,7 +142,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     if not args.no_sweep:
-        for M in (1, 16):
+        for M in (1, 16, 256):
             sweep(M, rows)
     if args.json:
         with open(args.json, "w") as f:

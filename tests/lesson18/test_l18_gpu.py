@@ -43,6 +43,24 @@ def test_int8_kernel_at_a_qwen3_8b_shape(tokens):
     torch.testing.assert_close(out.float(), expected, rtol=2e-2, atol=5e-2)
 
 
+@pytest.mark.parametrize("tokens", [1, 7, 256])
+@pytest.mark.parametrize("in_features,out_features", QWEN3_8B_LINEARS)
+def test_fp8_w8a8_kernel_at_qwen3_8b_shapes(tokens, in_features, out_features):
+    """fp8_block_matmul in bf16 equals the float32 product of the per-token quantized x and the dequantized W."""
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 needs compute capability >= 8.9")
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    w = torch.randn(out_features, in_features, device="cuda", generator=gen) * 0.02
+    x = torch.randn(tokens, in_features, device="cuda", generator=gen).to(torch.bfloat16)
+    weight, scale_inv = qz.quantize_fp8_block(w)
+    out = quant_kernels.fp8_block_matmul(x, weight, scale_inv)
+    xq, x_scale = quant_kernels.quantize_fp8_rows(x)
+    x_seen = xq.float() * x_scale.repeat_interleave(128, dim=1)[:, :in_features]
+    expected = x_seen @ qz.dequantize_fp8_block(weight, scale_inv).T
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected, rtol=2e-2, atol=2e-2)
+
+
 @pytest.mark.parametrize("method", ["int8", "int4", "fp8"])
 def test_quantized_engine_generates_on_the_gpu(method):
     """LLM(quantization=method) on the trained model, with CUDA graphs and Triton attention, generates text."""

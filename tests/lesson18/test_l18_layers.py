@@ -8,6 +8,7 @@ way lesson 10's put them in rows of the float matrix.
 import pytest
 import torch
 
+from aios.layers import quant_kernels
 from aios.layers import quantization as qz
 from aios.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 
@@ -76,12 +77,16 @@ def test_fp8_gate_up_pieces_keep_their_blocks():
 @pytest.mark.parametrize("method", ["int8", "int4", "fp8"])
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_quantized_linear_forward_equals_dequantized_matmul(method, backend):
-    """QuantizedLinear(x) == x @ dequantized(W).T with either backend, for a row-parallel (o_proj-like) layer."""
+    """QuantizedLinear(x) == x @ dequantized(W).T with either backend, for a row-parallel (o_proj-like) layer
+    (FP8 with Triton is W8A8: x is the per-token quantized activation)."""
     float_layer = RowParallelLinear(128, 64)
     layer = qz.QuantizedLinear.like(float_layer, SPECS[method], backend=backend)
     w = randn(64, 128, seed=6)
     load_piece(layer, checkpoint_tensors(method, w), None)
     x = randn(3, 128, seed=7) * 20
+    if method == "fp8" and backend == "triton":  # W8A8: the kernel quantizes x per token and per 128 inputs too
+        xq, x_scale = quant_kernels.quantize_fp8_rows(x)
+        x = x_scale.repeat_interleave(128, dim=1)[:, :128] * xq.float()
     expected = x @ dequantized(method, w).T
     if backend == "triton" and torch.cuda.is_available():  # compiled (not interpreted) kernels need GPU tensors
         layer, x, expected = layer.cuda(), x.cuda(), expected.cuda()

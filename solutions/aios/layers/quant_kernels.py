@@ -22,6 +22,12 @@ only N / BLOCK_N output tiles, too few to keep every multiprocessor streaming, s
 is split (split-K, ``plan_split_k``): program (m, n, s) covers K slice s and writes a float32
 partial sum, and the wrapper adds the slices.
 
+* ``fp8_block_matmul(x, weight, weight_scale_inv)``: FP8 W8A8 with the Qwen3-FP8 block
+  scales. x is quantized at run time, per token and per 128 inputs (``quantize_fp8_rows``: one
+  scale per [1, 128] slice), so each K step of 128 multiplies two e4m3 tiles on the tensor cores
+  (float32 accumulation) and scales the partial product by the token's and the weight block's
+  factors: ``acc += dot(xq, wq) * sx[m, g] * sw[n // 128, g]``.
+
 Without a GPU the kernels run in Triton's interpreter (numpy), where the dot is done in
 float32 (``DOT_IN_FP32``); the engine on the CPU uses the plain-torch path of
 ``QuantizedLinear`` instead (``backend="torch"``), since the interpreter is slow.
@@ -212,3 +218,105 @@ def int4_matmul(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, sc
     )
     return out[0] if splits == 1 else out.sum(0).to(x.dtype)
     # END SOLUTION
+
+
+@triton.jit
+def _fp8_quantize_rows_kernel(x_ptr, out_ptr, scale_ptr, K, stride_xm, stride_om, stride_sm,
+                              BLOCK: tl.constexpr, FP8_MAX: tl.constexpr):
+    """Program (row, group): out[row, g*B:(g+1)*B] = x / s in e4m3, s = max |x slice| / FP8_MAX (s = 1 for zeros)."""
+    row = tl.program_id(0)
+    group = tl.program_id(1)
+    ks = group * BLOCK + tl.arange(0, BLOCK)
+    k_ok = ks < K
+    x = tl.load(x_ptr + row * stride_xm + ks, mask=k_ok, other=0.0).to(tl.float32)
+    amax = tl.max(tl.abs(x), axis=0)
+    scale = tl.where(amax > 0, amax / FP8_MAX, 1.0)
+    q = tl.clamp(x / scale, -FP8_MAX, FP8_MAX)
+    tl.store(out_ptr + row * stride_om + ks, q.to(out_ptr.dtype.element_ty), mask=k_ok)
+    tl.store(scale_ptr + row * stride_sm + group, scale)
+
+
+def quantize_fp8_rows(x: torch.Tensor, block: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic activation quantization: x [M, K] -> (xq [M, K] float8_e4m3fn, scale [M, ceil(K / block)] float32).
+
+    Every [1, block] slice of a row gets its own scale, so x ~= xq * scale (repeated over its slice).
+    Triton's interpreter rounds float32 -> e4m3 wrongly when the rounding carries into the exponent
+    (-125.3 -> -64 instead of -128), so without a GPU the same arithmetic runs in torch.
+    """
+    M, K = x.shape
+    groups = triton.cdiv(K, block)
+    if INTERPRETED or x.device.type != "cuda":
+        fp8_max = torch.finfo(torch.float8_e4m3fn).max
+        padded = torch.nn.functional.pad(x.float(), (0, groups * block - K)).reshape(M, groups, block)
+        amax = padded.abs().amax(dim=2)
+        scale = torch.where(amax > 0, amax / fp8_max, torch.ones_like(amax))
+        xq = (padded / scale[:, :, None]).clamp(-fp8_max, fp8_max).reshape(M, groups * block)[:, :K]
+        return xq.to(torch.float8_e4m3fn).contiguous(), scale
+    x = x.contiguous()
+    out = torch.empty(M, K, dtype=torch.float8_e4m3fn, device=x.device)
+    scale = torch.empty(M, groups, dtype=torch.float32, device=x.device)
+    if M:
+        _fp8_quantize_rows_kernel[(M, groups)](x, out, scale, K, x.stride(0), out.stride(0), scale.stride(0),
+                                               BLOCK=block, FP8_MAX=torch.finfo(torch.float8_e4m3fn).max)
+    return out, scale
+
+
+@triton.jit
+def _fp8_block_matmul_kernel(
+    x_ptr, x_scale_ptr, w_ptr, w_scale_ptr, out_ptr,
+    M, N, K, num_groups,
+    stride_xm, stride_xsm, stride_wn, stride_wsn, stride_om,
+    BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_IN_FP32: tl.constexpr,
+):
+    """Program (pid_m, pid_n): out[rows, cols] = sum_g (xq[rows, g] @ wq[cols, g].T) * sx[rows, g] * sw[cols // B, g]."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < M
+    col_ok = cols < N
+    weight_block_rows = cols // BLOCK
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for group in range(0, num_groups):
+        ks = group * BLOCK + tl.arange(0, BLOCK)
+        k_ok = ks < K
+        x = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        w = tl.load(w_ptr + cols[None, :] * stride_wn + ks[:, None], mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        x_scale = tl.load(x_scale_ptr + rows * stride_xsm + group, mask=row_ok, other=0.0)
+        w_scale = tl.load(w_scale_ptr + weight_block_rows * stride_wsn + group, mask=col_ok, other=0.0)
+        if DOT_IN_FP32:
+            part = tl.dot(x.to(tl.float32), w.to(tl.float32), input_precision="ieee")
+        else:
+            part = tl.dot(x, w)
+        acc += part * x_scale[:, None] * w_scale[None, :]
+    tl.store(out_ptr + rows[:, None] * stride_om + cols[None, :], acc.to(out_ptr.dtype.element_ty),
+             mask=row_ok[:, None] & col_ok[None, :])
+
+
+#: FP8 W8A8 tiles: K steps are the format's 128-wide blocks.
+FP8_DECODE_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 64, "num_warps": 4, "num_stages": 4}
+FP8_PREFILL_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4, "num_stages": 3}
+
+
+def fp8_block_matmul(x: torch.Tensor, weight: torch.Tensor, weight_scale_inv: torch.Tensor,
+                     block: int = 128) -> torch.Tensor:
+    """FP8 W8A8: x [M, K] -> [M, N] in x's dtype, W given as weight [N, K] float8_e4m3fn and its block scales
+    weight_scale_inv [ceil(N / block), ceil(K / block)] (W ~= weight * scale of its block).
+
+    x is quantized per token and per ``block`` inputs (``quantize_fp8_rows``), then both e4m3
+    operands meet in ``tl.dot`` with float32 accumulation.
+    """
+    M, K = x.shape
+    N = weight.shape[0]
+    xq, x_scale = quantize_fp8_rows(x, block)
+    weight, weight_scale_inv = weight.contiguous(), weight_scale_inv.contiguous()
+    cfg = FP8_DECODE_CONFIG if M <= MIN_DOT_ROWS else FP8_PREFILL_CONFIG
+    out = torch.empty(M, N, dtype=x.dtype, device=x.device)
+    grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(N, cfg["BLOCK_N"]))
+    _fp8_block_matmul_kernel[grid](
+        xq, x_scale, weight, weight_scale_inv, out, M, N, K, triton.cdiv(K, block),
+        xq.stride(0), x_scale.stride(0), weight.stride(0), weight_scale_inv.stride(0), out.stride(0),
+        BLOCK=block, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], DOT_IN_FP32=INTERPRETED,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    return out

@@ -302,8 +302,9 @@ class QuantizedLinear(nn.Module):
     spec: the format; shards: shard id -> (first output feature, output features) of each fused piece
     on this rank (``{None: (0, out_per_rank)}`` for an unfused layer); row_parallel: W is split along
     the input features (an all-reduce adds the ranks' partial outputs) instead of the output features.
-    backend: "triton" (own kernels that dequantize inside the matmul; the default on a GPU) or
-    "torch" (dequantize the whole weight, then F.linear; the default on the CPU).
+    backend: "triton" (own kernels that dequantize inside the matmul, and for FP8 the W8A8 kernel that
+    quantizes the activations per token too; the default on a GPU) or "torch" (dequantize the whole
+    weight, then F.linear; the default on the CPU).
 
     Parameters, by method (this rank's shapes; all named as in the checkpoint):
       int8: weight [out, in] int8, weight_scale [out] float32
@@ -445,6 +446,12 @@ class QuantizedLinear(nn.Module):
                 y = quant_kernels.int8_matmul(flat, self.weight, self.weight_scale)
             else:
                 y = quant_kernels.int4_matmul(flat, self.qweight, self.qzeros, self.scales, self.spec.group_size)
+            return y.reshape(*x.shape[:-1], self.out_per_rank)
+        if self.backend == "triton" and self.method == "fp8":  # W8A8: activations quantized per token at run time
+            from aios.layers import quant_kernels
+
+            y = quant_kernels.fp8_block_matmul(x.reshape(-1, x.shape[-1]), self.weight, self.weight_scale_inv,
+                                               self.spec.block)
             return y.reshape(*x.shape[:-1], self.out_per_rank)
         return F.linear(x, self.dequantized_weight(x.dtype))
 
