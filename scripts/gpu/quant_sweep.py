@@ -142,7 +142,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     if not args.no_sweep:
-        for M in (1, 16, 256):
+        for M in (1, 256):
             sweep(M, rows)
     if args.json:
         with open(args.json, "w") as f:
