@@ -91,17 +91,8 @@ def set_draft_noise(llm, clean: dict, sigma: float, seed: int = 0) -> None:
         tensor.copy_((base.float() + sigma * base.float().std() * noise).to(base.dtype))
 
 
-def repetitive_prompts(count: int, length: int, vocab: int, seed: int, phrase_len: int = 24) -> list[list[int]]:
-    """Prompts that repeat a random phrase of ``phrase_len`` tokens (a different phrase per prompt)."""
-    gen = torch.Generator().manual_seed(seed)
-    prompts = []
-    for _ in range(count):
-        phrase = torch.randint(10, min(vocab, 2000), (phrase_len,), generator=gen).tolist()
-        prompts.append((phrase * (length // phrase_len + 1))[:length])
-    return prompts
-
-
 def random_prompts(count: int, length: int, vocab: int, seed: int) -> list[list[int]]:
+    """``count`` prompts of random token ids."""
     gen = torch.Generator().manual_seed(seed)
     return [torch.randint(10, min(vocab, 2000), (length,), generator=gen).tolist() for _ in range(count)]
 
@@ -136,10 +127,42 @@ def timed_decode(llm, prompts, output_len: int) -> dict:
     return row
 
 
+def orbit_prompts(llm, count: int, length: int, vocab: int, seed: int = 0) -> list[list[int]]:
+    """Prompts of ``length`` tokens that the (bigram) target continues by repeating them: its own greedy orbits.
+
+    With every layer's residual output zeroed, the target's next token is a function of the current
+    token alone, so greedy text from any token runs into a cycle. Orbits that complete their cycle
+    at least twice within ``length`` tokens are kept (the text the target writes next is a repetition
+    of what is already there: n-gram lookup's best case); ``count`` prompts are taken from them, round robin.
+    """
+    from aios.sampling_params import SamplingParams
+
+    starts = [[t] for t in torch.randint(10, vocab, (64,), generator=torch.Generator().manual_seed(seed)).tolist()]
+    params = SamplingParams(temperature=0.0, max_tokens=length - 1, ignore_eos=True)
+    orbits = [s + out["token_ids"] for s, out in zip(starts, llm.generate(starts, params, use_tqdm=False))]
+    kept = []
+    for orbit in orbits:
+        seen = {}
+        for index, token in enumerate(orbit):
+            if token in seen:
+                tail, period = seen[token], index - seen[token]
+                if tail + 2 * period <= length:
+                    kept.append(orbit)
+                break
+            seen[token] = index
+    if not kept:
+        raise RuntimeError(f"no greedy orbit of the bigram target cycles within {length} tokens; raise prompt_len")
+    return [kept[i % len(kept)] for i in range(count)]
+
+
 def run_speculative_benchmark(model_dir, work_dir, batch_sizes=(1, 4, 16, 64), output_len: int = 128,
-                              prompt_len: int = 512, k_values=(2, 4), sigmas=(0.0, 0.5, 1.0, 2.0, 4.0),
+                              prompt_len: int = 512, k_values=(2, 4), sigmas=(0.0, 0.01, 0.02, 0.05, 0.1),
                               draft_layers: int = 2, draft_k: int = 4, progress=print) -> dict:
-    """Every variant at every batch size; returns {"rows": [...], "settings": {...}} (see the module docstring)."""
+    """Every variant at every batch size; returns {"rows": [...], "settings": {...}} (see the module docstring).
+
+    ``max_num_seqs`` is max(batch) * (max k + 1): decode graphs are captured up to that many rows, so every
+    verification (batch x (k + 1) rows) replays one.
+    """
     from aios.llm import LLM
     from aios.spec.config import SpeculativeConfig
     from aios.spec.decoding import SpeculativeDecoder
@@ -148,7 +171,9 @@ def run_speculative_benchmark(model_dir, work_dir, batch_sizes=(1, 4, 16, 64), o
     draft_dir = make_draft_checkpoint(model_dir, Path(work_dir) / "draft", draft_layers)
     max_batch = max(batch_sizes)
     blocks = max_batch * -(-(prompt_len + output_len + 16) // 16) + 64
-    llm = LLM(str(model_dir), load_format="dummy", max_num_seqs=max_batch, max_model_len=prompt_len + output_len + 16,
+    rows_per_step = max_batch * (max(max(k_values), draft_k) + 1)
+    llm = LLM(str(model_dir), load_format="dummy", max_num_seqs=rows_per_step,
+              max_model_len=prompt_len + output_len + 16, max_num_batched_tokens=max(16384, prompt_len * max_batch),
               num_kvcache_blocks=blocks, enable_prefix_caching=False,
               speculative_config={"model": str(draft_dir), "num_speculative_tokens": draft_k})
     draft_decoder = llm.speculator
@@ -157,30 +182,36 @@ def run_speculative_benchmark(model_dir, work_dir, batch_sizes=(1, 4, 16, 64), o
 
     def measure(workload, method, prompts_for, speculator, **extra):
         llm.speculator = speculator
-        timed_decode(llm, prompts_for(1, 999), 8)  # warm-up: compile this variant's shapes
+        timed_decode(llm, prompts_for(1), 8)  # warm-up: compile this variant's shapes
         for batch in batch_sizes:
             row = {"workload": workload, "method": method, **extra,
-                   **timed_decode(llm, prompts_for(batch, batch), output_len)}
+                   **timed_decode(llm, prompts_for(batch), output_len)}
             rows.append(row)
             progress(json.dumps(row))
 
-    repeat = lambda n, seed: repetitive_prompts(n, prompt_len, vocab, seed)  # noqa: E731
-    plain = lambda n, seed: random_prompts(n, prompt_len, vocab, seed)  # noqa: E731
-    measure("repetitive", "none", repeat, None)
-    for k in k_values:
-        spec = SpeculativeConfig("ngram", k, prompt_lookup_max=4, prompt_lookup_min=1)
-        measure("repetitive", "ngram", repeat, SpeculativeDecoder(spec, NgramProposer(k, 1, 4)), k=k)
-    llm.speculator = draft_decoder
+    # 1. A draft at controlled acceptance: the target computes what its first layers compute.
     clean = tie_target_to_draft(llm, draft_layers)
-    measure("random (target = its first layers)", "none", plain, None)
+    drafted = "random prompts, target = its first layers"
+    measure(drafted, "none", lambda n: random_prompts(n, prompt_len, vocab, seed=n), None)
     for sigma in sigmas:
         llm.speculator = draft_decoder
         set_draft_noise(llm, clean, sigma)
-        measure("random (target = its first layers)", "draft", plain, draft_decoder, k=draft_k, sigma=sigma)
+        measure(drafted, "draft", lambda n: random_prompts(n, prompt_len, vocab, seed=n), draft_decoder,
+                k=draft_k, sigma=sigma)
+    # 2. n-gram lookup on text that repeats itself: the target as a bigram model, prompts its own orbits.
+    tie_target_to_draft(llm, 0)
+    llm.speculator = None
+    orbits = orbit_prompts(llm, max_batch, prompt_len, vocab)
+    repeated = "repetitive (own greedy orbit), bigram target"
+    measure(repeated, "none", lambda n: orbits[:n], None)
+    for k in k_values:
+        spec = SpeculativeConfig("ngram", k, prompt_lookup_max=4, prompt_lookup_min=1)
+        measure(repeated, "ngram", lambda n: orbits[:n], SpeculativeDecoder(spec, NgramProposer(k, 1, 4)), k=k)
     llm.speculator = draft_decoder
     add_speedups(rows)
     settings = {"model": str(model_dir), "draft_layers": draft_layers, "output_len": output_len,
-                "prompt_len": prompt_len, "device": torch.cuda.get_device_name(), "dtype": str(llm.config.dtype)}
+                "prompt_len": prompt_len, "device": torch.cuda.get_device_name(), "dtype": str(llm.config.dtype),
+                "max_num_seqs": rows_per_step, "orbit_prompts": len({tuple(o) for o in orbits})}
     llm.shutdown()
     return {"settings": settings, "rows": rows}
 
@@ -194,10 +225,10 @@ def add_speedups(rows: list[dict]) -> None:
 
 def summary(result: dict) -> str:
     """The rows as a table: acceptance and speed-up side by side."""
-    lines = [f"{'workload':<36} {'method':<7} {'k':>2} {'sigma':>5} {'batch':>5} {'tok/s':>9} {'speed-up':>8} "
+    lines = [f"{'workload':<46} {'method':<7} {'k':>2} {'sigma':>5} {'batch':>5} {'tok/s':>9} {'speed-up':>8} "
              f"{'accept':>7} {'mean len':>8}"]
     for r in result["rows"]:
-        lines.append(f"{r['workload']:<36} {r['method']:<7} {r.get('k', ''):>2} {r.get('sigma', ''):>5} "
+        lines.append(f"{r['workload']:<46} {r['method']:<7} {r.get('k', ''):>2} {r.get('sigma', ''):>5} "
                      f"{r['batch']:>5} {r['tokens_per_s']:>9.1f} {r['speedup']:>8.2f} "
                      f"{r.get('acceptance_rate', float('nan')):>7.2f} {r.get('mean_accepted_length', float('nan')):>8.2f}")
     return "\n".join(lines)
@@ -212,7 +243,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("spec_bench"))
     parser.add_argument("--batch-sizes", default="1,4,16,64")
     parser.add_argument("--output-len", type=int, default=128)
-    parser.add_argument("--sigmas", default="0,0.5,1,2,4")
+    parser.add_argument("--sigmas", default="0,0.01,0.02,0.05,0.1")
     parser.add_argument("--draft-layers", type=int, default=2)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ from aios.spec.config import SpeculativeConfig
 from aios.spec.rejection import (ACCEPT_SALT, greedy_verify, position_noise, rejection_sample,
                                  target_probabilities)
 from aios.spec.rollback import reserve_speculative_slots, rollback_speculative_slots
-from aios.spec.view import SpanView
+from aios.spec.view import SpanView, decode_rows, fits_decode_graphs
 from aios.utils.context import using_context
 
 
@@ -85,7 +85,14 @@ def make_speculator(engine_config) -> "SpeculativeDecoder | None":
 
 @torch.inference_mode()
 def score_views(model_runner, views: list[SpanView]) -> torch.Tensor:
-    """The target's logits at *every* token of ``views`` (not only each one's last): [sum of new tokens, V]."""
+    """The target's logits at *every* token of ``views`` (not only each one's last): [sum of new tokens, V].
+
+    One varlen pass of lesson 7's prefill path; on a GPU with captured decode graphs (lesson 11),
+    when the tokens fit the largest graph, the same tokens as decode rows replaying a graph instead.
+    """
+    num_rows = sum(len(view) - view.num_cached_tokens for view in views)
+    if fits_decode_graphs(model_runner, num_rows):
+        return model_runner.run_model(*model_runner.prepare_decode(decode_rows(views)))
     input_ids, positions, context = model_runner.prepare_prefill(views)
     with using_context(context):
         hidden = model_runner.model(input_ids, positions)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from aios.spec.rejection import DRAFT_SALT, position_noise, sample_from, target_probabilities
-from aios.spec.view import SpanView
+from aios.spec.view import SpanView, decode_rows, fits_decode_graphs
 from aios.utils.context import using_context
 
 
@@ -61,6 +61,10 @@ class DraftProposer:
     def _forward(self, views: list[SpanView], logits: bool = True) -> torch.Tensor | None:
         """One varlen forward of the draft over ``views`` (K/V written); logits [len(views), V] of their last tokens."""
         runner = self.runner
+        num_rows = sum(len(view) - view.num_cached_tokens for view in views)
+        if logits and fits_decode_graphs(runner, num_rows):  # a GPU: replay a decode graph (see view.DecodeRow)
+            ends = torch.tensor([len(v) - v.num_cached_tokens for v in views], device=runner.device).cumsum(0) - 1
+            return runner.run_model(*runner.prepare_decode(decode_rows(views)))[ends]
         input_ids, positions, context = runner.prepare_prefill(views)
         with using_context(context):
             hidden = runner.model(input_ids, positions)
