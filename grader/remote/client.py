@@ -153,6 +153,10 @@ class Worker:
         self.tensors = CopyCache()
         self.shared = SharedTensors()
         self.epoch = 0  # requests that may have changed the learner's objects (see snapshot_value)
+        self.pinned: list[Remote] = []  # the handles of the last reply, alive until the next request
+        self.hot: dict[int, None] = {}  # handle ids whose snapshots were read since the last request
+        self.recent: dict[int, None] = {}  # handle ids whose snapshots were read lately, oldest first
+        self.stale_read = False  # whether a read found a stale snapshot since the last request
         self.depth = 0  # requests in flight (callbacks nest them)
         self.alive = True
 
@@ -162,7 +166,11 @@ class Worker:
         """Send one request and wait for its answer, serving the worker's callbacks meanwhile."""
         if not self.alive:
             raise WorkerDied("the learner worker was stopped")
+        self.pinned.clear()  # handles the test dropped are released with this request, as unpinned ones
         message = {"k": "req", "op": op, "a": args}
+        wanted = self._wanted()
+        if wanted:
+            message["want"] = list(wanted)
         # Only what is not empty: the worker reads a missing entry as empty.
         for key, value in (("rel", self.released), ("mode", _grad_mode()), ("sync", self.shared.changed()),
                            ("relt", self.shared.forget()), ("orig", self._changed_copies())):
@@ -186,6 +194,11 @@ class Worker:
         if header.get("pure") is not True:
             self.epoch += 1  # learner code may have run: every snapshot taken before is stale
         self._keep_snapshots(header.get("snaps"))
+        kept = header.get("kept")
+        for hid in kept if type(kept) is list else ():
+            proxy = self.proxies.get(hid) if type(hid) is int and hid in wanted else None
+            if proxy is not None and proxy._aios_snap is wanted[hid]:  # unchanged here since it was asked for
+                object.__setattr__(proxy, "_aios_snap", (self.epoch, wanted[hid][1]))
         if "wb" in header:
             for tid, value in self.decode(header["wb"], buffers):
                 self.shared.write_back(tid, value)
@@ -208,14 +221,72 @@ class Worker:
         The worker sends a snapshot of an object's plain-data attributes with its handle, and
         again in the reply to a request that named the object; it stays valid until a request
         that may have run learner code (``epoch``), and is not used while a request is in
-        flight (a callback from learner code that is still running).
+        flight (a callback from learner code that is still running). The objects whose
+        snapshots are read are asked for again with the next request (``_wanted``): the worker
+        answers that one is unchanged after it ("kept", then it stays valid) or sends it anew.
         """
         snap = proxy._aios_snap
-        if snap is None or snap[0] != self.epoch or self.depth or name not in snap[1] or not self.alive:
+        if snap is None or self.depth or name not in snap[1] or not self.alive:
             return _MISSING
         if SESSION is not None and SESSION.current is not self:
             return _MISSING
-        return protocol.decode(snap[1][name], [], _no_handles)
+        hid = proxy._aios_id
+        if snap[0] != self.epoch:  # stale: the request that reads it asks for the others read lately too
+            self.stale_read = True
+            self._recently_read(hid)
+            return _MISSING
+        if hid not in self.hot:
+            self.hot[hid] = None
+            self._recently_read(hid)
+        data = snap[1][name]
+        if type(data) is dict and data.get("$") == "hl":
+            return self._handle_list(data)
+        return protocol.decode(data, [], _no_handles)
+
+    def _recently_read(self, hid: int) -> None:
+        recent = self.recent
+        recent.pop(hid, None)
+        recent[hid] = None
+        if len(recent) > RECENT_SNAPSHOTS:
+            del recent[next(iter(recent))]
+
+    def _wanted(self) -> dict:
+        """The snapshots to ask the worker for after the next request, as {handle id: its snapshot
+        now}: those read since the last request, and, after a read found a stale one, every stale
+        one read lately (``seq.block_table`` over all sequences: one request, not one per
+        sequence). Only ids are kept, so that no handle lives longer for it."""
+        wanted = {}
+        for hid in self.hot:
+            proxy = self.proxies.get(hid)
+            if proxy is not None and proxy._aios_snap is not None:
+                wanted[hid] = proxy._aios_snap
+        self.hot.clear()
+        if self.stale_read:
+            self.stale_read = False
+            for hid in reversed(self.recent):
+                proxy = self.proxies.get(hid)
+                snap = proxy._aios_snap if proxy is not None else None
+                if snap is not None and hid not in wanted and snap[0] != self.epoch:
+                    wanted[hid] = snap
+                    if len(wanted) >= RECENT_SNAPSHOTS:
+                        break
+        return wanted
+
+    def _handle_list(self, data: dict):
+        """A snapshot's list (or tuple) of learner objects named by handle id: the handles held here
+        (``_MISSING`` when one of them is gone, so that a request reads the attribute). The handles
+        a reply brought stay alive until the next request (``pinned``): a test that reads
+        ``manager.blocks[i]`` and drops it at once finds them again, and releases them with the
+        same request as it would have without the pin."""
+        items = []
+        for hid in data.get("v", ()) if type(data.get("v")) is list else ():
+            proxy = self.proxies.get(hid) if type(hid) is int else None
+            if proxy is None:
+                return _MISSING
+            items.append(proxy)
+        if not items:
+            return _MISSING
+        return tuple(items) if data.get("t") == "tuple" else items
 
     def _changed_copies(self) -> list:
         """Copies of worker tensors the test changed in place (``context.context_lens[1] = 0``):
@@ -320,6 +391,7 @@ class Worker:
             proxy = Remote(self, hid, record)
             self.proxies[hid] = proxy
         object.__setattr__(proxy, "_aios_seen", proxy._aios_seen + 1)
+        self.pinned.append(proxy)  # a snapshot may name it (see _handle_list)
         if type(record.get("snap")) is dict:
             object.__setattr__(proxy, "_aios_snap", (self.epoch, record["snap"]))
         if record.get("kind") == "coroutine":
@@ -357,6 +429,7 @@ class Worker:
         if not self.alive:
             return
         self.alive = False
+        self.pinned.clear()
         try:
             self.sock.close()
             if os.environ.get("AIOS_WORKER_PROFILE"):  # let it write its profile (worker.py: _profiled)
@@ -518,6 +591,8 @@ def _tensor_type():
     return torch.Tensor if torch is not None else None
 STOP = object()
 _MISSING = object()
+#: At most this many handles whose snapshots were read lately are remembered (see Worker._wanted).
+RECENT_SNAPSHOTS = 32
 
 
 def _no_handles(record):

@@ -66,6 +66,8 @@ SNAPSHOT_ITEMS = 256
 SNAPSHOT_ATTRIBUTE_ITEMS = 64
 #: At most this many objects named by a request get a fresh snapshot in its reply.
 SNAPSHOT_OBJECTS = 8
+#: At most this many snapshots the trusted side asks for are checked or sent again after a request.
+WANTED_SNAPSHOTS = 32
 PRINTED_LIMIT = 64_000
 STOP = object()  # what ``next`` answers at the end of an iterator
 HF_MODEL_MODULES = "transformers.modeling_utils"
@@ -184,16 +186,22 @@ _AS_THEMSELVES = frozenset({type(None), bool, int, str})
 _FLAT_CONTAINERS = {list: "list", tuple: "tuple", set: "set", frozenset: "frozenset"}
 
 
-def _encoded_plain(value, budget: int):
+def _encoded_plain(value, budget: int, handled=None):
     """``(protocol.encode(value), number of values in it)`` when ``value`` is plain data of at most
     ``budget`` values (see ``_plain_left``); None otherwise. Flat containers of scalars, the
-    usual attributes, are checked and encoded without a call per item."""
+    usual attributes, are checked and encoded without a call per item. With ``handled`` (the
+    worker's ``handled``), a list or tuple of learner objects that all have a handle already
+    (``manager.blocks``) is ``{"$": "hl", "t": "list", "v": [handle ids]}``."""
     kind = type(value)
     if kind in _AS_THEMSELVES:
         return (value, 1) if budget >= 1 else None
     tag = _FLAT_CONTAINERS.get(kind)
     if tag is not None and len(value) < budget and _AS_THEMSELVES.issuperset(map(type, value)):
         return {"$": tag, "v": list(value)}, len(value) + 1
+    if handled is not None and kind in (list, tuple) and 0 < len(value) < budget:
+        hids = handled(value)
+        if hids is not None:
+            return {"$": "hl", "t": tag, "v": hids}, len(value) + 1
     if kind is dict and 2 * len(value) < budget and _AS_THEMSELVES.issuperset(map(type, value)) \
             and _AS_THEMSELVES.issuperset(map(type, value.values())):
         return {"$": "dict", "k": list(value), "v": list(value.values())}, 2 * len(value) + 1
@@ -201,10 +209,10 @@ def _encoded_plain(value, budget: int):
     return (protocol.encode(value, None, []), budget - rest) if rest >= 0 else None
 
 
-def snapshot(obj) -> dict | None:
+def snapshot(obj, handled=None) -> dict | None:
     """The encoded plain-data attributes of ``obj`` (a few, small), for the trusted side to read
     without a round trip until its next request that may change anything. None when reading
-    them could run learner code (see ``_own_attributes``)."""
+    them could run learner code (see ``_own_attributes``). ``handled``: see ``_encoded_plain``."""
     attrs = _own_attributes(obj)
     if attrs is None:
         return None
@@ -212,7 +220,7 @@ def snapshot(obj) -> dict | None:
     shadowed = _all_shadowed(type(obj), attrs)
     for name, value in attrs.items():
         if type(name) is str and name not in shadowed:
-            encoded = _encoded_plain(value, min(left, SNAPSHOT_ATTRIBUTE_ITEMS))
+            encoded = _encoded_plain(value, min(left, SNAPSHOT_ATTRIBUTE_ITEMS), handled)
             if encoded is not None:
                 found[name], left = encoded[0], left - encoded[1]
     return found
@@ -355,6 +363,7 @@ class Worker:
         self.sock = sock
         self.objects: dict[int, object] = {}
         self.records: dict[int, dict] = {}  # handle id -> its record (see _record)
+        self.last_snaps: dict[int, tuple] = {}  # handle id -> (snapshot last sent, its repr or None)
         self.ids: dict[int, int] = {}
         self.sent: dict[int, int] = {}
         self.types_sent: set[int] = set()
@@ -388,12 +397,46 @@ class Worker:
             record["methods"] = self._methods(cls)
         if record["kind"] in ("object", "callable"):
             try:
-                snap = snapshot(obj)
+                snap = snapshot(obj, self.handled)
             except Exception:  # noqa: BLE001 - an object too odd to tell: no snapshot
                 snap = None
+            self.sent_snapshot(hid, snap)
             if snap is not None:
                 record["snap"] = snap
         return record
+
+    def sent_snapshot(self, hid: int, snap: dict | None, text: str | None = None) -> None:
+        """Remember the snapshot of ``hid`` the trusted side holds now (see ``still_valid``)."""
+        if snap is None:
+            self.last_snaps.pop(hid, None)
+        else:
+            self.last_snaps[hid] = (snap, text)
+
+    def still_valid(self, wanted, done: set, snaps: list) -> list[int]:
+        """After a request: for each handle id in ``wanted`` (objects whose snapshots the trusted
+        side is reading), a fresh snapshot appended to ``snaps``, or, when it is exactly the last
+        one sent (compared as text, so that ``1``, ``1.0`` and ``True`` differ), its id in the list
+        returned: the trusted side's copy is then still valid."""
+        kept = []
+        for hid in wanted[:WANTED_SNAPSHOTS] if type(wanted) is list else ():
+            if type(hid) is not int or hid in done or hid not in self.objects:
+                continue
+            done.add(hid)
+            try:
+                snap = snapshot(self.objects[hid], self.handled)
+            except Exception:  # noqa: BLE001 - as in handle()
+                snap = None
+            last = self.last_snaps.get(hid)
+            if snap is None:
+                self.last_snaps.pop(hid, None)
+                continue
+            text = repr(snap)
+            if last is not None and (last[1] if last[1] is not None else repr(last[0])) == text:
+                kept.append(hid)
+            else:
+                snaps.append([hid, snap])
+                self.sent_snapshot(hid, snap, text)
+        return kept
 
     def _record(self, obj, hid: int) -> dict:
         """What the trusted side is told of a new handle (kept with it: the same each time it is sent)."""
@@ -404,6 +447,18 @@ class Worker:
             record["name"] = _qualname(obj)
         record["tkey"] = f"{_qualname(type(obj))}#{id(type(obj))}"
         return record
+
+    def handled(self, items) -> list[int] | None:
+        """The handle ids of ``items`` when each is a learner object (not a module, class or
+        coroutine) the trusted side holds a handle to; None otherwise. A snapshot may name them
+        by id: while the trusted side holds their handles, they stay in ``objects``."""
+        hids = []
+        for item in items:
+            hid = self.ids.get(id(item))
+            if hid is None or self.objects[hid] is not item or self.records[hid]["kind"] not in ("object", "callable"):
+                return None
+            hids.append(hid)
+        return hids
 
     @staticmethod
     def _kind(obj) -> str:
@@ -436,6 +491,7 @@ class Worker:
                 if self.sent[hid] <= 0:
                     obj = self.objects.pop(hid)
                     del self.sent[hid], self.ids[id(obj)], self.records[hid]
+                    self.last_snaps.pop(hid, None)
 
     def hold(self, key: int) -> None:
         """Answer with a handle to a numbered tensor itself (not a copy), to set attributes on it."""
@@ -452,10 +508,11 @@ class Worker:
         if changed:
             header["wb"] = protocol.encode(changed, self.handle, buffers)
 
-    def reply(self, value, printed: dict, read_from=None, involved=()) -> None:
+    def reply(self, value, printed: dict, read_from=None, involved=(), wanted=()) -> None:
         """Send ``value`` back. ``read_from``: the object a pure attribute read was made on; the reply
         then says it changed nothing ("pure"). Fresh snapshots of that object and of the objects
-        the request named (``involved``) come with it, valid after this request."""
+        the request named (``involved``) come with it, valid after this request; so do those of
+        the objects in ``wanted`` (handle ids), or, unchanged, just their ids ("kept")."""
         buffers: list[bytes] = []
         data = protocol.encode(value, self.handle, buffers, tensors=self.tensors)
         header = {"k": "ret", "v": data, **printed}
@@ -470,11 +527,15 @@ class Worker:
                 continue
             done.add(hid)
             try:
-                snap = snapshot(obj)
+                snap = snapshot(obj, self.handled)
             except Exception:  # noqa: BLE001 - as in handle()
                 snap = None
+            self.sent_snapshot(hid, snap)
             if snap is not None:
                 snaps.append([hid, snap])
+        kept = self.still_valid(wanted, done, snaps)
+        if kept:
+            header["kept"] = kept
         if snaps:
             header["snaps"] = snaps
         protocol.send(self.sock, header, buffers)
@@ -580,7 +641,7 @@ class Worker:
                 self.reply_error(exc, _printed(out, err))
                 continue
             try:
-                self.reply(value, _printed(out, err), read_from, involved)
+                self.reply(value, _printed(out, err), read_from, involved, message.get("want", ()))
             except Exception as exc:  # noqa: BLE001 - an unencodable value is the learner's failure too
                 self.reply_error(exc, _printed(out, err))
 
