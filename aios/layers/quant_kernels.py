@@ -124,6 +124,7 @@ def _int4_matmul_kernel(
     # Hint: column n lives in int32 n // 8 of its row, in nibble AWQ_REVERSE_ORDER[n % 8] = (n % 8) // 2 + 4 * (n % 2).
     # Hint: load each int32 once ([BLOCK_K, BLOCK_N // 8]) and repeat it 8 times along N (tl.interleave, three times).
     # Hint: BLOCK_K divides group_size, so one K tile has a single group: g = k0 // group_size.
+    # Hint: within a group a column's scale is one number: dot the centred codes (q - z), then scale.
     raise NotImplementedError("Lesson 18: implement _int4_matmul_kernel in aios/layers/quant_kernels.py — see exercises/lesson18/README.md, 'What to implement'")
 
 
@@ -217,7 +218,8 @@ def _fp8_block_matmul_kernel(
 
 #: FP8 W8A8 tiles: K steps are the format's 128-wide blocks.
 FP8_DECODE_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 64, "num_warps": 4, "num_stages": 4}
-FP8_PREFILL_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4, "num_stages": 3}
+FP8_MEDIUM_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4, "num_stages": 3}
+FP8_PREFILL_CONFIG = {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 3}
 
 
 def fp8_block_matmul(x: torch.Tensor, weight: torch.Tensor, weight_scale_inv: torch.Tensor,
@@ -232,7 +234,7 @@ def fp8_block_matmul(x: torch.Tensor, weight: torch.Tensor, weight_scale_inv: to
     N = weight.shape[0]
     xq, x_scale = quantize_fp8_rows(x, block)
     weight, weight_scale_inv = weight.contiguous(), weight_scale_inv.contiguous()
-    cfg = FP8_DECODE_CONFIG if M <= MIN_DOT_ROWS else FP8_PREFILL_CONFIG
+    cfg = FP8_DECODE_CONFIG if M <= MIN_DOT_ROWS else FP8_MEDIUM_CONFIG if M <= 64 else FP8_PREFILL_CONFIG
     out = torch.empty(M, N, dtype=x.dtype, device=x.device)
     grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(N, cfg["BLOCK_N"]))
     _fp8_block_matmul_kernel[grid](
