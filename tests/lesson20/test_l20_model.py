@@ -20,7 +20,7 @@ def our_logits(model_dir, **options):
 def test_logits_equal_transformers_qwen3_moe(tiny_moe_dir, hf_logits, options):
     """load_qwen3 on a qwen3_moe checkpoint builds the MoE model; logits == transformers' (fp32, atol 1e-4)."""
     model = load_qwen3(tiny_moe_dir, dtype=torch.float32, **options)
-    assert type(model).__name__ == "Qwen3MoeForCausalLM"
+    assert all(hasattr(layer.mlp, "experts") for layer in model.model.layers), "every layer of tiny-moe is sparse"
     torch.testing.assert_close(our_logits(tiny_moe_dir, **options), hf_logits(tiny_moe_dir, IDS), rtol=1e-4, atol=1e-4)
 
 
@@ -88,7 +88,7 @@ def test_llm_generates_the_greedy_tokens_of_transformers(tiny_moe_dir):
         with torch.no_grad():
             out = hf.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False, eos_token_id=None)
         expected.append(out[0, len(prompt):].tolist())
-    llm = LLM(str(tiny_moe_dir), **{**features_up_to(20), **ENGINE})
+    llm = LLM(str(tiny_moe_dir), **{**features_up_to(16), **ENGINE})
     params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
     got = [out["token_ids"] for out in llm.generate(PROMPTS, params, use_tqdm=False)]
     assert got == expected

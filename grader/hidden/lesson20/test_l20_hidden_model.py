@@ -83,7 +83,7 @@ def test_engine_with_chunks_and_prefix_cache_generates_transformers_tokens(tiny_
         with torch.no_grad():
             out = hf.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False, eos_token_id=None)
         expected.append(out[0, len(prompt):].tolist())
-    options = {**features_up_to(20), **ENGINE, "enable_chunked_prefill": True, "max_num_batched_tokens": 16}
+    options = {**features_up_to(16), **ENGINE, "enable_chunked_prefill": True, "max_num_batched_tokens": 16}
     llm = LLM(str(tiny_moe_dir), **options)
     params = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
     assert [out["token_ids"] for out in llm.generate(prompts, params, use_tqdm=False)] == expected

@@ -16,7 +16,7 @@ def test_engine_with_two_ranks_generates_what_one_rank_does_on_moe(tiny_moe_dir)
 
     prompts = [[5, 6, 7, 8, 9], list(range(20, 45)), [11] * 9]
     params = SamplingParams(temperature=0.0, max_tokens=5, ignore_eos=True)
-    options = {**features_up_to(20), **ENGINE, "num_kvcache_blocks": 48}
+    options = {**features_up_to(16), **ENGINE, "num_kvcache_blocks": 48}
     single = LLM(str(tiny_moe_dir), **options)
     expected = [out["token_ids"] for out in single.generate(prompts, params, use_tqdm=False)]
     llm = LLM(str(tiny_moe_dir), **options, tensor_parallel_size=2)
