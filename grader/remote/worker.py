@@ -520,6 +520,11 @@ class Worker:
         if read_from is not None and id(read_from) in self.ids and "wb" not in header:
             header["pure"] = True
             involved = (read_from,)
+        self.attach_snapshots(header, involved, wanted)
+        protocol.send(self.sock, header, buffers)
+
+    def attach_snapshots(self, header: dict, involved, wanted) -> None:
+        """Fresh snapshots of the objects in ``involved`` and ``wanted`` (see ``reply``)."""
         snaps, done = [], set()
         for obj in involved:
             hid = self.ids.get(id(obj))
@@ -538,7 +543,6 @@ class Worker:
             header["kept"] = kept
         if snaps:
             header["snaps"] = snaps
-        protocol.send(self.sock, header, buffers)
 
     def involved(self, args: tuple) -> list:
         """The learner objects a request names (its target and arguments, a few levels deep): their
@@ -555,8 +559,9 @@ class Worker:
                 found[id(value)] = value
         return list(found.values())
 
-    def reply_error(self, exc: BaseException, printed: dict | None = None) -> None:
-        """The exception's class name, builtin bases, plain arguments and learner traceback."""
+    def reply_error(self, exc: BaseException, printed: dict | None = None, involved=(), wanted=()) -> None:
+        """The exception's class name, builtin bases, plain arguments and learner traceback (and
+        the snapshots a reply would bring, see ``reply``)."""
         cls = type(exc)
         args = list(exc.args) if all(type(a) in protocol.PLAIN for a in exc.args) else [str(exc)]
         args = [protocol.clip(a) if isinstance(a, str) else a for a in args[:8]]
@@ -567,6 +572,8 @@ class Worker:
         self.write_backs(header, buffers)
         if cls.__module__ != "builtins":  # its attributes (APIError.status) are read through this handle
             header["obj"] = self.handle(exc)
+        if involved or wanted:
+            self.attach_snapshots(header, involved, wanted)
         protocol.send(self.sock, header, buffers)
 
     # ------------------------------------------------------------- values in
@@ -638,7 +645,7 @@ class Worker:
                         contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
                     value = self.run(message["op"], *args)
             except BaseException as exc:  # noqa: BLE001 - every learner failure goes back to the tests
-                self.reply_error(exc, _printed(out, err))
+                self.reply_error(exc, _printed(out, err), involved, message.get("want", ()))
                 continue
             try:
                 self.reply(value, _printed(out, err), read_from, involved, message.get("want", ()))
