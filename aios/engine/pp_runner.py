@@ -269,6 +269,10 @@ class StageRunner(ModelRunner):
         logits = self.forward_step(seqs, is_prefill)
         layout = self.layout
         if layout.world_rank == layout.sampler_rank:
+            if logits is None or logits.shape[0] != len(seqs):
+                rows = None if logits is None else logits.shape[0]
+                raise RuntimeError(f"forward_step gave {rows} rows of logits for {len(seqs)} sequences on the "
+                                   f"sampling rank {layout.world_rank}: one row per sequence, in order, is expected")
             result = logits if want_logits else torch.tensor(self.sample(logits, seqs), dtype=torch.int64)
             if layout.world_rank == 0:
                 return result
