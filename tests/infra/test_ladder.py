@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-ALL_STAGES = [*range(3, 14), 16, 17]
+ALL_STAGES = [*range(3, 14), 16, 17, 18]
 
 
 def run_ladder_cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:

@@ -14,6 +14,7 @@
     13     LLM.generate, features_up_to(13)                  prefix caching switched on
     16     LLM.generate, features_up_to(16)                  chunked prefill: token-budget steps, decodes first
     17     LLM.generate, features_up_to(17)                  overlap scheduling: step t+1 launched before t's tokens are read
+    18     LLM.generate, stage 17 + quantization="int8"      INT8 weights (lesson 18): half the weight bytes
 
 Every stage generates exactly the workload's output lengths (no early stop at EOS),
 so tokens per second compare like for like. The GPU benchmark of lesson N
@@ -215,7 +216,7 @@ class SingleSequenceStage(Stage):
 
 
 class EngineStage(Stage):
-    """Stages 7-13, 16 and 17 on one engine: its ModelRunner in static batches (7) or LLM.generate (8 on).
+    """Stages 7-13 and 16-18 on one engine: its ModelRunner in static batches (7) or LLM.generate (8 on).
 
     The engine gets ``features_up_to(stage)``: each stage switches on its lesson's mechanism.
     Stages 12 on sample (temperature, top-k, top-p) where the others decode greedily; stages 16
@@ -224,7 +225,7 @@ class EngineStage(Stage):
 
     NAMES = {7: "static batching", 8: "continuous batching", 9: "Triton attention", 10: "fused layers",
              11: "CUDA graphs", 12: "sampling", 13: "prefix caching", 16: "chunked prefill",
-             17: "overlap scheduling"}
+             17: "overlap scheduling", 18: "INT8 weights"}
     SAMPLED_FROM = 12
     #: Stage 16's max_num_batched_tokens: prompts longer than what decodes leave of it are split.
     CHUNKED_BUDGET = 512
@@ -240,8 +241,10 @@ class EngineStage(Stage):
         engine_options = {**features_up_to(stage), "device": device, "max_num_seqs": max_num_seqs,
                           "num_kvcache_blocks": blocks, "kvcache_block_size": block_size,
                           "load_format": load_format, **options}
-        if stage in (16, 17):
+        if stage in (16, 17, 18):
             engine_options.setdefault("max_num_batched_tokens", max(self.CHUNKED_BUDGET, max_num_seqs))
+        if stage == 18:  # lesson 18 on top of the engine of lesson 17: the same loop with quantized weights
+            engine_options.setdefault("quantization", "int8")
         self.llm = LLM(str(model_dir), **engine_options)
 
     def sampling_params(self, max_tokens: int):
@@ -447,7 +450,7 @@ def benchmark_model_dir(preset: str | None = None) -> Path:
 LADDER_WORKLOAD = {"num_requests": 32, "prompt_len": (32, 256), "output_len": (16, 96)}
 #: Batch size of the batched stages (7 on): half the requests, so stage 7 runs two static batches.
 LADDER_MAX_NUM_SEQS = 16
-LADDER_STAGES = (*range(3, 14), 16, 17)
+LADDER_STAGES = (*range(3, 14), 16, 17, 18)
 #: What each stage adds (the table's "what changed" column).
 LADDER_CHANGES = {
     3: "baseline: the whole sequence recomputed for every token",
@@ -463,6 +466,7 @@ LADDER_CHANGES = {
     13: "prefix caching on (random prompts: its bookkeeping only)",
     16: "chunked prefill: steps of at most 512 tokens, decodes first, prompts in chunks (a latency feature)",
     17: "overlap scheduling: the host plans step t+1 while the GPU runs step t",
+    18: "INT8 weight-only quantization (per channel): half the weight bytes per step",
 }
 #: The syllabus's figures (tok/s at 32 requests, its own machine and model): for reference only.
 SYLLABUS_TOKENS_PER_SECOND = {3: 5, 4: 25, 5: 30, 6: 30, 7: 400, 8: 600, 9: 900, 10: 1000, 11: 1200,
@@ -825,7 +829,7 @@ def _scale(text: str) -> float:
 
 
 def _stage_list(text: str) -> tuple[int, ...]:
-    """``--stages 3,4,9-11``: ladder stages, each one of LADDER_STAGES (3-13, 16, 17)."""
+    """``--stages 3,4,9-11``: ladder stages, each one of LADDER_STAGES (3-13, 16-18)."""
     stages: list[int] = []
     try:
         for part in filter(None, (p.strip() for p in text.split(","))):
