@@ -130,7 +130,8 @@ def run_batch1_decode(llm, prompt_len: int = 128, output_len: int = 1024, seed: 
     workload = make_workload(1, (prompt_len, prompt_len), (output_len, output_len),
                              llm.config.hf_config.vocab_size, seed)
     warm_up(llm)
-    llm.add_request(list(workload.prompts[0]), SamplingParams(temperature=0.0, max_tokens=output_len, ignore_eos=True))
+    seq = llm.add_request(list(workload.prompts[0]),
+                          SamplingParams(temperature=0.0, max_tokens=output_len, ignore_eos=True))
     llm.step()  # prefill: the first output token
     synchronize(llm.config.device)
     start = time.perf_counter()
@@ -140,7 +141,8 @@ def run_batch1_decode(llm, prompt_len: int = 128, output_len: int = 1024, seed: 
         steps += 1
     synchronize(llm.config.device)
     seconds = time.perf_counter() - start
-    return BenchResult("batch-1 decode", 1, prompt_len, steps, seconds, device_name(llm), engine_summary(llm))
+    tokens = seq.num_completion_tokens - 1  # a speculative step (lesson 19) gives several
+    return BenchResult("batch-1 decode", 1, prompt_len, tokens, seconds, device_name(llm), engine_summary(llm))
 
 
 def profile_decode(llm, batch_size: int = 256, context_len: int = 600, steps: int = 20, row_limit: int = 25) -> str:
@@ -264,6 +266,8 @@ def run_command(args) -> int:
         options["compile_elementwise"] = False
     if getattr(args, "async_scheduling", None) is not None:  # lesson 17; None: the engine's default
         options["async_scheduling"] = args.async_scheduling
+    if getattr(args, "speculative_config", None):  # lesson 19
+        options["speculative_config"] = args.speculative_config
     start = time.perf_counter()
     llm = build_engine(model_dir, **options)
     print(f"engine ready in {time.perf_counter() - start:.1f} s (weights, KV cache, compilation, graph capture)")
@@ -275,6 +279,11 @@ def run_command(args) -> int:
         result = run_throughput(llm, use_tqdm=args.progress, **workload)
     print(result.summary(), flush=True)
     record = result.as_dict()
+    spec = llm.speculative_stats() if hasattr(llm, "speculative_stats") else None
+    if spec is not None:  # lesson 19
+        record["speculative"] = spec
+        print(f"speculative decoding: {spec['num_draft_tokens']} proposed, {spec['num_accepted_tokens']} accepted "
+              f"(acceptance {spec['acceptance_rate']:.2f}, mean accepted length {spec['mean_accepted_length']:.2f})")
     if args.profile:
         batch = 1 if args.batch1 else min(256, llm.config.max_num_seqs)
         record["profile"] = profile_decode(llm, batch_size=batch)

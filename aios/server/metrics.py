@@ -14,6 +14,9 @@ durations are in seconds.
     aios_num_requests_running / _waiting          scheduler queues, read at scrape time
     aios_kv_cache_usage_ratio                     share of KV-cache blocks in use
     aios_engine_steps_total, aios_engine_errors_total
+    aios_spec_decode_*                            speculative decoding (lesson 19), only when it is on:
+                                                  draft_tokens, accepted_tokens, acceptance_rate,
+                                                  mean_accepted_length (the engine's totals)
 """
 
 from __future__ import annotations
@@ -65,6 +68,20 @@ class ServerMetrics:
         self.kv_cache_usage.set_function(lambda: 1.0 - blocks.num_free_blocks / blocks.num_blocks)
         self.engine_steps.set_function(lambda: async_engine.num_steps)
         self.engine_errors.set_function(lambda: async_engine.num_errors)
+        stats = getattr(async_engine.engine, "speculative_stats", None)
+        if stats is not None and stats() is not None:
+            self.watch_speculation(stats)
+
+    def watch_speculation(self, stats) -> None:
+        """Lesson 19: gauges of the engine's acceptance counters, read from ``stats()`` at every scrape."""
+        fields = {"draft_tokens": ("num_draft_tokens", "Tokens proposed by speculative decoding"),
+                  "accepted_tokens": ("num_accepted_tokens", "Proposed tokens the target accepted"),
+                  "acceptance_rate": ("acceptance_rate", "Share of proposed tokens accepted (0 to 1)"),
+                  "mean_accepted_length": ("mean_accepted_length",
+                                           "Tokens per verification step and sequence: 1 + accepted / drafts")}
+        for name, (key, text) in fields.items():
+            gauge = Gauge(f"aios_spec_decode_{name}", text, registry=self.registry)
+            gauge.set_function(lambda key=key: (stats() or {}).get(key, 0.0))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

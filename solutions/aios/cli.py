@@ -193,12 +193,25 @@ def _args_serve(parser: argparse.ArgumentParser) -> None:
                              "(lesson 16)")
     engine.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
                         help="overlap the host with the GPU (lesson 17; default: on for CUDA, off on the CPU)")
+    engine.add_argument("--speculative-config", type=_json_dict, metavar="JSON",
+                        help='speculative decoding (lesson 19), e.g. \'{"method": "ngram", "num_speculative_tokens": 4}\'')
 
 
 SERVE_ENGINE_OPTIONS = ("load_format", "dtype", "device", "max_model_len", "max_num_seqs", "max_num_batched_tokens",
                         "num_kvcache_blocks", "kvcache_block_size", "gpu_memory_utilization", "tensor_parallel_size",
                         "attention_backend", "enforce_eager", "enable_prefix_caching", "enable_chunked_prefill",
-                        "async_scheduling", "pipeline_parallel_size")
+                        "async_scheduling", "pipeline_parallel_size", "speculative_config")
+
+
+def _json_dict(text: str) -> dict:
+    """A command-line JSON object (lesson 19's --speculative-config)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object such as {\"method\": \"ngram\", ...}")
+    return value
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -361,6 +374,9 @@ def _args_bench(parser: argparse.ArgumentParser) -> None:
                         help="graphs without torch.compile of the norms, RoPE and SiLU (compile_elementwise=False)")
     parser.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
                         help="overlap the host with the GPU (lesson 17; default: the engine's, on for CUDA)")
+    parser.add_argument("--speculative-config", type=_json_dict, metavar="JSON",
+                        help="speculative decoding (lesson 19); a draft gets random weights here too, so only n-gram "
+                             "lookup is meaningful: aios.bench.speculative measures drafts at set acceptance rates")
     parser.add_argument("--json", dest="json_path", type=Path, metavar="FILE", help="also write the result here")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
 
