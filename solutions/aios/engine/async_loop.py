@@ -155,7 +155,8 @@ def pack_step(items: list, is_prefill: bool, pending: dict[int, Pending], block_
     fields = {name: [] for name in PackedStep.FIELDS}
     fields["cu_seqlens_q"].append(0)
     width = max(len(item.block_table) for item in items)
-    for item in items:
+    tables = np.full((len(items), width), -1, dtype=np.int64)
+    for row, item in enumerate(items):
         end = len(item)
         start = item.num_cached_tokens if is_prefill else end - 1
         offset = fields["cu_seqlens_q"][-1]
@@ -165,14 +166,15 @@ def pack_step(items: list, is_prefill: bool, pending: dict[int, Pending], block_
         fields["slot_mapping"].extend(table[p // block_size] * block_size + p % block_size for p in range(start, end))
         fields["cu_seqlens_q"].append(offset + end - start)
         fields["context_lens"].append(end)
-        fields["block_tables"].extend(list(table) + [-1] * (width - len(table)))
+        tables[row, : len(table)] = table
         waiting = pending.get(item.seq_id)
         if waiting is not None and start <= waiting.index < end:
             fields["fix_dst"].append(offset + waiting.index - start)
             fields["fix_src"].append(waiting.row)
-    sizes = {name: len(values) for name, values in fields.items()}
-    buffer = np.fromiter((v for name in PackedStep.FIELDS for v in fields[name]), dtype=np.int64,
-                         count=sum(sizes.values()))
+    arrays = {name: np.asarray(values, dtype=np.int64) for name, values in fields.items()}
+    arrays["block_tables"] = tables.reshape(-1)
+    buffer = np.concatenate([arrays[name] for name in PackedStep.FIELDS])
+    sizes = {name: len(array) for name, array in arrays.items()}
     cu = fields["cu_seqlens_q"]
     return PackedStep(buffer, sizes, width, max(b - a for a, b in zip(cu, cu[1:])), max(fields["context_lens"]))
     # END SOLUTION
