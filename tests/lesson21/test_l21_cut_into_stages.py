@@ -51,9 +51,11 @@ def test_partition_covers_every_layer_once(case):
 @pytest.mark.hint(1)
 @pytest.mark.parametrize("num_layers, pp_size", [(2, 3), (4, 0), (1, -1)])
 def test_impossible_split_is_a_clear_error(num_layers, pp_size):
-    """More stages than layers (or fewer than one stage) is a ValueError pointing to the README section."""
+    """More stages than layers (or fewer than one stage) is a ValueError pointing to the README section;
+    one stage per layer is fine."""
     with pytest.raises(ValueError, match="lesson21/README.md, 'Cutting the model into stages'"):
         partition_layers(num_layers, pp_size)
+    assert partition_layers(num_layers + 2, num_layers + 2) == [(i, i + 1) for i in range(num_layers + 2)]
 
 
 def test_world_size_must_equal_tp_times_pp():
@@ -158,6 +160,8 @@ def test_a_stage_holds_only_its_layers_weights(small_model_dir):
 
 
 def test_config_refuses_zero_stages(tiny_model_dir):
-    """pipeline_parallel_size=0 is refused by the Config, pointing to the README."""
-    with pytest.raises(ValueError, match="pipeline_parallel_size must be >= 1"):
+    """pipeline_parallel_size=0 is refused by the Config, pointing to the README; 2 stages of the tiny model are (0, 1), (1, 2)."""
+    with pytest.raises(ValueError, match="pipeline_parallel_size must be >= 1 .*lesson21/README.md"):
         Config(str(tiny_model_dir), pipeline_parallel_size=0)
+    config = Config(str(tiny_model_dir), pipeline_parallel_size=2)
+    assert partition_layers(config.hf_config.num_hidden_layers, config.pipeline_parallel_size) == [(0, 1), (1, 2)]

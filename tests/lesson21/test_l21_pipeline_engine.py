@@ -16,6 +16,7 @@ import torch
 
 from aios.config import features_up_to
 from aios.engine.distributed import free_port, get_tp_size
+from aios.engine.pipeline import partition_layers
 from aios.engine.pp_runner import PipelineError
 from aios.engine.tp_runner import step_logits
 from aios.llm import LLM
@@ -139,12 +140,15 @@ def test_more_stages_than_layers_is_refused(tiny_model_dir):
     """pipeline_parallel_size=3 on the 2-layer tiny model is a ValueError pointing to the README, before any rank starts."""
     with pytest.raises(ValueError, match="lesson21/README.md, 'Cutting the model into stages'"):
         LLM(tiny_model_dir, pipeline_parallel_size=3, **OPTIONS)
+    assert partition_layers(2, 2) == [(0, 1), (1, 2)]  # while two stages are fine
 
 
 def test_rank_that_never_joins_fails_the_rendezvous(tiny_model_dir, learner_import):
     """A rank alone at the rendezvous (its peer never comes) gets PipelineError within AIOS_PP_TIMEOUT_S (3 s here)."""
-    code = ("import sys; from aios.config import Config; from aios.engine.pp_runner import init_pipeline_parallel\n"
+    code = ("import sys; from aios.config import Config\n"
+            "from aios.engine.pp_runner import check_pipeline_config, init_pipeline_parallel\n"
             "config = Config(sys.argv[1], pipeline_parallel_size=2, attention_backend='torch')\n"
+            "check_pipeline_config(config)\n"
             "init_pipeline_parallel(0, config, sys.argv[2])\n")
     env = {**learner_import("os").environ, "AIOS_PP_TIMEOUT_S": "3"}
     start = time.monotonic()
@@ -164,21 +168,24 @@ def test_two_torchrun_nodes_over_loopback(tiny_model_dir, tiny_reference, tmp_pa
     script = Path(__file__).with_name("l21_torchrun_task.py")
     port = free_port()
     popen, os = learner_import("subprocess").Popen, learner_import("os")
-    logs = [open(tmp_path / f"node{n}.log", "w") for n in range(2)]
-    launches = [
+    launches = [  # each rank's output goes to tmp_path/logs (torchrun --redirects 3 --log-dir)
         popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
                "--node-rank", str(node), "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
                "--rdzv-id", f"aios-l21-{port}", "--rdzv-conf", "join_timeout=60", "--max-restarts", "0",
+               "--redirects", "3", "--log-dir", str(tmp_path / "logs" / f"node{node}"),
                str(script), str(tiny_model_dir), str(tmp_path)],
-              stdout=logs[node], stderr=subprocess.STDOUT, env={**os.environ, "AIOS_PP_TIMEOUT_S": "60"})
+              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "AIOS_PP_TIMEOUT_S": "60"})
         for node in range(2)
     ]
+
+    def rank_logs() -> str:
+        return "\n".join(f"--- {path}\n{path.read_text()[-2000:]}" for path in sorted((tmp_path / "logs").rglob("*.log")))
+
     try:
         deadline = time.monotonic() + 80
         while not (tmp_path / "tokens.json").exists():
-            assert time.monotonic() < deadline, "no tokens after 80 s:\n" + (tmp_path / "node0.log").read_text()[-3000:]
-            assert all(p.poll() is None for p in launches), [(tmp_path / f"node{n}.log").read_text()[-3000:]
-                                                              for n in range(2)]
+            assert time.monotonic() < deadline, "no tokens after 80 s:\n" + rank_logs()
+            assert all(p.poll() is None for p in launches), "a launch ended early:\n" + rank_logs()
             time.sleep(0.2)
         assert json.loads((tmp_path / "tokens.json").read_text()) == tiny_reference["tokens"]
         os.kill(int((tmp_path / "pid1").read_text()), signal.SIGKILL)
@@ -192,5 +199,3 @@ def test_two_torchrun_nodes_over_loopback(tiny_model_dir, tiny_reference, tmp_pa
             if launch.poll() is None:
                 launch.kill()
                 launch.wait()
-        for log in logs:
-            log.close()
