@@ -17,13 +17,25 @@ README = r"exercises/lesson20/README\.md, 'The config fields'"
     ({"decoder_sparse_step": 0}, "decoder_sparse_step"),
 ])
 def test_impossible_moe_config_is_refused(tiny_moe_dir, edited_config, fields, name):
-    """LLM / load_qwen3 refuse k > E, k < 1, no experts, a layer index past the end, a step of 0 (README named)."""
+    """load_qwen3 refuses k > E, k < 1, no experts, a layer index past the end, a step of 0 (README named);
+    the valid checkpoint then runs."""
     from aios.utils.loader import load_qwen3
 
     broken = edited_config(tiny_moe_dir, **fields)
     with pytest.raises(ValueError, match=name) as error:
         load_qwen3(broken, dtype=torch.float32)
     assert re.search(README, str(error.value)), "the error should point to the README section"
+    runs_a_forward(tiny_moe_dir)
+
+
+def runs_a_forward(model_dir):
+    """The unedited checkpoint still loads and routes tokens through its experts (finite logits)."""
+    from aios.utils.loader import load_qwen3
+
+    model = load_qwen3(model_dir, dtype=torch.float32, fused_layers=True)
+    with torch.inference_mode():
+        logits = model.compute_logits(model(torch.tensor([3, 1, 4, 1, 5]), torch.arange(5)))
+    assert tuple(logits.shape) == (5, 512) and bool(torch.isfinite(logits).all())
 
 
 @pytest.mark.hint(7)

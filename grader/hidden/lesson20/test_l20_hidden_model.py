@@ -91,9 +91,16 @@ def test_engine_with_chunks_and_prefix_cache_generates_transformers_tokens(tiny_
 
 @pytest.mark.hint(2)
 def test_llm_refuses_more_active_experts_than_experts(tiny_moe_dir, edited_config):
-    """LLM(dir) with num_experts_per_tok > num_experts fails with a ValueError naming the field and the README."""
+    """LLM(dir) with num_experts_per_tok > num_experts fails with a ValueError naming the field and the README;
+    the valid checkpoint then generates."""
     from aios import LLM
 
+    from aios.sampling_params import SamplingParams
+
     broken = edited_config(tiny_moe_dir, num_experts_per_tok=12)
+    options = {"device": "cpu", "attention_backend": "torch", "max_model_len": 64, "max_num_seqs": 2}
     with pytest.raises(ValueError, match=r"num_experts_per_tok.*exercises/lesson20/README\.md"):
-        LLM(str(broken), device="cpu", attention_backend="torch")
+        LLM(str(broken), **options)
+    llm = LLM(str(tiny_moe_dir), **options)
+    params = SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True)
+    assert len(llm.generate([[5, 6, 7]], params, use_tqdm=False)[0]["token_ids"]) == 2
