@@ -60,7 +60,7 @@ def test_same_tokens_under_preemption(make_llm, plain, requests, ngram_config, s
 
 
 @pytest.mark.hint(5)
-@pytest.mark.parametrize("max_tokens", [1, 2, 3, 5, 6, 11])
+@pytest.mark.parametrize("max_tokens", [2, 3, 5, 6, 11])
 def test_max_tokens_is_respected_when_several_tokens_are_accepted(make_llm, tiny_model_dir, plain, requests,
                                                                    served, max_tokens):
     """With every proposal accepted (k = 4), a request still ends with exactly max_tokens tokens, the plain ones."""
@@ -128,12 +128,19 @@ def test_generate_reports_acceptance(make_llm, tiny_model_dir, requests):
     assert after["acceptance_rate"] == 1.0 and after["mean_accepted_length"] > 1.0
 
 
-def test_without_speculation_nothing_changes(make_llm):
-    """No speculative_config: no statistics, and outputs have no spec_decode entry."""
+@pytest.mark.hint(5)
+def test_statistics_only_with_speculation(make_llm, tiny_model_dir):
+    """No speculative_config: no statistics and no spec_decode entry; with one, both (max_tokens 1: nothing proposed)."""
+    params = SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True)
     llm = make_llm()
     assert llm.speculative_stats() is None
-    out = llm.generate([[5, 6, 7]], SamplingParams(temperature=0.0, max_tokens=3), use_tqdm=False)[0]
-    assert "spec_decode" not in out
+    assert "spec_decode" not in llm.generate([[5, 6, 7]], params, use_tqdm=False)[0]
+    spec = make_llm(speculative_config={"model": str(tiny_model_dir), "num_speculative_tokens": 2},
+                    num_kvcache_blocks=64)
+    one = spec.generate([[5, 6, 5, 6]], SamplingParams(temperature=0.0, max_tokens=1), use_tqdm=False)[0]
+    assert one["spec_decode"]["num_draft_tokens"] == 0, "a request of one token never decodes"
+    out = spec.generate([[5, 6, 5, 6, 5]], params, use_tqdm=False)[0]
+    assert out["spec_decode"]["num_draft_tokens"] > 0
 
 
 @pytest.mark.hint(2)

@@ -96,8 +96,11 @@ def test_a_deterministic_proposal_also_keeps_the_distribution():
 
 @pytest.mark.hint(3)
 def test_the_chi_square_test_catches_a_wrong_acceptance_rule():
-    """The test has teeth: resampling from p (not the residual max(0, p - q)) after a rejection is detected."""
+    """The test has teeth: on the same draws, rejection_sample passes it, while resampling from p (not the residual
+    max(0, p - q)) after a rejection is detected."""
     target, tokens, q, num_draft, uniforms, noise = two_position_batch(seed=2)
+    out, _ = rejection_sample(target, tokens, q, num_draft, uniforms, noise)
+    assert chi_square_p_value(torch.bincount(out[:, 0], minlength=6), P0) > 1e-4
     p_first = target[:, 0].gather(1, tokens[:, :1]).squeeze(1)
     q_first = q[:, 0].gather(1, tokens[:, :1]).squeeze(1)
     kept = uniforms[:, 0] * q_first < p_first
