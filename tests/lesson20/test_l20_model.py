@@ -92,3 +92,15 @@ def test_llm_generates_the_greedy_tokens_of_transformers(tiny_moe_dir):
     params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
     got = [out["token_ids"] for out in llm.generate(PROMPTS, params, use_tqdm=False)]
     assert got == expected
+
+
+@pytest.mark.hint(7)
+def test_checkpoint_saved_by_transformers_loads(tiny_moe_dir, tmp_path):
+    """transformers 5's save_pretrained (per-expert tensors, num_local_experts in config.json) loads; same logits."""
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(tiny_moe_dir, dtype=torch.float32)
+    hf.save_pretrained(tmp_path / "saved")
+    with torch.no_grad():
+        expected = hf(torch.tensor([IDS])).logits[0]
+    torch.testing.assert_close(our_logits(tmp_path / "saved", fused_layers=True), expected, rtol=1e-4, atol=1e-4)

@@ -52,7 +52,8 @@ def moe_config_fields(raw: dict) -> dict:
     return {
         "architectures": list(raw.get("architectures") or []),
         "model_type": raw.get("model_type"),
-        "num_experts": raw.get("num_experts", 128 if is_moe else 0),
+        # transformers 5 writes num_local_experts (its attribute_map's name for num_experts).
+        "num_experts": raw.get("num_experts", raw.get("num_local_experts", 128 if is_moe else 0)),
         "num_experts_per_tok": raw.get("num_experts_per_tok", 8),
         "moe_intermediate_size": raw.get("moe_intermediate_size", 768),
         "norm_topk_prob": raw.get("norm_topk_prob", False),
