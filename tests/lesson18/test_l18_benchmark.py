@@ -25,7 +25,8 @@ PROMPT_LEN, OUTPUT_LEN = 128, 256
 def batch1_decode(model_dir, quantization):
     from aios.bench.throughput import build_engine, run_batch1_decode
 
-    llm = build_engine(model_dir, quantization=quantization, dtype="bfloat16", max_num_seqs=8, max_model_len=1024)
+    llm = build_engine(model_dir, quantization=quantization, dtype="bfloat16", max_num_seqs=8, max_model_len=1024,
+                       async_scheduling=False)  # lesson 18 needs lessons <= 15 only
     try:
         return run_batch1_decode(llm, prompt_len=PROMPT_LEN, output_len=OUTPUT_LEN)
     finally:
@@ -82,7 +83,7 @@ def test_fp8_w8a8_throughput_speedup(qwen3_8b_dir, benchmark):
 
     def throughput(quantization):
         llm = build_engine(qwen3_8b_dir, quantization=quantization, dtype="bfloat16", max_num_seqs=128,
-                           max_model_len=2048)
+                           max_model_len=2048, async_scheduling=False)
         try:
             return run_throughput(llm, use_tqdm=False, **FP8_WORKLOAD)
         finally:

@@ -71,7 +71,8 @@ def test_quantized_engine_generates_on_the_gpu(method):
 
     if method == "fp8" and torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("FP8 needs compute capability >= 8.9")
-    llm = LLM(TRAINED, quantization=method, dtype="bfloat16", max_num_seqs=8, max_model_len=256)
+    llm = LLM(TRAINED, quantization=method, dtype="bfloat16", max_num_seqs=8, max_model_len=256,
+              async_scheduling=False)  # lesson 18 needs lessons <= 15 only, not lesson 17's loop
     try:
         outputs = llm.generate(["Once upon a time", "You will"], SamplingParams(temperature=0.0, max_tokens=16),
                                use_tqdm=False)
