@@ -243,6 +243,25 @@ class Worker:
             return self._handle_list(data)
         return protocol.decode(data, [], _no_handles)
 
+    def items_value(self, proxy: "Remote"):
+        """The items of a builtin container held by learner code (a deque), as a fresh list, from
+        those its handle came with (``_MISSING`` when stale, as a snapshot would be): iterating a
+        builtin container of plain data runs no code, so the request would answer the same."""
+        items = proxy._aios_items
+        if items is None or items[0] != self.epoch or self.depth or not self.alive:
+            return _MISSING
+        if SESSION is not None and SESSION.current is not self:
+            return _MISSING
+        value = protocol.decode(items[1], [], _no_handles)
+        return value if type(value) is list else _MISSING
+
+    def read_anew(self, proxy: "Remote", name: str) -> None:
+        """After a request read ``proxy.name``: when the reply brought a snapshot holding it (a plain
+        attribute), the object counts as read since the last request (see ``_wanted``)."""
+        snap = proxy._aios_snap
+        if snap is not None and snap[0] == self.epoch and name in snap[1] and proxy._aios_worker is self:
+            self.hot[proxy._aios_id] = None
+
     def _recently_read(self, hid: int) -> None:
         recent = self.recent
         recent.pop(hid, None)
@@ -394,6 +413,8 @@ class Worker:
         self.pinned.append(proxy)  # a snapshot may name it (see _handle_list)
         if type(record.get("snap")) is dict:
             object.__setattr__(proxy, "_aios_snap", (self.epoch, record["snap"]))
+        if "items" in record:
+            object.__setattr__(proxy, "_aios_items", (self.epoch, record["items"]))
         if record.get("kind") == "coroutine":
             return _awaiting(proxy)
         if record.get("kind") == "asyncgen":
@@ -776,7 +797,7 @@ class Remote:
     """
 
     __slots__ = ("_aios_worker", "_aios_id", "_aios_seen", "_aios_record", "_aios_path", "_aios_fresh",
-                 "_aios_patched", "_aios_snap", "__weakref__")
+                 "_aios_patched", "_aios_snap", "_aios_items", "__weakref__")
 
     def __init__(self, worker: Worker, hid: int, record: dict):
         object.__setattr__(self, "_aios_worker", worker)
@@ -787,6 +808,7 @@ class Remote:
         object.__setattr__(self, "_aios_fresh", None)
         object.__setattr__(self, "_aios_patched", {})  # attribute name -> times the tests set it
         object.__setattr__(self, "_aios_snap", None)  # (epoch, {name: data}): see Worker.snapshot_value
+        object.__setattr__(self, "_aios_items", None)  # (epoch, data): see Worker.items_value
 
     def __del__(self):
         worker = self._aios_worker
@@ -829,7 +851,9 @@ class Remote:
         value = self._aios_worker.snapshot_value(self, name)
         if value is not _MISSING:
             return value
-        return self._aios("getattr", self, name)
+        value = self._aios("getattr", self, name)
+        self._aios_worker.read_anew(self, name)
+        return value
 
     def __setattr__(self, name: str, value) -> None:
         self._aios("setattr", self, name, value)
@@ -848,6 +872,10 @@ class Remote:
         return isinstance(cls, Remote) and self._aios("issubclass", cls, self)
 
     def __iter__(self):
+        items = self._aios_worker.items_value(self)
+        if items is not _MISSING:
+            yield from items
+            return
         iterator = self._aios_op("iter", self)
         if not isinstance(iterator, Remote):
             yield from iterator
@@ -874,6 +902,9 @@ class Remote:
         return _plain(self._aios_op("bool", self), bool)
 
     def __len__(self):
+        items = self._aios_worker.items_value(self)
+        if items is not _MISSING:
+            return len(items)
         return _plain(self._aios_op("len", self), int)
 
     def __contains__(self, item):

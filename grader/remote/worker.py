@@ -68,6 +68,10 @@ SNAPSHOT_ATTRIBUTE_ITEMS = 64
 SNAPSHOT_OBJECTS = 8
 #: At most this many snapshots the trusted side asks for are checked or sent again after a request.
 WANTED_SNAPSHOTS = 32
+#: Builtin containers (held by learner code, so crossing as handles) whose handle comes with their
+#: items when those are plain data: iterating it or taking its length then costs no round trip.
+ITEM_SNAPSHOT_TYPES = (collections.deque,)
+ITEM_SNAPSHOT_LIMIT = 4096
 PRINTED_LIMIT = 64_000
 STOP = object()  # what ``next`` answers at the end of an iterator
 HF_MODEL_MODULES = "transformers.modeling_utils"
@@ -403,6 +407,10 @@ class Worker:
             self.sent_snapshot(hid, snap)
             if snap is not None:
                 record["snap"] = snap
+            if type(obj) in ITEM_SNAPSHOT_TYPES and len(obj) < ITEM_SNAPSHOT_LIMIT:
+                items = _encoded_plain(list(obj), ITEM_SNAPSHOT_LIMIT)
+                if items is not None:
+                    record["items"] = items[0]
         return record
 
     def sent_snapshot(self, hid: int, snap: dict | None, text: str | None = None) -> None:

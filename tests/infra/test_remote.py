@@ -79,9 +79,23 @@ LEARNER = {
             return subprocess.Popen(["sleep", "120"]).pid
 
 
+        class Part:
+            def __init__(self, size):
+                self.size = size
+
+
+        COUNTERS = []
+
+
+        def bump_the_last_counter(by):
+            COUNTERS[-1].count += by
+
+
         class Counter:
             def __init__(self):
                 self.count, self.table, self.queue = 0, [0], __import__("collections").deque([1, 2, 3])
+                self.parts = [Part(1), Part(2)]
+                COUNTERS.append(self)
 
             def bump(self):
                 self.count += 1
@@ -461,7 +475,54 @@ def test_iterating_a_builtin_container_is_one_round_trip(worker, monkeypatch):
     """A deque held by a learner object is iterated in one request, not one per item."""
     counter = worker.request("call", worker.request("getattr", tricks(worker), "Counter"), (), {})
     queue = counter.queue
+    counter.bump()  # the items the deque's handle came with are stale now
     sent = []
     monkeypatch.setattr(protocol, "send", lambda sock, header, buffers=(), _send=protocol.send:
                         sent.append(header) or _send(sock, header, buffers))
     assert [item for item in queue] == [1, 2, 3] and len(sent) == 1
+
+
+def test_a_deque_comes_with_its_items_until_a_request_may_change_it(worker, monkeypatch):
+    """A handle to a builtin container of plain data (a deque) comes with its items: iterating it or
+    taking its length costs no round trip until a request that may change it; changes are seen."""
+    counter = worker.request("call", worker.request("getattr", tricks(worker), "Counter"), (), {})
+    queue = counter.queue
+    sent = []
+    monkeypatch.setattr(protocol, "send", lambda sock, header, buffers=(), _send=protocol.send:
+                        sent.append(header) or _send(sock, header, buffers))
+    assert (list(queue), len(queue), set(queue)) == ([1, 2, 3], 3, {1, 2, 3}) and not sent
+    queue.append(4)
+    assert (list(queue), len(queue)) == ([1, 2, 3, 4], 4) and sent  # read anew, after the append
+
+
+def test_a_list_of_learner_objects_is_read_from_the_snapshot_while_its_handles_live(worker, monkeypatch):
+    """``counter.parts`` (learner objects the tests hold handles to) is read again without a round
+    trip, as the same handles, with their own attributes; a call that changes it is seen."""
+    counter = worker.request("call", worker.request("getattr", tricks(worker), "Counter"), (), {})
+    first = counter.parts  # one request: the handles, then named by the counter's snapshot
+    sent = []
+    monkeypatch.setattr(protocol, "send", lambda sock, header, buffers=(), _send=protocol.send:
+                        sent.append(header) or _send(sock, header, buffers))
+    again = counter.parts
+    assert again == first and all(a is b for a, b in zip(again, first)) and again is not first
+    assert [part.size for part in counter.parts] == [1, 2] and not sent
+    counter.parts = [first[1], first[0], first[1]]
+    assert [part.size for part in counter.parts] == [2, 1, 2]
+
+
+def test_snapshots_read_before_a_request_are_kept_only_when_it_changed_nothing(worker, monkeypatch):
+    """An object whose attributes were read is checked again after the next request, even one that
+    does not name it: unchanged, its attributes are still read without a round trip; changed
+    (by learner code reaching it another way), the new values are read."""
+    counter = worker.request("call", worker.request("getattr", tricks(worker), "Counter"), (), {})
+    bump = worker.request("getattr", tricks(worker), "bump_the_last_counter")
+    assert counter.count == 0
+    bump(0)  # changes nothing
+    sent = []
+    monkeypatch.setattr(protocol, "send", lambda sock, header, buffers=(), _send=protocol.send:
+                        sent.append(header) or _send(sock, header, buffers))
+    assert (counter.count, counter.table) == (0, [0]) and not sent
+    bump(True)  # count becomes 1 (an int): the snapshot's 0 is not kept
+    assert counter.count == 1 and type(counter.count) is int and len(sent) == 1
+    bump(0.0)  # 1 + 0.0 is 1.0: equal to 1, but not the same value
+    assert type(counter.count) is float and len(sent) == 2
