@@ -44,7 +44,7 @@ class DraftProposer:
             compile_elementwise=c.compile_elementwise, num_kvcache_blocks=c.num_kvcache_blocks,
             kvcache_block_size=c.kvcache_block_size, enable_prefix_caching=False,
             enable_chunked_prefill=c.enable_chunked_prefill, attention_backend=c.attention_backend,
-            fused_layers=c.fused_layers, load_format=c.load_format,
+            fused_layers=c.fused_layers, load_format=c.load_format, async_scheduling=False,
         )
         self.runner = ModelRunner(self.config)
         self.state: dict[int, tuple[list[int], int]] = {}  # seq_id -> (its block table, tokens with draft K/V)
