@@ -17,7 +17,7 @@ from aios.llm import LLM
 from aios.sampling_params import SamplingParams
 
 PROMPTS = [[5, 6, 7, 8, 9], list(range(20, 58)), [11] * 13]
-OPTIONS = {**features_up_to(14), "attention_backend": "torch", "max_num_seqs": 4, "max_model_len": 128,
+OPTIONS = {**features_up_to(14), "device": "cpu", "attention_backend": "torch", "max_num_seqs": 4, "max_model_len": 128,
            "num_kvcache_blocks": 48, "pipeline_parallel_size": 2}
 
 

@@ -24,8 +24,9 @@ from aios.sampling_params import SamplingParams
 
 pytestmark = pytest.mark.timeout(150, method="thread")
 
-OPTIONS = {**features_up_to(14), "attention_backend": "torch", "max_num_seqs": 4, "max_model_len": 128,
-           "num_kvcache_blocks": 48}
+# device="cpu": these are the gloo tests, also on a GPU machine (tests/lesson21/test_l21_gpu.py runs NCCL).
+OPTIONS = {**features_up_to(14), "device": "cpu", "attention_backend": "torch", "max_num_seqs": 4,
+           "max_model_len": 128, "num_kvcache_blocks": 48}
 PROMPTS = [[5, 6, 7, 8, 9], list(range(20, 58)), [11] * 13]
 
 
@@ -147,7 +148,7 @@ def test_rank_that_never_joins_fails_the_rendezvous(tiny_model_dir, learner_impo
     """A rank alone at the rendezvous (its peer never comes) gets PipelineError within AIOS_PP_TIMEOUT_S (3 s here)."""
     code = ("import sys; from aios.config import Config\n"
             "from aios.engine.pp_runner import check_pipeline_config, init_pipeline_parallel\n"
-            "config = Config(sys.argv[1], pipeline_parallel_size=2, attention_backend='torch')\n"
+            "config = Config(sys.argv[1], pipeline_parallel_size=2, device='cpu', attention_backend='torch')\n"
             "check_pipeline_config(config)\n"
             "init_pipeline_parallel(0, config, sys.argv[2])\n")
     env = {**learner_import("os").environ, "AIOS_PP_TIMEOUT_S": "3"}

@@ -19,7 +19,7 @@ from aios.sampling_params import SamplingParams
 
 pytestmark = pytest.mark.timeout(150, method="thread")
 
-OPTIONS = {**features_up_to(14), "attention_backend": "torch", "max_num_seqs": 8, "max_model_len": 96,
+OPTIONS = {**features_up_to(14), "device": "cpu", "attention_backend": "torch", "max_num_seqs": 8, "max_model_len": 96,
            "kvcache_block_size": 4, "num_kvcache_blocks": 96}
 # Five prompts: more sequences than stages, so micro-batches hold 3 and 2 (PP=2) or 2, 2, 1 (PP=3).
 PROMPTS = [[5, 6, 7, 8, 9], list(range(20, 58)), [11] * 13, [300, 2, 99], list(range(100, 121))]
