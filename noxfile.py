@@ -34,6 +34,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +45,18 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".nox" / "aios"
 REQUIREMENTS = ROOT / "requirements-dev.txt"
-LESSONS = range(18)
+
+
+def _curriculum_lessons() -> list[int]:
+    """The lesson ids of grader/curriculum.toml (none when this file is used alone, as its tests do)."""
+    path = ROOT / "grader" / "curriculum.toml"
+    if not path.is_file():
+        return []
+    return [lesson["id"] for lesson in tomllib.loads(path.read_text())["lesson"]]
+
+
+#: One grade-lessonN session per lesson of the curriculum.
+LESSONS = _curriculum_lessons()
 #: Any installed version will do: a CUDA torch build and the triton it brings must never be replaced.
 ANY_VERSION = frozenset({"torch", "triton"})
 #: The file in .nox/aios that shows it the site-packages of the virtual environment it was made from.
