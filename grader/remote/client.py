@@ -156,7 +156,7 @@ class Worker:
         self.pinned: list[Remote] = []  # the handles of the last reply, alive until the next request
         self.hot: dict[int, None] = {}  # handle ids whose snapshots were read since the last request
         self.recent: dict[int, None] = {}  # handle ids whose snapshots were read lately, oldest first
-        self.stale_read = False  # whether a read found a stale snapshot since the last request
+        self.stale_read = None  # the type key of the last object whose stale snapshot a read found
         self.depth = 0  # requests in flight (callbacks nest them)
         self.alive = True
 
@@ -232,7 +232,7 @@ class Worker:
             return _MISSING
         hid = proxy._aios_id
         if snap[0] != self.epoch:  # stale: the request that reads it asks for the others read lately too
-            self.stale_read = True
+            self.stale_read = proxy._aios_record.get("tkey")
             self._recently_read(hid)
             return _MISSING
         if hid not in self.hot:
@@ -272,20 +272,21 @@ class Worker:
     def _wanted(self) -> dict:
         """The snapshots to ask the worker for after the next request, as {handle id: its snapshot
         now}: those read since the last request, and, after a read found a stale one, every stale
-        one read lately (``seq.block_table`` over all sequences: one request, not one per
-        sequence). Only ids are kept, so that no handle lives longer for it."""
+        one of the same class read lately (``seq.block_table`` over all sequences: one request, not
+        one per sequence). Only ids are kept, so that no handle lives longer for it."""
         wanted = {}
         for hid in self.hot:
             proxy = self.proxies.get(hid)
             if proxy is not None and proxy._aios_snap is not None:
                 wanted[hid] = proxy._aios_snap
         self.hot.clear()
-        if self.stale_read:
-            self.stale_read = False
+        if self.stale_read is not None:
+            kind, self.stale_read = self.stale_read, None
             for hid in reversed(self.recent):
                 proxy = self.proxies.get(hid)
                 snap = proxy._aios_snap if proxy is not None else None
-                if snap is not None and hid not in wanted and snap[0] != self.epoch:
+                if snap is not None and hid not in wanted and snap[0] != self.epoch \
+                        and proxy._aios_record.get("tkey") == kind:
                     wanted[hid] = snap
                     if len(wanted) >= RECENT_SNAPSHOTS:
                         break
