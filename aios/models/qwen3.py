@@ -118,9 +118,13 @@ class Qwen3DecoderLayer(nn.Module):
         super().__init__()
         self.fuse_residual_norm = fuse_residual_norm
         self.self_attn = Qwen3Attention(config, layer_idx, fused_layers, rotary_emb)
-        self.mlp = Qwen3MLP(config, fused_layers)
+        self.mlp = self.make_mlp(config, layer_idx, fused_layers)
         self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def make_mlp(self, config: SimpleNamespace, layer_idx: int, fused_layers: bool) -> nn.Module:
+        """The layer's feed-forward block (a model family with another one, like Qwen3-MoE, overrides this)."""
+        return Qwen3MLP(config, fused_layers)
 
     def forward(
         self, positions: torch.Tensor, hidden_states: torch.Tensor, residual: torch.Tensor | None
@@ -139,6 +143,9 @@ class Qwen3DecoderLayer(nn.Module):
 class Qwen3Model(nn.Module):
     """Embedding, the decoder layers and the final norm."""
 
+    #: The class of each decoder layer (a model family overrides it).
+    decoder_layer_class = Qwen3DecoderLayer
+
     def __init__(self, config: SimpleNamespace, fuse_residual_norm: bool = False, fused_layers: bool = False):
         super().__init__()
         if fused_layers:
@@ -147,7 +154,7 @@ class Qwen3Model(nn.Module):
             self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         rotary_emb = make_rotary_embedding(config)
         self.layers = nn.ModuleList(
-            Qwen3DecoderLayer(config, i, fuse_residual_norm, fused_layers, rotary_emb)
+            self.decoder_layer_class(config, i, fuse_residual_norm, fused_layers, rotary_emb)
             for i in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
@@ -171,6 +178,8 @@ class Qwen3ForCausalLM(nn.Module):
         "gate_proj": ("gate_up_proj", 0),
         "up_proj": ("gate_up_proj", 1),
     }
+    #: The model below the head (a model family overrides it).
+    model_class = Qwen3Model
 
     def __init__(self, config: SimpleNamespace, fuse_residual_norm: bool = False, fused_layers: bool = False):
         super().__init__()
@@ -178,7 +187,7 @@ class Qwen3ForCausalLM(nn.Module):
             raise ValueError("tensor parallelism needs the fused, tensor-parallel layers: pass fused_layers=True")
         self.config = config
         self.fused_layers = fused_layers
-        self.model = Qwen3Model(config, fuse_residual_norm, fused_layers)
+        self.model = self.model_class(config, fuse_residual_norm, fused_layers)
         if fused_layers:
             self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size)
         else:

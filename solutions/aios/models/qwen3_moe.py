@@ -25,14 +25,9 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from aios.engine.distributed import get_tp_size
-from aios.layers.embed_head import ParallelLMHead, VocabParallelEmbedding
 from aios.layers.fused_moe import FusedMoE, route_tokens
-from aios.layers.layernorm import RMSNorm
 from aios.layers.linear import ReplicatedLinear
-from aios.models.qwen3 import (
-    Qwen3Attention, Qwen3DecoderLayer, Qwen3ForCausalLM, Qwen3MLP, Qwen3Model, make_rotary_embedding,
-)
+from aios.models.qwen3 import Qwen3DecoderLayer, Qwen3ForCausalLM, Qwen3MLP, Qwen3Model
 from aios.utils.moe_config import check_moe_config
 
 
@@ -71,53 +66,26 @@ class Qwen3MoeSparseBlock(nn.Module):
 class Qwen3MoeDecoderLayer(Qwen3DecoderLayer):
     """Qwen3's decoder layer (same ``forward``) with a sparse MoE block where ``is_moe_layer`` says so."""
 
-    def __init__(self, config: SimpleNamespace, layer_idx: int, fuse_residual_norm: bool = False,
-                 fused_layers: bool = False, rotary_emb=None):
-        nn.Module.__init__(self)
-        self.fuse_residual_norm = fuse_residual_norm
-        self.self_attn = Qwen3Attention(config, layer_idx, fused_layers, rotary_emb)
+    def make_mlp(self, config: SimpleNamespace, layer_idx: int, fused_layers: bool) -> nn.Module:
         if is_moe_layer(config, layer_idx):
-            self.mlp = Qwen3MoeSparseBlock(config)
-        else:
-            self.mlp = Qwen3MLP(config, fused_layers)
-        self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+            return Qwen3MoeSparseBlock(config)
+        return Qwen3MLP(config, fused_layers)
 
 
 class Qwen3MoeModel(Qwen3Model):
     """Embedding, the MoE decoder layers and the final norm (Qwen3Model's ``forward``)."""
 
-    def __init__(self, config: SimpleNamespace, fuse_residual_norm: bool = False, fused_layers: bool = False):
-        nn.Module.__init__(self)
-        if fused_layers:
-            self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
-        else:
-            self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        rotary_emb = make_rotary_embedding(config)
-        self.layers = nn.ModuleList(
-            Qwen3MoeDecoderLayer(config, i, fuse_residual_norm, fused_layers, rotary_emb)
-            for i in range(config.num_hidden_layers)
-        )
-        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+    decoder_layer_class = Qwen3MoeDecoderLayer
 
 
 class Qwen3MoeForCausalLM(Qwen3ForCausalLM):
     """Qwen3-MoE with its language-model head; ``forward`` and ``compute_logits`` are Qwen3's."""
 
+    model_class = Qwen3MoeModel
+
     def __init__(self, config: SimpleNamespace, fuse_residual_norm: bool = False, fused_layers: bool = False):
-        nn.Module.__init__(self)
-        if get_tp_size() > 1 and not fused_layers:
-            raise ValueError("tensor parallelism needs the fused, tensor-parallel layers: pass fused_layers=True")
         check_moe_config(config)
-        self.config = config
-        self.fused_layers = fused_layers
-        self.model = Qwen3MoeModel(config, fuse_residual_norm, fused_layers)
-        if fused_layers:
-            self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size)
-        else:
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        if config.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+        super().__init__(config, fuse_residual_norm, fused_layers)
 
     def load_checkpoint(self, model_dir) -> None:
         """Load the safetensors of ``model_dir`` (either expert layout; see the module docstring)."""
