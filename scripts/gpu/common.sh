@@ -24,3 +24,15 @@ print(", ".join(parts))
 PY
   } 2>&1 | tee "$OUT/gpu.txt"
 }
+
+# use_carried_wheels: when fastapi or uvicorn is missing (the GPU image lacks them) and .whl/ holds wheels,
+# install them into /tmp/site and put it on PYTHONPATH; then check the server's imports.
+use_carried_wheels() {
+  if ! python3 -c "import fastapi, uvicorn" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
+    echo "installing the carried wheels into /tmp/site"
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+      && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+  fi
+  python3 -c "import fastapi, uvicorn, prometheus_client, httpx" \
+    || { echo "the server needs fastapi, uvicorn, prometheus-client and httpx"; return 1; }
+}

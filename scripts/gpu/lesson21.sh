@@ -18,6 +18,7 @@ source "$(dirname "$0")/common.sh"
 MODE=${1:-all}
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 record_environment transformers
+use_carried_wheels || echo "no server packages: the torchrun serving step will fail"
 GPUS=$(python3 -c "import torch; print(torch.cuda.device_count())")
 if [ "$GPUS" -lt 2 ]; then echo "lesson21.sh needs 2 GPUs, torch sees $GPUS"; exit 1; fi
 status=0

@@ -23,13 +23,9 @@ section environment
 if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 fi
-if ! python3 -c "import fastapi, uvicorn" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
-  echo "installing the carried wheels into /tmp/site"
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH="$PYTHONPATH:/tmp/site"
-fi
-python3 -c "import torch, fastapi, uvicorn, prometheus_client, httpx; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'fastapi', fastapi.__version__, 'uvicorn', uvicorn.__version__)" \
-  | tee -a "$OUT/gpu.txt" || { echo "the server needs fastapi, uvicorn, prometheus-client and httpx"; exit 1; }
+use_carried_wheels || exit 1
+python3 -c "import torch, fastapi, uvicorn; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'fastapi', fastapi.__version__, 'uvicorn', uvicorn.__version__)" \
+  | tee -a "$OUT/gpu.txt"
 
 if [ -n "${SERVE_MODEL:-}" ]; then
   MODEL=$SERVE_MODEL NAME=$(basename "$SERVE_MODEL") LOAD_FORMAT=safetensors

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The advanced track (lessons 17, 19, 20 and 21) on the 2-GPU machine, in calls of under 10 minutes:
+#
+#   bash scripts/gpu/x2_advanced.sh tests   # phase A, side by side: lesson 21's suites (gloo + NCCL on both
+#                                           # GPUs) | GPU 0: lesson 17's then lesson 20's suites | GPU 1:
+#                                           # lesson 19's suites; phase B: lesson 21's two torchrun "nodes"
+#                                           # serving PP=2, then `aios bench` on the 14B shape at PP=2 and TP=2
+#   bash scripts/gpu/x2_advanced.sh bench   # phase A: `aios bench` on the 32B shape at PP=2 and TP=2;
+#                                           # phase B, side by side: GPU 0: lesson 17's benchmark | GPU 1:
+#                                           # lesson 19's benchmark, then lesson 20's kernel benchmark
+#
+# Every step's timeout is cut to what is left of DEADLINE seconds (default 570). Each script writes
+# under $OUT/<name>/ (its own gpu.txt, logs, JSON); $OUT/summary.txt collects the tails.
+set -u -o pipefail
+cd "$(dirname "$0")/../.."
+PART=${1:-tests}
+FINAL=${OUT:-/tmp/aios_out}
+DEADLINE=${DEADLINE:-570}
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+mkdir -p "$FINAL"
+# left [RESERVE [CAP]]: seconds to DEADLINE minus RESERVE, at most CAP, at least 10.
+left() { local t=$(( DEADLINE - SECONDS - ${1:-0} )); [ "$t" -gt "${2:-100000}" ] && t=${2}; echo $(( t > 10 ? t : 10 )); }
+say() { echo "=== $* (t=${SECONDS}s)" | tee -a "$FINAL/summary.txt"; }
+
+# step NAME TIMEOUT [ENV=VALUE...] -- COMMAND...: run COMMAND with OUT=$FINAL/NAME, its log in NAME.log.
+step() {
+  local name=$1 limit=$2; shift 2
+  local envs=()
+  while [ "$1" != -- ]; do envs+=("$1"); shift; done; shift
+  mkdir -p "$FINAL/$name"
+  env OUT="$FINAL/$name" "${envs[@]}" timeout "$limit" "$@" > "$FINAL/$name.log" 2>&1
+  local rc=$?
+  { echo "--- $name: exit code $rc"; grep -vE "^\s*$" "$FINAL/$name.log" | tail -12; } >> "$FINAL/summary.txt"
+  return $rc
+}
+
+if [ "$PART" = tests ]; then
+  say "phase A: suites side by side"
+  A=$(left 240 300)
+  step l21_tests "$A" -- bash scripts/gpu/lesson21.sh tests &
+  ( step l17_tests "$A" CUDA_VISIBLE_DEVICES=0 -- bash scripts/gpu/lesson17.sh tests
+    step l20_tests "$(left 240 300)" CUDA_VISIBLE_DEVICES=0 -- bash scripts/gpu/lesson20.sh tests ) &
+  step l19_tests "$A" CUDA_VISIBLE_DEVICES=1 -- bash scripts/gpu/lesson19.sh tests &
+  wait
+  say "phase B: torchrun serving, then PP=2 and TP=2 on the 14B shape"
+  step l21_torchrun "$(left 150 150)" -- bash scripts/gpu/lesson21.sh torchrun
+  step l21_bench14b "$(left 0 320)" BENCH_TIMEOUT="$(( $(left 0 320) / 2 ))" -- bash scripts/gpu/lesson21.sh bench14b
+elif [ "$PART" = bench ]; then
+  say "phase A: PP=2 and TP=2 on the 32B shape"
+  step l21_bench32b "$(left 330 260)" BENCH_TIMEOUT=125 -- bash scripts/gpu/lesson21.sh bench32b
+  say "phase B: single-GPU benchmarks side by side"
+  B=$(left 5)
+  step l17_bench "$B" CUDA_VISIBLE_DEVICES=0 -- bash scripts/gpu/lesson17.sh bench &
+  ( step l19_bench "$(( B * 3 / 5 ))" CUDA_VISIBLE_DEVICES=1 -- bash scripts/gpu/lesson19.sh bench
+    step l20_bench "$(left 5)" CUDA_VISIBLE_DEVICES=1 -- bash scripts/gpu/lesson20.sh bench ) &
+  wait
+fi
+say done
+tar -C "$FINAL" -czf /tmp/x2_results.tgz . && mv /tmp/x2_results.tgz "$FINAL/results.tgz"
+cat "$FINAL/summary.txt" | tail -120
