@@ -113,11 +113,14 @@ class Qwen3DecoderLayer(nn.Module):
 
     def __init__(
         self, config: SimpleNamespace, layer_idx: int, fuse_residual_norm: bool = False, fused_layers: bool = False,
-        rotary_emb: RotaryEmbedding | None = None,
+        rotary_emb: RotaryEmbedding | None = None, cache_idx: int | None = None,
     ):
+        """``layer_idx`` is the layer's index in the whole model (what the config's per-layer fields
+        refer to); ``cache_idx`` the index of its slot in the KV cache, ``layer_idx`` unless a pipeline
+        stage (lesson 21) caches only its own layers."""
         super().__init__()
         self.fuse_residual_norm = fuse_residual_norm
-        self.self_attn = Qwen3Attention(config, layer_idx, fused_layers, rotary_emb)
+        self.self_attn = Qwen3Attention(config, layer_idx if cache_idx is None else cache_idx, fused_layers, rotary_emb)
         self.mlp = self.make_mlp(config, layer_idx, fused_layers)
         self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)

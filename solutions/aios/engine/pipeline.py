@@ -159,20 +159,24 @@ def check_parallel_layout(num_layers: int, tp_size: int, pp_size: int, world_siz
 
 
 class Qwen3Stage(nn.Module):
-    """The part of Qwen3 one pipeline stage runs (fused, tensor-parallel layers of lesson 10/14).
+    """The part of Qwen3 (or Qwen3-MoE) one pipeline stage runs (fused, tensor-parallel layers of lesson 10/14).
 
     Parameter names are the full model's (``model.layers.{i}...`` with the global ``i``), so the
-    checkpoint loads as it is; layers of other stages are parameter-free placeholders. Each real
-    layer's attention indexes this stage's KV cache with its *local* index ``i - stage.start``.
+    checkpoint loads as it is; layers of other stages are parameter-free placeholders. The layers
+    are the architecture's own (``stage_layer_class``): each is built with its *global* index
+    ``i``, which the config's per-layer fields refer to (Qwen3-MoE's ``mlp_only_layers`` and
+    ``decoder_sparse_step`` say which layers have experts), while its attention indexes this
+    stage's KV cache with the *local* index ``i - stage.start``.
     """
 
     def __init__(self, config, stage: Stage):
         super().__init__()
         from aios.layers.embed_head import ParallelLMHead, VocabParallelEmbedding
         from aios.layers.layernorm import RMSNorm
-        from aios.models.qwen3 import Qwen3DecoderLayer, Qwen3ForCausalLM, make_rotary_embedding
+        from aios.models.qwen3 import make_rotary_embedding
 
-        self.packed_modules_mapping = Qwen3ForCausalLM.packed_modules_mapping
+        causal_lm = stage_model_class(config)
+        self.packed_modules_mapping = causal_lm.packed_modules_mapping
         self.config = config
         self.fused_layers = True
         self.stage = stage
@@ -180,8 +184,9 @@ class Qwen3Stage(nn.Module):
         if stage.is_first:
             self.model.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         rotary_emb = make_rotary_embedding(config)
+        layer_class = causal_lm.model_class.decoder_layer_class
         self.model.layers = nn.ModuleList(
-            Qwen3DecoderLayer(config, i - stage.start, True, True, rotary_emb) if stage.start <= i < stage.end
+            layer_class(config, i, True, True, rotary_emb, cache_idx=i - stage.start) if stage.start <= i < stage.end
             else nn.Identity()
             for i in range(config.num_hidden_layers)
         )
@@ -219,6 +224,17 @@ class Qwen3Stage(nn.Module):
         return None if logits is None else logits.float()
 
 
+def stage_model_class(config) -> type:
+    """The checkpoint's model class (``aios.models.registry``): Qwen3ForCausalLM, or Qwen3MoeForCausalLM
+    whose MoE config is checked here. A stage takes its decoder layer class and fused-name mapping from it."""
+    from aios.models.registry import model_class
+    from aios.utils.moe_config import check_moe_config, is_moe_config
+
+    if is_moe_config(config):
+        check_moe_config(config)
+    return model_class(config)
+
+
 def stage_owns_tensor(name: str, stage: Stage, tied_embeddings: bool) -> bool:
     """Whether checkpoint tensor ``name`` belongs to ``stage``.
 
@@ -242,15 +258,23 @@ def load_stage_weights(model: Qwen3Stage, model_dir) -> None:
 
     Like lesson 10's ``load_packed_weights``, but tensors of other stages are skipped, and on a
     last stage without the embedding a tied checkpoint's ``model.embed_tokens.weight`` fills the LM head.
+    A Qwen3-MoE stage loads through lesson 20's ``load_moe_weights`` (either expert layout), given
+    this plan and the same ownership test, so only the experts of this stage's layers are read.
     Raises CheckpointMismatchError for a missing or unexpected tensor of this stage.
     """
     from aios.layers.linear import default_weight_loader
     from aios.utils.loader import CheckpointMismatchError, checkpoint_plan, checkpoint_slices, report_mismatch
+    from aios.utils.moe_config import is_moe_config
 
     stage, tied = model.stage, bool(getattr(model.config, "tie_word_embeddings", False))
     plan = checkpoint_plan(model)
     if tied and stage.is_last and not stage.is_first:
         plan["model.embed_tokens.weight"] = plan.pop("lm_head.weight")
+    if is_moe_config(model.config):
+        from aios.models.qwen3_moe import load_moe_weights
+
+        load_moe_weights(model, model_dir, plan, owns=lambda name: stage_owns_tensor(name, stage, tied))
+        return
     params = dict(model.named_parameters())
     loaded, unused = set(), []
     for name, tensor in checkpoint_slices(model_dir):

@@ -111,6 +111,7 @@ def check_pipeline_config(config: Config) -> None:
                          f"({PP_README}, 'What pipeline parallelism leaves out')")
     if config.tensor_parallel_size > 1:
         check_tensor_parallel_config(config)
+    check_moe_pipeline_config(config)
     if world is None and config.device.startswith("cuda"):
         needed = config.tensor_parallel_size * config.pipeline_parallel_size
         if torch.cuda.device_count() < needed:
@@ -120,6 +121,23 @@ def check_pipeline_config(config: Config) -> None:
     config.enforce_eager = True
     if hasattr(config, "async_scheduling"):
         config.async_scheduling = False
+
+
+def check_moe_pipeline_config(config: Config) -> None:
+    """A Qwen3-MoE checkpoint (lesson 20): its MoE fields must be valid, and with TP every expert is
+    sharded by its intermediate size, so ``moe_intermediate_size`` must divide by ``tensor_parallel_size``."""
+    from aios.utils.moe_config import check_moe_config, is_moe_config
+
+    hf, tp_size = config.hf_config, config.tensor_parallel_size
+    if not is_moe_config(hf):
+        return
+    check_moe_config(hf)
+    if hf.moe_intermediate_size % tp_size:
+        raise ValueError(
+            f"Qwen3-MoE over tensor_parallel_size={tp_size}: each rank holds a 1/{tp_size} slice of every expert, "
+            f"but moe_intermediate_size ({hf.moe_intermediate_size}) is not divisible by {tp_size} "
+            f"({PP_README}, 'MoE checkpoints')"
+        )
 
 
 # ---------------------------------------------------------------------------- groups

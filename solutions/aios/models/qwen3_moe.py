@@ -107,23 +107,26 @@ def expert_checkpoint_plan(model: nn.Module) -> dict[str, tuple[str, object]]:
     return plan
 
 
-def load_moe_weights(model: nn.Module, model_dir) -> None:
+def load_moe_weights(model: nn.Module, model_dir, plan: dict | None = None, owns=None) -> None:
     """Load a Qwen3-MoE checkpoint: lesson 10's plan for the rest, either expert layout for the experts.
 
     Every stacked expert parameter must be filled completely by one layout (all per-expert
     tensors, or the one stacked tensor); anything else is a CheckpointMismatchError.
+    A pipeline stage (lesson 21) passes its own ``plan`` and ``owns(name)``, which skips the
+    checkpoint tensors of other stages.
     """
     from aios.layers.linear import default_weight_loader
     from aios.utils.loader import CheckpointMismatchError, checkpoint_plan, checkpoint_slices, report_mismatch
 
     stacked = {name for name, module in model.named_modules() if isinstance(module, FusedMoE)}
-    plan = checkpoint_plan(model) if model.fused_layers else {n: (n, None) for n, _ in model.named_parameters()}
+    if plan is None:
+        plan = checkpoint_plan(model) if model.fused_layers else {n: (n, None) for n, _ in model.named_parameters()}
     per_expert = expert_checkpoint_plan(model)
     params = dict(model.named_parameters())
     tied = getattr(model.config, "tie_word_embeddings", False)
     loaded, unused = set(), []
     for name, tensor in checkpoint_slices(model_dir):
-        if tied and name == "lm_head.weight":
+        if (tied and name == "lm_head.weight") or (owns is not None and not owns(name)):
             continue
         target = plan.get(name) or per_expert.get(name)
         if target is None:
