@@ -32,6 +32,17 @@ def moe_dense_first_dir():
     return cached_model("tiny-moe", mlp_only_layers=[0])
 
 
+def one_process_or_skip(compute, *args):
+    """``compute(*args)``, the one-process MoE result; skips the test while this tree's lesson 20 (Qwen3-MoE) is
+    still a stub: lesson 21 needs only lesson 14, so a learner may reach it before lesson 20."""
+    try:
+        return compute(*args)
+    except NotImplementedError as error:
+        if "Lesson 20" not in str(error):
+            raise
+        pytest.skip("needs lesson 20 (Qwen3-MoE) in aios/: do it first, or `python -m grader checkout-reference 20`")
+
+
 def greedy(llm) -> list[list[int]]:
     params = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
     return [out["token_ids"] for out in llm.generate(PROMPTS, params, use_tqdm=False)]
@@ -51,12 +62,21 @@ def scripted_logits(llm, logits_of) -> list[torch.Tensor]:
     return steps
 
 
+def full_logits(model_dir) -> torch.Tensor:
+    model = load_qwen3(model_dir, dtype=torch.float32, fused_layers=True, fuse_residual_norm=True)
+    with torch.inference_mode():
+        return model.compute_logits(model(torch.tensor(IDS), torch.arange(len(IDS))))
+
+
+def one_process(model_dir) -> tuple[list[torch.Tensor], list[list[int]]]:
+    llm = LLM(model_dir, **OPTIONS)
+    return scripted_logits(llm, lambda seqs, p: step_logits(llm.model_runner, seqs, p)), greedy(llm)
+
+
 @pytest.mark.hint(3)
 def test_moe_stages_chained_give_the_full_model_logits(moe_dense_first_dir):
     """tiny-moe (layer 0 dense) cut in 2: stage 0 then stage 1 give the whole MoE model's logits (fp32, atol 1e-5)."""
-    model = load_qwen3(moe_dense_first_dir, dtype=torch.float32, fused_layers=True, fuse_residual_norm=True)
-    with torch.inference_mode():
-        expected = model.compute_logits(model(torch.tensor(IDS), torch.arange(len(IDS))))
+    expected = one_process_or_skip(full_logits, moe_dense_first_dir)
     config = Config(str(moe_dense_first_dir), dtype="float32", device="cpu")
     ranges = partition_layers(config.hf_config.num_hidden_layers, 2)
     stages = [load_stage_model(config, Stage(i, 2, *r)) for i, r in enumerate(ranges)]
@@ -77,9 +97,7 @@ def test_moe_two_stages_match_one_process_and_transformers(moe_dense_first_dir):
     tokens are transformers' Qwen3MoeForCausalLM argmax."""
     from transformers import AutoModelForCausalLM
 
-    one = LLM(moe_dense_first_dir, **OPTIONS)
-    expected_logits = scripted_logits(one, lambda seqs, p: step_logits(one.model_runner, seqs, p))
-    expected_tokens = greedy(one)
+    expected_logits, expected_tokens = one_process_or_skip(one_process, moe_dense_first_dir)
     llm = LLM(moe_dense_first_dir, pipeline_parallel_size=2, **OPTIONS)
     try:
         assert tuple(llm.model_runner.kv_cache.k_cache.shape[:2]) == (2, 48)  # stage 0: layers 0 and 1

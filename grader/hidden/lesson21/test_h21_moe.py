@@ -26,6 +26,17 @@ def moe_dir(**overrides):
     return cached_model("tiny-moe", **overrides)
 
 
+def one_process_or_skip(compute, *args):
+    """``compute(*args)``, the one-process MoE result; skips the test while this tree's lesson 20 (Qwen3-MoE) is
+    still a stub: lesson 21 needs only lesson 14, so a learner may reach it before lesson 20."""
+    try:
+        return compute(*args)
+    except NotImplementedError as error:
+        if "Lesson 20" not in str(error):
+            raise
+        pytest.skip("needs lesson 20 (Qwen3-MoE) in aios/: do it first, or `python -m grader checkout-reference 20`")
+
+
 def chained_logits(model_dir, pp_size: int) -> tuple[torch.Tensor, list]:
     """Every stage of a pp_size split, built in this process and chained by hand (no KV cache)."""
     config = Config(str(model_dir), dtype="float32", device="cpu")
@@ -62,13 +73,19 @@ def greedy(llm) -> list[list[int]]:
     return [out["token_ids"] for out in llm.generate(PROMPTS, params, use_tqdm=False)]
 
 
+def one_process(model_dir) -> tuple[list[torch.Tensor], list[list[int]]]:
+    llm = LLM(model_dir, **OPTIONS)
+    return scripted_logits(llm, lambda seqs, p: step_logits(llm.model_runner, seqs, p)), greedy(llm)
+
+
 @pytest.mark.hint(3)
 def test_moe_one_layer_stages_follow_decoder_sparse_step():
     """tiny-moe with decoder_sparse_step=2 (only layer 1 sparse) on 3 one-layer stages: the whole model's logits;
     stage 1's only layer keeps its experts."""
     model_dir = moe_dir(decoder_sparse_step=2)
+    expected = one_process_or_skip(full_logits, model_dir)
     logits, stages = chained_logits(model_dir, 3)
-    torch.testing.assert_close(logits, full_logits(model_dir), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
     experts = [sorted({int(name.split(".")[2]) for name, _ in stage.named_parameters() if ".mlp.experts." in name})
                for stage in stages]
     assert experts == [[], [1], []]
@@ -78,9 +95,7 @@ def test_moe_one_layer_stages_follow_decoder_sparse_step():
 def test_moe_tp2_x_pp2_matches_one_process():
     """TP=2 x PP=2 (4 ranks) on tiny-moe (layer 0 dense): logits and greedy tokens equal one process's."""
     model_dir = moe_dir(mlp_only_layers=[0])
-    one = LLM(model_dir, **OPTIONS)
-    expected_logits = scripted_logits(one, lambda seqs, p: step_logits(one.model_runner, seqs, p))
-    expected_tokens = greedy(one)
+    expected_logits, expected_tokens = one_process_or_skip(one_process, model_dir)
     llm = LLM(model_dir, tensor_parallel_size=2, pipeline_parallel_size=2, **OPTIONS)
     try:
         assert tuple(llm.model_runner.kv_cache.k_cache.shape[:4]) == (2, 96, 4, 1)  # 2 layers, 1 of 2 KV heads
@@ -99,6 +114,7 @@ def test_moe_stage_reads_only_its_own_experts(tmp_path):
     from safetensors.torch import load_file, save_file
 
     source = moe_dir()
+    one_process_or_skip(full_logits, source)
     tensors = load_file(str(source / "model.safetensors"))
     del tensors["model.layers.2.mlp.experts.5.up_proj.weight"]
     shutil.copytree(source, tmp_path / "broken")
