@@ -302,7 +302,8 @@ class QuantizedLinear(nn.Module):
     spec: the format; shards: shard id -> (first output feature, output features) of each fused piece
     on this rank (``{None: (0, out_per_rank)}`` for an unfused layer); row_parallel: W is split along
     the input features (an all-reduce adds the ranks' partial outputs) instead of the output features.
-    backend: "triton" (own kernels that dequantize inside the matmul, and for FP8 the W8A8 kernel that
+    backend: "triton" (own kernels that dequantize inside the matmul — INT8/INT4 inputs of a few rows go
+    to the GEMV kernels of ``quant_gemv`` —, and for FP8 the W8A8 kernel that
     quantizes the activations per token too; the default on a GPU) or "torch" (dequantize the whole
     weight, then F.linear; the default on the CPU).
 
@@ -439,13 +440,14 @@ class QuantizedLinear(nn.Module):
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """x @ W.T without the bias, by the chosen backend."""
         if self.backend == "triton" and self.method in ("int8", "int4"):
-            from aios.layers import quant_kernels
+            # Decode-sized inputs take the GEMV kernels of quant_gemv, larger ones the lesson's tl.dot kernels.
+            from aios.layers import quant_gemv
 
             flat = x.reshape(-1, x.shape[-1])
             if self.method == "int8":
-                y = quant_kernels.int8_matmul(flat, self.weight, self.weight_scale)
+                y = quant_gemv.int8_linear(flat, self.weight, self.weight_scale)
             else:
-                y = quant_kernels.int4_matmul(flat, self.qweight, self.qzeros, self.scales, self.spec.group_size)
+                y = quant_gemv.int4_linear(flat, self.qweight, self.qzeros, self.scales, self.spec.group_size)
             return y.reshape(*x.shape[:-1], self.out_per_rank)
         if self.backend == "triton" and self.method == "fp8":  # W8A8: activations quantized per token at run time
             from aios.layers import quant_kernels

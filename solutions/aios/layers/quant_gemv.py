@@ -1,0 +1,478 @@
+"""Lesson 18, reference only (not an exercise): weight-only GEMV kernels for decode-sized inputs.
+
+A decode step multiplies a handful of token rows (M = 1 at batch 1) by every weight matrix.
+Its cost is reading the weight: with INT4 codes an H200 has to turn about 36 weights per clock
+per multiprocessor into products to keep up with its memory. The lesson's ``tl.dot`` kernels
+(``quant_kernels.int8_matmul`` / ``int4_matmul``) pad M to 16 rows and convert every code
+with an integer-to-float instruction (16 per clock per multiprocessor on Hopper), so at M = 1
+they stream a fraction of the bandwidth. The kernels here are built for that case:
+
+* no ``tl.dot``: each program loads a wide tile of packed codes, dequantizes it with integer
+  bit operations, multiplies by the broadcast input row and reduces with ``tl.sum``;
+* the "magic number" conversion (``MAGIC``): OR-ing a code c (< 2**23) into the mantissa of the
+  float 2**23 (bits ``0x4B000000``) *is* the float 2**23 + c, no conversion instruction needed;
+  subtracting 2**23 + z (the zero point, or INT8's +128 offset) leaves c - z exactly::
+
+      INT4 word (8 codes)  ──AND 0xF << 4j, OR 0x4B000000──▶  2**23 + q * 16**j   (bitcast to float32)
+                                             ── minus (2**23 + z * 16**j) ──▶  (q - z) * 16**j
+
+  the factor 16**j (the nibble's place, j = 0..3; the upper four nibbles after one shift by 16)
+  is a power of two, taken out once per output with the group's scale;
+* the group's scale and zero point are applied once per group and output, not per weight;
+* split-K: program (m, n, s) covers output columns n and the K slice s, so that even N = 4096
+  makes enough programs for 132 multiprocessors; the slices' float32 partial sums are added by
+  a second small kernel in a fixed order (deterministic, no atomics).
+
+Tensors (as in ``quantization.py``):
+
+* INT4 (AWQ): x [M, K], qweight [K, N / 8] int32, qzeros [K / group, N / 8] int32,
+  scales [K / group, N]; nibble j of a word holds column ``AWQ_ORDER[j]`` of its run of eight.
+* INT8: x [M, K], qweight [N, K] int8, scale [N]; the magic path reads the codes four to an
+  int32 (``qweight.view(torch.int32)``, K % 4 == 0).
+
+``int4_linear`` / ``int8_linear`` are what ``QuantizedLinear`` calls: the GEMV for M <= GEMV_MAX_M,
+the lesson's kernels above. On a GPU (outside CUDA-graph capture) the first call of each shape
+times the candidate settings (and the ``tl.dot`` kernel) and keeps the fastest that agrees with
+the ``tl.dot`` kernel's output (``AIOS_GEMV_AUTOTUNE=0`` turns that off and uses the defaults).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+
+import torch
+
+from aios.layers import quant_kernels
+
+import triton  # noqa: E402  (quant_kernels set TRITON_INTERPRET without a GPU)
+import triton.language as tl  # noqa: E402
+
+INTERPRETED = quant_kernels.INTERPRETED
+#: Largest M the dispatchers send to the GEMV kernels (above: the lesson's tl.dot kernels).
+GEMV_MAX_M = 8
+#: 2**23 as float32 bits: OR a code < 2**23 into its mantissa and the float is 2**23 + code.
+MAGIC_BITS = tl.constexpr(0x4B000000)
+MAGIC_FLOAT = tl.constexpr(8388608.0)
+
+
+@dataclass(frozen=True)
+class GemvConfig:
+    """Launch settings of a GEMV kernel.
+
+    block_n: output columns per program; block_k: K rows per loop step (INT4: divides the group);
+    splits: programs along K (None: ``plan_splits``); programs_per_sm: the split plan's target;
+    magic: the bit-trick conversion (else integer-to-float conversion instructions).
+    """
+
+    block_n: int = 256
+    block_k: int = 128
+    splits: int | None = None
+    num_warps: int = 4
+    num_stages: int = 3
+    magic: bool = True
+    programs_per_sm: int = 2
+
+    @property
+    def label(self) -> str:
+        return (f"n{self.block_n}k{self.block_k}w{self.num_warps}st{self.num_stages}"
+                f"s{self.splits or 'auto'}p{self.programs_per_sm}{'m' if self.magic else 'c'}")
+
+
+INT4_DEFAULT = GemvConfig(block_n=256, block_k=128)
+INT8_DEFAULT = GemvConfig(block_n=32, block_k=512)
+#: What the autotuner tries besides the default (and the tl.dot kernel) on the first call of a shape.
+INT4_CANDIDATES = (
+    INT4_DEFAULT,
+    GemvConfig(block_n=128, block_k=128),
+    GemvConfig(block_n=256, block_k=64, num_warps=4),
+    GemvConfig(block_n=512, block_k=64, num_warps=8),
+    GemvConfig(block_n=256, block_k=128, programs_per_sm=4),
+    GemvConfig(block_n=256, block_k=128, magic=False),
+)
+INT8_CANDIDATES = (
+    INT8_DEFAULT,
+    GemvConfig(block_n=16, block_k=512),
+    GemvConfig(block_n=64, block_k=256),
+    GemvConfig(block_n=32, block_k=1024, num_warps=8),
+    GemvConfig(block_n=32, block_k=512, programs_per_sm=4),
+    GemvConfig(block_n=32, block_k=512, magic=False),
+)
+
+
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def plan_splits(tiles: int, steps: int, cfg: GemvConfig, device: torch.device, min_steps: int = 1) -> int:
+    """Programs along K for ``tiles`` output tiles (all rows of x) and ``steps`` K steps of ``cfg.block_k``.
+
+    ``cfg.splits`` forces the number (tests); otherwise enough splits for ``cfg.programs_per_sm``
+    programs per multiprocessor, each with at least ``min_steps`` steps (so it streams enough
+    bytes to hide the memory latency). 1 off a GPU.
+    """
+    if cfg.splits is not None:
+        return max(1, min(cfg.splits, steps))
+    if device.type != "cuda" or INTERPRETED:
+        return 1
+    wanted = triton.cdiv(cfg.programs_per_sm * _multiprocessors(device.index or 0), tiles)
+    return max(1, min(wanted, steps // max(1, min_steps)))
+
+
+# ------------------------------------------------------------------ the kernels
+
+
+@triton.jit
+def _awq_nibble_dot(words, zero_words, x, NIBBLE: tl.constexpr, MAGIC: tl.constexpr):
+    """sum_k x[k] * (q[k, w] - z[w]) for nibble NIBBLE % 4 of ``words`` [BLOCK_K, BLOCK_W] -> [BLOCK_W].
+
+    With MAGIC the result is (that sum) * 16**(NIBBLE % 4): the code is masked in place, not shifted down.
+    """
+    shift: tl.constexpr = 4 * (NIBBLE % 4)
+    if MAGIC:
+        mask: tl.constexpr = 0xF << shift
+        codes = ((words & mask) | MAGIC_BITS).to(tl.float32, bitcast=True)  # 2**23 + q * 16**j
+        zeros = ((zero_words & mask) | MAGIC_BITS).to(tl.float32, bitcast=True)  # 2**23 + z * 16**j
+        centred = codes - zeros[None, :]
+    else:
+        centred = (((words >> shift) & 0xF) - ((zero_words[None, :] >> shift) & 0xF)).to(tl.float32)
+    return tl.sum(x[:, None] * centred, axis=0)
+
+
+@triton.jit
+def _awq_group_scale(scales_ptr, row_offset, words, word_ok, NIBBLE: tl.constexpr, MAGIC: tl.constexpr):
+    """The scale of nibble NIBBLE's column in each run of eight [BLOCK_W], divided by 16**(NIBBLE % 4) with MAGIC."""
+    column: tl.constexpr = (NIBBLE % 4) * 2 + NIBBLE // 4  # AWQ_ORDER[NIBBLE]
+    scale = tl.load(scales_ptr + row_offset + words * 8 + column, mask=word_ok, other=0.0).to(tl.float32)
+    if MAGIC:
+        scale = scale * (1.0 / (1 << (4 * (NIBBLE % 4))))
+    return scale
+
+
+@triton.jit
+def _awq_store(out_ptr, row_offset, words, word_ok, acc, NIBBLE: tl.constexpr):
+    column: tl.constexpr = (NIBBLE % 4) * 2 + NIBBLE // 4  # AWQ_ORDER[NIBBLE]
+    tl.store(out_ptr + row_offset + words * 8 + column, acc.to(out_ptr.dtype.element_ty), mask=word_ok)
+
+
+@triton.jit
+def _int4_gemv_kernel(
+    x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, out_ptr,
+    N, K, group_size, k_per_split,
+    stride_xm, stride_om, stride_os,
+    BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr, MAGIC: tl.constexpr,
+):
+    """Program (m, n, s): out[s, m, 8 w + c] = sum over K slice s of x[m, k] * W.T[k, 8 w + c], w in tile n.
+
+    BLOCK_W packed words (8 BLOCK_W columns) per program; BLOCK_K divides group_size, so a
+    step lies in one group: its 8 nibble sums are centred on the zero point and scaled once.
+    """
+    m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_s = tl.program_id(2)
+    packed_n = N // 8
+    words = pid_n * BLOCK_W + tl.arange(0, BLOCK_W)
+    word_ok = words < packed_n
+    acc0 = tl.zeros((BLOCK_W,), dtype=tl.float32)
+    acc1 = tl.zeros((BLOCK_W,), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_W,), dtype=tl.float32)
+    acc3 = tl.zeros((BLOCK_W,), dtype=tl.float32)
+    acc4 = tl.zeros((BLOCK_W,), dtype=tl.float32)
+    acc5 = tl.zeros((BLOCK_W,), dtype=tl.float32)
+    acc6 = tl.zeros((BLOCK_W,), dtype=tl.float32)
+    acc7 = tl.zeros((BLOCK_W,), dtype=tl.float32)
+    for k0 in range(pid_s * k_per_split, tl.minimum((pid_s + 1) * k_per_split, K), BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)  # K % group_size == 0 and BLOCK_K | group_size: no K mask
+        x = tl.load(x_ptr + m * stride_xm + ks).to(tl.float32)
+        low = tl.load(qweight_ptr + ks[:, None] * packed_n + words[None, :], mask=word_ok[None, :], other=0)
+        high = low >> 16  # nibbles 4..7 moved to the places of 0..3 (the sign bits dragged in are masked off)
+        group = k0 // group_size
+        zero_low = tl.load(qzeros_ptr + group * packed_n + words, mask=word_ok, other=0)
+        zero_high = zero_low >> 16
+        row = group * N
+        acc0 += _awq_nibble_dot(low, zero_low, x, 0, MAGIC) * _awq_group_scale(scales_ptr, row, words, word_ok, 0, MAGIC)
+        acc1 += _awq_nibble_dot(low, zero_low, x, 1, MAGIC) * _awq_group_scale(scales_ptr, row, words, word_ok, 1, MAGIC)
+        acc2 += _awq_nibble_dot(low, zero_low, x, 2, MAGIC) * _awq_group_scale(scales_ptr, row, words, word_ok, 2, MAGIC)
+        acc3 += _awq_nibble_dot(low, zero_low, x, 3, MAGIC) * _awq_group_scale(scales_ptr, row, words, word_ok, 3, MAGIC)
+        acc4 += _awq_nibble_dot(high, zero_high, x, 4, MAGIC) * _awq_group_scale(scales_ptr, row, words, word_ok, 4, MAGIC)
+        acc5 += _awq_nibble_dot(high, zero_high, x, 5, MAGIC) * _awq_group_scale(scales_ptr, row, words, word_ok, 5, MAGIC)
+        acc6 += _awq_nibble_dot(high, zero_high, x, 6, MAGIC) * _awq_group_scale(scales_ptr, row, words, word_ok, 6, MAGIC)
+        acc7 += _awq_nibble_dot(high, zero_high, x, 7, MAGIC) * _awq_group_scale(scales_ptr, row, words, word_ok, 7, MAGIC)
+    base = pid_s * stride_os + m * stride_om
+    _awq_store(out_ptr, base, words, word_ok, acc0, 0)
+    _awq_store(out_ptr, base, words, word_ok, acc1, 1)
+    _awq_store(out_ptr, base, words, word_ok, acc2, 2)
+    _awq_store(out_ptr, base, words, word_ok, acc3, 3)
+    _awq_store(out_ptr, base, words, word_ok, acc4, 4)
+    _awq_store(out_ptr, base, words, word_ok, acc5, 5)
+    _awq_store(out_ptr, base, words, word_ok, acc6, 6)
+    _awq_store(out_ptr, base, words, word_ok, acc7, 7)
+
+
+@triton.jit
+def _int8_gemv_kernel(
+    x_ptr, w_ptr, scale_ptr, out_ptr,
+    N, K, k_per_split,
+    stride_xm, stride_wn, stride_om, stride_os,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Program (m, n, s): out[s, m, cols] = scale[cols] * sum over K slice s of x[m, k] * q[cols, k] (int8 tile, converted)."""
+    m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_s = tl.program_id(2)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < N
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for k0 in range(pid_s * k_per_split, tl.minimum((pid_s + 1) * k_per_split, K), BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < K
+        x = tl.load(x_ptr + m * stride_xm + ks, mask=k_ok, other=0.0).to(tl.float32)
+        q = tl.load(w_ptr + cols[:, None] * stride_wn + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0)
+        acc += tl.sum(q.to(tl.float32) * x[None, :], axis=1)
+    scale = tl.load(scale_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + pid_s * stride_os + m * stride_om + cols, (acc * scale).to(out_ptr.dtype.element_ty), mask=col_ok)
+
+
+@triton.jit
+def _int8_byte_terms(words, x_ptr, x_row, word_ks, word_ok, BYTE: tl.constexpr):
+    """x[4 w + BYTE] * q[n, 4 w + BYTE] for the words [BLOCK_N, BLOCK_W] (already XOR 0x80808080 and, for
+    bytes 2 and 3, shifted down by 16) -> [BLOCK_N, BLOCK_W] float32, by the magic-number conversion."""
+    place: tl.constexpr = 8 * (BYTE % 2)
+    mask: tl.constexpr = 0xFF << place
+    codes = ((words & mask) | MAGIC_BITS).to(tl.float32, bitcast=True)  # 2**23 + (q + 128) * 256**(BYTE % 2)
+    offset: tl.constexpr = MAGIC_FLOAT + 128.0 * (1 << place)
+    x = tl.load(x_ptr + x_row + word_ks * 4 + BYTE, mask=word_ok, other=0.0).to(tl.float32)
+    if BYTE % 2:
+        x = x * (1.0 / 256.0)  # undo the byte's place (a power of two: exact)
+    return (codes - offset) * x[None, :]
+
+
+@triton.jit
+def _int8_gemv_words_kernel(
+    x_ptr, w_ptr, scale_ptr, out_ptr,
+    N, K_words, words_per_split,
+    stride_xm, stride_wn, stride_om, stride_os,
+    BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
+):
+    """Like ``_int8_gemv_kernel``, reading the codes four to an int32 word (w_ptr: qweight viewed as
+    int32 [N, K / 4]) and converting them with bit operations: XOR 0x80 makes each byte q + 128 in 0..255."""
+    m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_s = tl.program_id(2)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < N
+    x_row = m * stride_xm
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    start = pid_s * words_per_split
+    for w0 in range(start, tl.minimum(start + words_per_split, K_words), BLOCK_W):
+        word_ks = w0 + tl.arange(0, BLOCK_W)
+        word_ok = word_ks < K_words
+        words = tl.load(w_ptr + cols[:, None] * stride_wn + word_ks[None, :],
+                        mask=col_ok[:, None] & word_ok[None, :], other=0)
+        low = words ^ -2139062144  # 0x80808080 as an int32: each byte q -> q + 128 (unsigned)
+        high = low >> 16
+        terms = _int8_byte_terms(low, x_ptr, x_row, word_ks, word_ok, 0)
+        terms += _int8_byte_terms(low, x_ptr, x_row, word_ks, word_ok, 1)
+        terms += _int8_byte_terms(high, x_ptr, x_row, word_ks, word_ok, 2)
+        terms += _int8_byte_terms(high, x_ptr, x_row, word_ks, word_ok, 3)
+        acc += tl.sum(terms, axis=1)
+    scale = tl.load(scale_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + pid_s * stride_os + m * stride_om + cols, (acc * scale).to(out_ptr.dtype.element_ty), mask=col_ok)
+
+
+@triton.jit
+def _sum_splits_kernel(part_ptr, out_ptr, splits, numel, BLOCK: tl.constexpr):
+    """out[i] = sum_s part[s, i] (part [splits, numel] float32), in a fixed order, converted to out's dtype."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < numel
+    total = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in range(0, splits):
+        total += tl.load(part_ptr + s * numel + offs, mask=ok, other=0.0)
+    tl.store(out_ptr + offs, total.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+def _finish(part: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[splits, M, N] float32 partial sums -> [M, N] in ``dtype`` (one small kernel)."""
+    splits, M, N = part.shape
+    out = torch.empty(M, N, dtype=dtype, device=part.device)
+    block = 1024
+    _sum_splits_kernel[(triton.cdiv(M * N, block),)](part, out, splits, M * N, BLOCK=block)
+    return out
+
+
+def _output(splits: int, M: int, N: int, x: torch.Tensor) -> torch.Tensor:
+    """Where the kernel writes: the result itself (one split) or float32 partial sums [splits, M, N]."""
+    if splits == 1:
+        return torch.empty(1, M, N, dtype=x.dtype, device=x.device)
+    return torch.empty(splits, M, N, dtype=torch.float32, device=x.device)
+
+
+# ------------------------------------------------------------------ the GEMV wrappers
+
+
+def int4_gemv(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
+              group_size: int, config: GemvConfig | None = None) -> torch.Tensor:
+    """x [M, K] @ W.T -> [M, N] in x's dtype, W in AWQ tensors (qweight [K, N/8], qzeros [K/g, N/8], scales [K/g, N]).
+
+    One program per (row of x, 8 * BLOCK_W output columns, K slice). Meant for small M (the
+    weight tile is read once per row; rows after the first mostly hit the L2 cache).
+    """
+    cfg = config or INT4_DEFAULT
+    M, K = x.shape
+    N = scales.shape[1]
+    if K % group_size or group_size < 16 or group_size & (group_size - 1):
+        raise ValueError(f"int4_gemv needs a power-of-two group size >= 16 that divides K={K}, got {group_size}")
+    if cfg.block_n % 8 or cfg.block_n < 16:
+        raise ValueError(f"int4_gemv: block_n must be a multiple of 8 (>= 16), got {cfg.block_n}")
+    block_k = min(cfg.block_k, group_size)
+    block_w = cfg.block_n // 8
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    tiles = triton.cdiv(N // 8, block_w)
+    steps = K // block_k
+    min_steps = triton.cdiv(16384, block_k * cfg.block_n // 2)  # >= 16 KB of codes per program
+    splits = plan_splits(M * tiles, steps, cfg, x.device, min_steps)
+    k_per_split = triton.cdiv(steps, splits) * block_k
+    splits = triton.cdiv(K, k_per_split)
+    out = _output(splits, M, N, x)
+    if M:
+        _int4_gemv_kernel[(M, tiles, splits)](
+            x, qweight.contiguous(), qzeros.contiguous(), scales.contiguous(), out, N, K, group_size, k_per_split,
+            x.stride(0), out.stride(1), out.stride(0),
+            BLOCK_W=block_w, BLOCK_K=block_k, MAGIC=cfg.magic, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+    return out[0] if splits == 1 else _finish(out, x.dtype)
+
+
+def int8_gemv(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
+              config: GemvConfig | None = None) -> torch.Tensor:
+    """x [M, K] @ (qweight [N, K] int8 * scale [N, 1]).T -> [M, N] in x's dtype, for small M.
+
+    With ``config.magic`` and K % 4 == 0 the codes are read as int32 words (four codes each).
+    """
+    cfg = config or INT8_DEFAULT
+    M, K = x.shape
+    N = qweight.shape[0]
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    qweight = qweight.contiguous()
+    tiles = triton.cdiv(N, cfg.block_n)
+    words = cfg.magic and K % 4 == 0 and cfg.block_k % 4 == 0
+    block_k = cfg.block_k
+    steps = triton.cdiv(K, block_k)
+    min_steps = triton.cdiv(16384, block_k * cfg.block_n)
+    splits = plan_splits(M * tiles, steps, cfg, x.device, min_steps)
+    k_per_split = triton.cdiv(steps, splits) * block_k
+    splits = triton.cdiv(K, k_per_split)
+    out = _output(splits, M, N, x)
+    if M and words:
+        packed = qweight.view(torch.int32)  # [N, K / 4]: byte j of word w is code 4 w + j (little-endian)
+        _int8_gemv_words_kernel[(M, tiles, splits)](
+            x, packed, scale, out, N, K // 4, k_per_split // 4,
+            x.stride(0), packed.stride(0), out.stride(1), out.stride(0),
+            BLOCK_N=cfg.block_n, BLOCK_W=block_k // 4, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+    elif M:
+        _int8_gemv_kernel[(M, tiles, splits)](
+            x, qweight, scale, out, N, K, k_per_split,
+            x.stride(0), qweight.stride(0), out.stride(1), out.stride(0),
+            BLOCK_N=cfg.block_n, BLOCK_K=block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+    return out[0] if splits == 1 else _finish(out, x.dtype)
+
+
+# ------------------------------------------------------------------ dispatch and first-call tuning
+
+#: Without tuning (tests, CPU, AIOS_GEMV_AUTOTUNE=0) the GEMV runs up to this many rows, the tl.dot kernel above.
+UNTUNED_GEMV_MAX_M = 4
+#: A tuned candidate must agree with the tl.dot kernel's output to this fraction of its largest value.
+TUNE_TOLERANCE = 3e-2
+#: (kind, M, N, K, dtype, device) -> the chosen GemvConfig, or DOT for the lesson's tl.dot kernel.
+DOT = "dot"
+_CHOICES: dict[tuple, GemvConfig | str] = {}
+#: One record per tuned shape: the key, every candidate's microseconds (None: refused or wrong) and the choice.
+TUNING_LOG: list[dict] = []
+
+
+def autotune_enabled(x: torch.Tensor) -> bool:
+    """Tune on the first call of a shape: on a GPU, compiled kernels, not while a CUDA graph is being captured."""
+    return (x.device.type == "cuda" and not INTERPRETED and os.environ.get("AIOS_GEMV_AUTOTUNE", "1") != "0"
+            and not torch.cuda.is_current_stream_capturing())
+
+
+def _time_us(fn, flush: torch.Tensor, reps: int = 10) -> float:
+    """Median microseconds of ``fn()``, each call after overwriting ``flush`` (so the weight is read from memory,
+    as in a decode step, not from the L2 cache)."""
+    fn()
+    events = []
+    for _ in range(reps):
+        flush.zero_()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        events.append((start, end))
+    torch.cuda.synchronize()
+    times = sorted(start.elapsed_time(end) for start, end in events)
+    return times[len(times) // 2] * 1e3
+
+
+def _tune(key: tuple, run_dot, run_gemv, candidates) -> GemvConfig | str:
+    """Time the tl.dot kernel and each GEMV candidate; keep the fastest whose output agrees with the tl.dot kernel's."""
+    reference = run_dot().float()
+    peak = reference.abs().max().clamp_min(1e-6)
+    flush = torch.empty(32 * 1024 * 1024, dtype=torch.int32, device=reference.device)  # 128 MB > the L2 cache
+    timings: dict[str, float | None] = {DOT: _time_us(run_dot, flush)}
+    best, best_us = DOT, timings[DOT]
+    for cfg in candidates:
+        try:
+            error = ((run_gemv(cfg).float() - reference).abs().max() / peak).item()
+            us = _time_us(lambda: run_gemv(cfg), flush) if error <= TUNE_TOLERANCE else None
+        except Exception:  # a setting the compiler or the GPU refuses: not a candidate
+            us = None
+        timings[cfg.label] = us
+        if us is not None and us < best_us:
+            best, best_us = cfg, us
+    del flush
+    TUNING_LOG.append({"key": [str(part) for part in key], "us": timings,
+                       "choice": best if best == DOT else best.label})
+    return best
+
+
+def _choose(kind: str, x: torch.Tensor, N: int, run_dot, run_gemv, candidates, default: GemvConfig):
+    """The kernel for this call: tuned once per shape on a GPU, else the GEMV up to UNTUNED_GEMV_MAX_M rows."""
+    M, K = x.shape
+    if M > GEMV_MAX_M or M == 0:
+        return DOT
+    key = (kind, M, N, K, x.dtype, str(x.device))
+    choice = _CHOICES.get(key)
+    if choice is None:
+        if not autotune_enabled(x):
+            return default if M <= UNTUNED_GEMV_MAX_M else DOT
+        choice = _CHOICES[key] = _tune(key, run_dot, run_gemv, candidates)
+    return choice
+
+
+def int4_linear(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
+                group_size: int) -> torch.Tensor:
+    """x [M, K] @ W.T (AWQ tensors) -> [M, N]: the GEMV for decode-sized M, the lesson's ``int4_matmul`` above."""
+    def run_dot():
+        return quant_kernels.int4_matmul(x, qweight, qzeros, scales, group_size)
+
+    def run_gemv(cfg):
+        return int4_gemv(x, qweight, qzeros, scales, group_size, cfg)
+
+    choice = _choose("int4", x, scales.shape[1], run_dot, run_gemv, INT4_CANDIDATES, INT4_DEFAULT)
+    return run_dot() if choice == DOT else run_gemv(choice)
+
+
+def int8_linear(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x [M, K] @ (qweight * scale).T -> [M, N]: the GEMV for decode-sized M, the lesson's ``int8_matmul`` above."""
+    def run_dot():
+        return quant_kernels.int8_matmul(x, qweight, scale)
+
+    def run_gemv(cfg):
+        return int8_gemv(x, qweight, scale, cfg)
+
+    choice = _choose("int8", x, qweight.shape[0], run_dot, run_gemv, INT8_CANDIDATES, INT8_DEFAULT)
+    return run_dot() if choice == DOT else run_gemv(choice)
