@@ -32,7 +32,7 @@ def default_num_kvcache_blocks(config: Config) -> int:
     """How many blocks fit: on a GPU, what ``gpu_memory_utilization`` leaves after weights and
     an activation reserve; on the CPU, enough for every sequence at full length, within 2 GiB."""
     # With tensor parallelism each rank caches only its share of the KV heads.
-    block_bytes = kv_block_bytes(config.hf_config, config.kvcache_block_size, config.dtype)
+    block_bytes = kv_block_bytes(config.hf_config, config.kvcache_block_size, kv_cache_dtype(config))
     block_bytes //= config.tensor_parallel_size
     block_bytes += getattr(config, "draft_kv_block_bytes", 0)  # lesson 19: a draft model's cache has as many blocks
     per_seq = math.ceil(config.max_model_len / config.kvcache_block_size)
@@ -53,6 +53,20 @@ def default_num_kvcache_blocks(config: Config) -> int:
     return blocks
 
 
+def kv_cache_dtype(config: Config) -> torch.dtype:
+    """The KV cache's element type: the model's dtype, or float8 e4m3 with kv_cache_dtype="fp8" (lesson 18)."""
+    return torch.float8_e4m3fn if getattr(config, "kv_cache_dtype", "auto") == "fp8" else config.dtype
+
+
+def kv_cache_scales(config: Config) -> tuple[list[float], list[float]] | None:
+    """Lesson 18: an FP8 cache's per-layer (k_scales, v_scales), from the checkpoint where it ships them, else 1.0."""
+    if getattr(config, "kv_cache_dtype", "auto") != "fp8" or config.load_format == "dummy":
+        return None
+    from aios.layers.fp8_kv_cache import read_kv_scales
+
+    return read_kv_scales(config.model, config.hf_config.num_hidden_layers)
+
+
 class ModelRunner:
     """Loads the model on ``config.device`` and allocates the paged KV cache."""
 
@@ -71,7 +85,8 @@ class ModelRunner:
         self.kv_cache = PagedKVCache(
             hf.num_hidden_layers, config.num_kvcache_blocks, self.block_size,
             hf.num_key_value_heads // config.tensor_parallel_size,
-            hf.head_dim, config.dtype, config.device, backend=config.attention_backend,
+            hf.head_dim, kv_cache_dtype(config), config.device, backend=config.attention_backend,
+            kv_scales=kv_cache_scales(config),
         )
         self.sampler = Sampler()
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}

@@ -52,9 +52,12 @@ class PagedKVCache:
 
     ``attend`` stores this step's K/V at ``context.slot_mapping`` and attends with the
     configured backend: "torch" (this file) or "triton" (lesson 9's kernels).
+    With ``dtype=torch.float8_e4m3fn`` it is lesson 18's FP8 cache: ``kv_scales`` = (k_scales, v_scales),
+    one float per layer (default 1.0), and ``aios.layers.fp8_kv_cache.attend_fp8`` stores and attends.
     """
 
-    def __init__(self, num_layers, num_blocks, block_size, num_kv_heads, head_dim, dtype, device, backend="torch"):
+    def __init__(self, num_layers, num_blocks, block_size, num_kv_heads, head_dim, dtype, device, backend="torch",
+                 kv_scales=None):
         shape = (num_layers, num_blocks, block_size, num_kv_heads, head_dim)
         self.k_cache = torch.zeros(shape, dtype=dtype, device=device)
         self.v_cache = torch.zeros(shape, dtype=dtype, device=device)
@@ -62,12 +65,22 @@ class PagedKVCache:
         self.backend = backend
         # Lesson 9's kernels, imported only when asked for (the torch path needs no Triton).
         self.kernels = importlib.import_module("aios.layers.triton_attention") if backend == "triton" else None
+        # Lesson 18: an FP8 cache quantizes on store with a scale per layer, and its own attend.
+        self.fp8 = importlib.import_module("aios.layers.fp8_kv_cache") if dtype == torch.float8_e4m3fn else None
+        self.k_scales, self.v_scales = kv_scales or ([1.0] * num_layers, [1.0] * num_layers)
 
     @property
     def num_blocks(self) -> int:
         return self.k_cache.shape[1]
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the K and V tensors take (half as many per token for an FP8 cache as for bfloat16)."""
+        return self.k_cache.nbytes + self.v_cache.nbytes
+
     def attend(self, layer_idx: int, q, k, v, context, scale: float) -> torch.Tensor:
+        if self.fp8 is not None:
+            return self.fp8.attend_fp8(self, layer_idx, q, k, v, context, scale)
         k_cache, v_cache = self.k_cache[layer_idx], self.v_cache[layer_idx]
         if self.backend == "triton":
             self.kernels.store_kvcache(k, v, k_cache, v_cache, context.slot_mapping)

@@ -15,6 +15,8 @@ Three kernels replace the plain-PyTorch path of lessons 6-7 (``paged_attention.p
 
 Cache layout (same as the PyTorch path): [num_blocks, block_size, kv_heads, head_dim],
 so a token's slot is a row of the flat [num_blocks * block_size, kv_heads, head_dim] view.
+An FP8 cache (lesson 18, ``fp8_kv_cache.py``) is read the same way: the attention kernels widen each
+K/V tile to q's dtype after loading it, and the caller folds the per-layer scales into ``scale``.
 
 Without a GPU the kernels run in Triton's interpreter (numpy on the CPU). It must be
 switched on before the kernels are defined, so this module turns it on when torch sees

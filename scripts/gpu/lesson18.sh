@@ -2,12 +2,15 @@
 # Lesson 18 (quantization) on one GPU, in one call:
 #   1. its tests (visible + hidden) on the GPU, reference engine, benchmark excluded
 #      (the Triton INT8/INT4 kernels at Qwen3-8B shapes, each method generating on the GPU);
-#   2. the GPU benchmark: batch-1 decode of the Qwen3-8B shape, INT8 and INT4 against bf16.
+#   2. the GPU benchmark: batch-1 decode of the Qwen3-8B shape, INT8 and INT4 against bf16;
+#   3. the FP8 KV cache (kvfp8): its GPU tests, then the headline workload on the Qwen3-0.6B shape
+#      with kv_cache_dtype="fp8" against "auto" (target x1.3; each step under its own timeout).
 #
-#   bash scripts/gpu/lesson18.sh [all|tests|bench]   # results and logs under $OUT (default /tmp/aios_out)
+#   bash scripts/gpu/lesson18.sh [all|tests|bench|kvfp8]   # results and logs under $OUT (default /tmp/aios_out)
 #
 # Files written to $OUT: gpu.txt, lesson18_tests.log, lesson18_benchmark.json (pytest-benchmark;
-# the figures in extra_info), lesson18_bench.log.
+# the figures in extra_info), lesson18_bench.log, lesson18_kvfp8_tests.log, lesson18_kvfp8_bench.log,
+# lesson18_kvfp8_benchmark.json.
 set -u -o pipefail
 source "$(dirname "$0")/common.sh"
 MODE=${1:-all}
@@ -24,11 +27,25 @@ fi
 
 if [ "$MODE" = all ] || [ "$MODE" = bench ]; then
   section "lesson 18 GPU benchmark (batch-1 decode, Qwen3-8B shape)"
-  timeout 500 python3 -m pytest tests/lesson18/test_l18_benchmark.py -m benchmark_gpu -q -rs -s \
+  timeout 500 python3 -m pytest tests/lesson18/test_l18_benchmark.py -m benchmark_gpu -k "not fp8_kv" -q -rs -s \
     -p no:cacheprovider --benchmark-json "$OUT/lesson18_benchmark.json" > "$OUT/lesson18_bench.log" 2>&1
   bench_status=$?
   [ $status = 0 ] && status=$bench_status
   grep -v "^$" "$OUT/lesson18_bench.log" | tail -20
+fi
+if [ "$MODE" = all ] || [ "$MODE" = kvfp8 ]; then
+  section "FP8 KV cache: GPU tests (store kernel, attention kernels, engine with graphs and prefix caching)"
+  timeout 400 python3 -m pytest tests/lesson18/test_l18_kv_cache.py tests/lesson18/test_l18_gpu.py -k "fp8_kv or fp8_store \
+    or fp8_cache or kv_cache" -q -rs -p no:cacheprovider > "$OUT/lesson18_kvfp8_tests.log" 2>&1
+  kv_status=$?
+  [ $status = 0 ] && status=$kv_status
+  grep -E "passed|failed|^FAILED|^ERROR" "$OUT/lesson18_kvfp8_tests.log" | tail -20
+  section "FP8 KV cache: headline workload, Qwen3-0.6B shape, kv_cache_dtype fp8 vs auto (target x1.3)"
+  timeout 420 python3 -m pytest tests/lesson18/test_l18_benchmark.py -m benchmark_gpu -k fp8_kv -q -rs -s \
+    -p no:cacheprovider --benchmark-json "$OUT/lesson18_kvfp8_benchmark.json" > "$OUT/lesson18_kvfp8_bench.log" 2>&1
+  kv_status=$?
+  [ $status = 0 ] && status=$kv_status
+  grep -v "^$" "$OUT/lesson18_kvfp8_bench.log" | tail -20
 fi
 section done
 exit $status

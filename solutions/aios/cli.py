@@ -195,12 +195,14 @@ def _args_serve(parser: argparse.ArgumentParser) -> None:
                         help="overlap the host with the GPU (lesson 17; default: on for CUDA, off on the CPU)")
     engine.add_argument("--speculative-config", type=_json_dict, metavar="JSON",
                         help='speculative decoding (lesson 19), e.g. \'{"method": "ngram", "num_speculative_tokens": 4}\'')
+    engine.add_argument("--kv-cache-dtype", choices=["auto", "fp8"],
+                        help="fp8: keys and values in float8 e4m3, a scale per layer (lesson 18; CPU or an FP8 GPU)")
 
 
 SERVE_ENGINE_OPTIONS = ("load_format", "dtype", "device", "max_model_len", "max_num_seqs", "max_num_batched_tokens",
                         "num_kvcache_blocks", "kvcache_block_size", "gpu_memory_utilization", "tensor_parallel_size",
                         "attention_backend", "enforce_eager", "enable_prefix_caching", "enable_chunked_prefill",
-                        "async_scheduling", "pipeline_parallel_size", "speculative_config")
+                        "async_scheduling", "pipeline_parallel_size", "speculative_config", "kv_cache_dtype")
 
 
 def _json_dict(text: str) -> dict:
@@ -377,6 +379,8 @@ def _args_bench(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--speculative-config", type=_json_dict, metavar="JSON",
                         help="speculative decoding (lesson 19); a draft gets random weights here too, so only n-gram "
                              "lookup is meaningful: aios.bench.speculative measures drafts at set acceptance rates")
+    parser.add_argument("--kv-cache-dtype", choices=["auto", "fp8"], default="auto",
+                        help="fp8: keys and values in float8 e4m3, a scale per layer (lesson 18; default: auto)")
     parser.add_argument("--json", dest="json_path", type=Path, metavar="FILE", help="also write the result here")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
 

@@ -60,7 +60,8 @@ class Config:
     quantization:           None, "int8", "int4" or "fp8" (lesson 18): quantize a float checkpoint's linear
                             layers at load time. A pre-quantized checkpoint (config.json's quantization_config)
                             loads as it is whatever this says (None or its own method).
-    kv_cache_dtype:         "auto" (the model's dtype) or "fp8" (lesson 18; e4m3 K and V, needs an FP8 GPU).
+    kv_cache_dtype:         "auto" (the model's dtype) or "fp8" (lesson 18: K and V in e4m3 with a scale per layer,
+                            twice the tokens of bf16 per byte; the CPU or a GPU with FP8, compute capability >= 8.9).
     async_scheduling:       overlap the host with the GPU (lesson 17): True, False, or None (on for CUDA, off on
                             the CPU); tensor parallelism and speculative decoding run the synchronous loop.
     speculative_config:     None, or speculative decoding (lesson 19): {"method": "ngram", "num_speculative_tokens": k,

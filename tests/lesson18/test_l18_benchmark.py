@@ -100,3 +100,57 @@ def test_fp8_w8a8_throughput_speedup(qwen3_8b_dir, benchmark):
     benchmark.extra_info.update(comparison)
     print(comparison)
     assert speedup >= MIN_FP8_THROUGHPUT_SPEEDUP, comparison
+
+
+#: FP8 KV cache on the headline workload (issue 16's target): decode attention, most of a decode step's time on
+#: the 0.6B shape, reads K and V in one byte instead of two.
+MIN_FP8_KV_SPEEDUP = 1.3
+
+
+@pytest.fixture(scope="module")
+def qwen3_0_6b_dir(tmp_path_factory):
+    """config.json and tokenizer of the Qwen3-0.6B shape, no weights (the engines use load_format='dummy')."""
+    from aios.fixtures import tokenizer
+    from aios.fixtures.make import write_model_files
+    from aios.fixtures.presets import TOKENIZER_SIZES, build_config
+
+    config = build_config("0.6b", dtype="bfloat16")
+    tok_json = tokenizer.tokenizer_json(TOKENIZER_SIZES["0.6b"])
+    ids = tokenizer.special_token_ids(tok_json)
+    config.update(bos_token_id=ids[tokenizer.ENDOFTEXT], eos_token_id=ids[tokenizer.IM_END])
+    folder = tmp_path_factory.mktemp("qwen3-0.6b")
+    write_model_files(folder, config, tok_json)
+    return folder
+
+
+def test_fp8_kv_cache_throughput_speedup(qwen3_0_6b_dir, benchmark):
+    """kv_cache_dtype="fp8" reaches MIN_FP8_KV_SPEEDUP x the bf16 KV cache on the headline workload (0.6B shape)."""
+    import torch
+
+    from aios.bench.throughput import HEADLINE_WORKLOAD, build_engine, run_throughput
+
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 needs compute capability >= 8.9")
+
+    def throughput(kv_cache_dtype):
+        llm = build_engine(qwen3_0_6b_dir, kv_cache_dtype=kv_cache_dtype, dtype="bfloat16",
+                           async_scheduling=False)  # lesson 18 needs lessons <= 15 only
+        try:
+            result = run_throughput(llm, use_tqdm=False, **HEADLINE_WORKLOAD)
+            return result, llm.config.num_kvcache_blocks
+        finally:
+            llm.shutdown()
+
+    baseline, baseline_blocks = throughput("auto")
+    runs = []
+    benchmark.pedantic(lambda: runs.append(throughput("fp8")), rounds=1, iterations=1)
+    result, blocks = runs[-1]
+    speedup = result.output_tokens_per_second / baseline.output_tokens_per_second
+    comparison = {"lesson": 18, "method": "fp8 KV cache", "workload": HEADLINE_WORKLOAD,
+                  "tokens_per_second": round(result.output_tokens_per_second, 1),
+                  "baseline_tokens_per_second": round(baseline.output_tokens_per_second, 1),
+                  "kv_blocks": blocks, "baseline_kv_blocks": baseline_blocks,
+                  "speedup": round(speedup, 3), "min_speedup": MIN_FP8_KV_SPEEDUP, "device": result.device}
+    benchmark.extra_info.update(comparison)
+    print(comparison)
+    assert speedup >= MIN_FP8_KV_SPEEDUP, comparison

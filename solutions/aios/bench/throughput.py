@@ -77,6 +77,7 @@ def engine_summary(llm) -> dict:
         "num_kvcache_blocks": config.num_kvcache_blocks,
         "kvcache_block_size": config.kvcache_block_size,
         "async_scheduling": getattr(config, "async_scheduling", False),
+        "kv_cache_dtype": getattr(config, "kv_cache_dtype", "auto"),
     }
 
 
@@ -268,6 +269,8 @@ def run_command(args) -> int:
         options["async_scheduling"] = args.async_scheduling
     if getattr(args, "speculative_config", None):  # lesson 19
         options["speculative_config"] = args.speculative_config
+    if getattr(args, "kv_cache_dtype", "auto") != "auto":  # lesson 18
+        options["kv_cache_dtype"] = args.kv_cache_dtype
     start = time.perf_counter()
     llm = build_engine(model_dir, **options)
     print(f"engine ready in {time.perf_counter() - start:.1f} s (weights, KV cache, compilation, graph capture)")

@@ -524,6 +524,14 @@ def weight_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
+def check_kv_cache_dtype(config) -> None:
+    """kv_cache_dtype's checks (lesson 18's FP8 KV cache), imported only when the option is not "auto"."""
+    if config.kv_cache_dtype != "auto":
+        from aios.layers.fp8_kv_cache import check_kv_cache_dtype as check
+
+        check(config)
+
+
 def check_quantization_options(config) -> str | None:
     """The engine's quantization checks (``Config``); returns the method the engine will run (None: float).
 
@@ -535,14 +543,7 @@ def check_quantization_options(config) -> str | None:
     spec = resolve_quantization(config.model, config.quantization)
     on_gpu = str(config.device).startswith("cuda")
     fp8_gpu = on_gpu and torch.cuda.get_device_capability(torch.device(config.device)) >= (8, 9)
-    if config.kv_cache_dtype not in ("auto", "fp8"):
-        raise ValueError(f"kv_cache_dtype must be 'auto' or 'fp8', got {config.kv_cache_dtype!r}")
-    if config.kv_cache_dtype == "fp8":
-        if not fp8_gpu:
-            raise ValueError("kv_cache_dtype='fp8' needs a CUDA GPU with FP8 support (compute capability >= 8.9, "
-                             f"e.g. an H100); this engine runs on {config.device}")
-        raise NotImplementedError("kv_cache_dtype='fp8' is not built yet (lesson 18's FP8 KV cache is planned); "
-                                  "use kv_cache_dtype='auto'")
+    check_kv_cache_dtype(config)
     if spec is None:
         return None
     if not config.fused_layers:

@@ -65,17 +65,25 @@ def load_weights(model: nn.Module, model_dir: str | Path) -> None:
     # END SOLUTION
 
 
+def is_kv_scale_name(name: str) -> bool:
+    """A per-layer KV-cache scale of an FP8-KV checkpoint (``model.layers.N.self_attn.k_scale`` / ``v_scale``)."""
+    return name.endswith((".self_attn.k_scale", ".self_attn.v_scale"))
+
+
 def checkpoint_slices(model_dir: str | Path) -> Iterator[tuple[str, object]]:
     """Yield ``(name, slice)`` for every tensor of the checkpoint, file by file.
 
     A slice (``safe_open(...).get_slice(name)``) reads nothing until indexed:
     ``slice[:]`` reads the whole tensor, ``slice[a:b]`` only rows a..b-1. Use each
     slice before asking for the next one (its file is closed after its last tensor).
+    Per-layer KV-cache scales (``...self_attn.k_scale`` / ``v_scale``, lesson 18) are skipped: the FP8
+    KV cache reads them (``aios.layers.fp8_kv_cache.read_kv_scales``), not the model.
     """
     for path in checkpoint_files(model_dir):
         with safe_open(str(path), framework="pt", device="cpu") as f:
             for name in f.keys():
-                yield name, f.get_slice(name)
+                if not is_kv_scale_name(name):
+                    yield name, f.get_slice(name)
 
 
 def checkpoint_plan(model: nn.Module) -> dict[str, tuple[str, object]]:
