@@ -8,6 +8,7 @@
 #             shapes at PP=2 and at TP=2, one JSON each, and a summary table.
 #
 #   bash scripts/gpu/lesson21.sh [all|tests|torchrun|bench|bench14b|bench32b]   # results under $OUT
+#   BENCH_FLAGS="--num-requests 64 --profile" bash scripts/gpu/lesson21.sh bench14b   # a shorter workload, a profile
 #
 # Files written to $OUT: gpu.txt, lesson21_tests.log, lesson21_torchrun_node{0,1}.log,
 # lesson21_completion.json, bench_{14b,32b}_{pp2,tp2}.{json,log}, lesson21_summary.md.
@@ -78,9 +79,9 @@ bench_shape() {
     local name=${layout%%:*} flags=${layout#*:}
     section "python -m aios bench, Qwen3-$preset shape, ${name^^}"
     # shellcheck disable=SC2086
-    timeout "${BENCH_TIMEOUT:-200}" python3 -m aios bench --model "$model" $flags --no-progress \
+    timeout "${BENCH_TIMEOUT:-200}" python3 -m aios bench --model "$model" $flags ${BENCH_FLAGS:-} --no-progress \
       --json "$OUT/bench_${preset}_${name}.json" > "$OUT/bench_${preset}_${name}.log" 2>&1
-    echo "exit code $?"; grep -E "engine ready|throughput|Error|error" "$OUT/bench_${preset}_${name}.log" | tail -4
+    echo "exit code $?"; grep -E "engine ready|throughput|decode profile|Error|error" "$OUT/bench_${preset}_${name}.log" | tail -4
   done
 }
 

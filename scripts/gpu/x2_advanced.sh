@@ -5,9 +5,10 @@
 #                                           # GPUs) | GPU 0: lesson 17's then lesson 20's suites | GPU 1:
 #                                           # lesson 19's suites; phase B: lesson 21's two torchrun "nodes"
 #                                           # serving PP=2, then `aios bench` on the 14B shape at PP=2 and TP=2
-#   bash scripts/gpu/x2_advanced.sh bench   # phase A: `aios bench` on the 32B shape at PP=2 and TP=2;
-#                                           # phase B, side by side: GPU 0: lesson 17's benchmark | GPU 1:
-#                                           # lesson 19's benchmark, then lesson 20's kernel benchmark
+#   bash scripts/gpu/x2_advanced.sh bench   # phase A: `aios bench` (64 requests) on the 14B shape (with a
+#                                           # decode profile) and the 32B shape at PP=2 and TP=2; phase B,
+#                                           # side by side: GPU 0: lesson 17's benchmark | GPU 1: lesson
+#                                           # 20's kernel benchmark, then lesson 19's benchmark
 #
 # Every step's timeout is cut to what is left of DEADLINE seconds (default 570). Each script writes
 # under $OUT/<name>/ (its own gpu.txt, logs, JSON); $OUT/summary.txt collects the tails.
@@ -46,13 +47,14 @@ if [ "$PART" = tests ]; then
   step l21_torchrun "$(left 150 150)" -- bash scripts/gpu/lesson21.sh torchrun
   step l21_bench14b "$(left 0 320)" BENCH_TIMEOUT="$(( $(left 0 320) / 2 ))" -- bash scripts/gpu/lesson21.sh bench14b
 elif [ "$PART" = bench ]; then
-  say "phase A: PP=2 and TP=2 on the 32B shape"
-  step l21_bench32b "$(left 330 260)" BENCH_TIMEOUT=125 -- bash scripts/gpu/lesson21.sh bench32b
+  say "phase A: PP=2 and TP=2 on the 14B shape (64 requests, with a decode profile) and the 32B shape (64 requests)"
+  step l21_bench14b "$(left 330 150)" BENCH_TIMEOUT=72 BENCH_FLAGS="--num-requests 64 --profile" -- bash scripts/gpu/lesson21.sh bench14b
+  step l21_bench32b "$(left 300 130)" BENCH_TIMEOUT=64 BENCH_FLAGS="--num-requests 64" -- bash scripts/gpu/lesson21.sh bench32b
   say "phase B: single-GPU benchmarks side by side"
   B=$(left 5)
   step l17_bench "$B" CUDA_VISIBLE_DEVICES=0 -- bash scripts/gpu/lesson17.sh bench &
-  ( step l19_bench "$(( B * 3 / 5 ))" CUDA_VISIBLE_DEVICES=1 -- bash scripts/gpu/lesson19.sh bench
-    step l20_bench "$(left 5)" CUDA_VISIBLE_DEVICES=1 -- bash scripts/gpu/lesson20.sh bench ) &
+  ( step l20_bench "$(( B / 2 ))" CUDA_VISIBLE_DEVICES=1 -- bash scripts/gpu/lesson20.sh bench
+    step l19_bench "$(left 5)" CUDA_VISIBLE_DEVICES=1 -- bash scripts/gpu/lesson19.sh bench ) &
   wait
 fi
 say done
