@@ -33,13 +33,13 @@ def on_device(*tensors):
 @SETTINGS
 @given(words=st.integers(1, 10), group=st.sampled_from([16, 32, 64]), groups=st.integers(1, 3),
        tokens=st.integers(1, 8), block_n=st.sampled_from([16, 32, 64]), block_k=st.sampled_from([16, 32, 128]),
-       splits=SPLITS, magic=st.booleans(), seed=st.integers(0, 99))
-def test_int4_gemv_equals_dequantized_matmul(words, group, groups, tokens, block_n, block_k, splits, magic, seed):
+       splits=SPLITS, magic=st.booleans(), wide=st.booleans(), seed=st.integers(0, 99))
+def test_int4_gemv_equals_dequantized_matmul(words, group, groups, tokens, block_n, block_k, splits, magic, wide, seed):
     """int4_gemv == x @ dequantize_int4(...).T: N = 8 * words (ragged against the tile), several groups, M = 1..8."""
     N, K = 8 * words, group * groups
     w, x = weight_and_input(N, K, tokens, seed)
     qweight, qzeros, scales = qz.quantize_int4(w, group)
-    cfg = quant_gemv.GemvConfig(block_n=block_n, block_k=block_k, splits=splits, magic=magic)
+    cfg = quant_gemv.GemvConfig(block_n=block_n, block_k=block_k, splits=splits, magic=magic, wide_loads=wide)
     out = quant_gemv.int4_gemv(*on_device(x, qweight, qzeros, scales), group, cfg).cpu()
     assert out.shape == (tokens, N) and out.dtype == torch.float32
     torch.testing.assert_close(out, x @ qz.dequantize_int4(qweight, qzeros, scales, group).T, rtol=1e-4, atol=1e-4)

@@ -61,7 +61,7 @@ MAGIC_FLOAT = tl.constexpr(8388608.0)
 class GemvConfig:
     """Launch settings of a GEMV kernel.
 
-    block_n: output columns per program; block_k: K rows per loop step (INT4: divides the group);
+    block_n: output columns per program; block_k: K rows (codes) per loop step (INT4: divides the group);
     splits: programs along K (None: ``plan_splits``); programs_per_sm: the split plan's target;
     magic: the bit-trick conversion (else integer-to-float conversion instructions).
     """
@@ -73,31 +73,38 @@ class GemvConfig:
     num_stages: int = 3
     magic: bool = True
     programs_per_sm: int = 2
+    wide_loads: bool = True
 
     @property
     def label(self) -> str:
         return (f"n{self.block_n}k{self.block_k}w{self.num_warps}st{self.num_stages}"
-                f"s{self.splits or 'auto'}p{self.programs_per_sm}{'m' if self.magic else 'c'}")
+                f"s{self.splits or 'auto'}p{self.programs_per_sm}{'m' if self.magic else 'c'}{'' if self.wide_loads else 'v1'}")
 
 
-INT4_DEFAULT = GemvConfig(block_n=256, block_k=128)
-INT8_DEFAULT = GemvConfig(block_n=32, block_k=512)
+#: Defaults and candidates, chosen by compiling for sm_90 offline (scripts/gpu/quant_sweep.py times them):
+#: INT4 16-row steps of 1024 columns on 4 warps leave each thread 1024 weights per group in about 5 instructions
+#: each (mask-or, subtract, fused multiply-add, plus addressing), with no shared-memory round trip in the loop;
+#: INT8 tiles of 128 rows x 128 codes, about 5.2 instructions per code.
+INT4_DEFAULT = GemvConfig(block_n=1024, block_k=16, num_warps=4)
+INT8_DEFAULT = GemvConfig(block_n=128, block_k=128, num_warps=4)
 #: What the autotuner tries besides the default (and the tl.dot kernel) on the first call of a shape.
 INT4_CANDIDATES = (
     INT4_DEFAULT,
-    GemvConfig(block_n=128, block_k=128),
-    GemvConfig(block_n=256, block_k=64, num_warps=4),
-    GemvConfig(block_n=512, block_k=64, num_warps=8),
-    GemvConfig(block_n=256, block_k=128, programs_per_sm=4),
-    GemvConfig(block_n=256, block_k=128, magic=False),
+    GemvConfig(block_n=512, block_k=16, num_warps=2),
+    GemvConfig(block_n=2048, block_k=16, num_warps=8),
+    GemvConfig(block_n=256, block_k=16, num_warps=4),
+    GemvConfig(block_n=1024, block_k=16, num_warps=4, programs_per_sm=4),
+    GemvConfig(block_n=256, block_k=32, num_warps=4, wide_loads=False),
+    GemvConfig(block_n=512, block_k=16, num_warps=2, magic=False),
 )
 INT8_CANDIDATES = (
     INT8_DEFAULT,
-    GemvConfig(block_n=16, block_k=512),
-    GemvConfig(block_n=64, block_k=256),
-    GemvConfig(block_n=32, block_k=1024, num_warps=8),
-    GemvConfig(block_n=32, block_k=512, programs_per_sm=4),
-    GemvConfig(block_n=32, block_k=512, magic=False),
+    GemvConfig(block_n=64, block_k=256, num_warps=4),
+    GemvConfig(block_n=128, block_k=256, num_warps=8),
+    GemvConfig(block_n=256, block_k=64, num_warps=4),
+    GemvConfig(block_n=64, block_k=128, num_warps=2),
+    GemvConfig(block_n=128, block_k=128, num_warps=4, programs_per_sm=4),
+    GemvConfig(block_n=64, block_k=256, num_warps=4, magic=False),
 )
 
 
@@ -125,26 +132,24 @@ def plan_splits(tiles: int, steps: int, cfg: GemvConfig, device: torch.device, m
 
 
 @triton.jit
-def _awq_nibble_dot(words, zero_words, x, NIBBLE: tl.constexpr, MAGIC: tl.constexpr):
-    """sum_k x[k] * (q[k, w] - z[w]) for nibble NIBBLE % 4 of ``words`` [BLOCK_K, BLOCK_W] -> [BLOCK_W].
+def _awq_centred(words, zero_words, NIBBLE: tl.constexpr, MAGIC: tl.constexpr):
+    """q - z of nibble NIBBLE % 4 of ``words`` [BLOCK_K, BLOCK_W] (zero_words [1, BLOCK_W]), float32.
 
-    With MAGIC the result is (that sum) * 16**(NIBBLE % 4): the code is masked in place, not shifted down.
+    With MAGIC the values are (q - z) * 16**(NIBBLE % 4): the code is masked in place, not shifted down.
     """
-    shift: tl.constexpr = 4 * (NIBBLE % 4)
+    shift = 4 * (NIBBLE % 4)
     if MAGIC:
-        mask: tl.constexpr = 0xF << shift
+        mask = 0xF << shift
         codes = ((words & mask) | MAGIC_BITS).to(tl.float32, bitcast=True)  # 2**23 + q * 16**j
         zeros = ((zero_words & mask) | MAGIC_BITS).to(tl.float32, bitcast=True)  # 2**23 + z * 16**j
-        centred = codes - zeros[None, :]
-    else:
-        centred = (((words >> shift) & 0xF) - ((zero_words[None, :] >> shift) & 0xF)).to(tl.float32)
-    return tl.sum(x[:, None] * centred, axis=0)
+        return codes - zeros
+    return (((words >> shift) & 0xF) - ((zero_words >> shift) & 0xF)).to(tl.float32)
 
 
 @triton.jit
 def _awq_group_scale(scales_ptr, row_offset, words, word_ok, NIBBLE: tl.constexpr, MAGIC: tl.constexpr):
-    """The scale of nibble NIBBLE's column in each run of eight [BLOCK_W], divided by 16**(NIBBLE % 4) with MAGIC."""
-    column: tl.constexpr = (NIBBLE % 4) * 2 + NIBBLE // 4  # AWQ_ORDER[NIBBLE]
+    """The scale of nibble NIBBLE's column in each run of eight [1, BLOCK_W], divided by 16**(NIBBLE % 4) with MAGIC."""
+    column = (NIBBLE % 4) * 2 + NIBBLE // 4  # AWQ_ORDER[NIBBLE]
     scale = tl.load(scales_ptr + row_offset + words * 8 + column, mask=word_ok, other=0.0).to(tl.float32)
     if MAGIC:
         scale = scale * (1.0 / (1 << (4 * (NIBBLE % 4))))
@@ -153,53 +158,78 @@ def _awq_group_scale(scales_ptr, row_offset, words, word_ok, NIBBLE: tl.constexp
 
 @triton.jit
 def _awq_store(out_ptr, row_offset, words, word_ok, acc, NIBBLE: tl.constexpr):
-    column: tl.constexpr = (NIBBLE % 4) * 2 + NIBBLE // 4  # AWQ_ORDER[NIBBLE]
+    column = (NIBBLE % 4) * 2 + NIBBLE // 4  # AWQ_ORDER[NIBBLE]
     tl.store(out_ptr + row_offset + words * 8 + column, acc.to(out_ptr.dtype.element_ty), mask=word_ok)
 
 
 @triton.jit
 def _int4_gemv_kernel(
     x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, out_ptr,
-    N, K, group_size, k_per_split,
+    N, packed_n, K, k_per_split,
     stride_xm, stride_om, stride_os,
-    BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr, MAGIC: tl.constexpr,
+    BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr, MAGIC: tl.constexpr,
+    WIDE_LOADS: tl.constexpr,
 ):
     """Program (m, n, s): out[s, m, 8 w + c] = sum over K slice s of x[m, k] * W.T[k, 8 w + c], w in tile n.
 
-    BLOCK_W packed words (8 BLOCK_W columns) per program; BLOCK_K divides group_size, so a
-    step lies in one group: its 8 nibble sums are centred on the zero point and scaled once.
+    BLOCK_W packed words (8 BLOCK_W columns) per program. The K slice is whole groups of GROUP
+    rows, each read in GROUP / BLOCK_K steps of BLOCK_K rows: within a group every thread adds
+    x * (q - z) into its own [BLOCK_K, BLOCK_W] accumulators (one fused multiply-add per weight),
+    and only at the group's end are they summed over K and multiplied by the group's scale.
+    Every per-column tensor is [1, BLOCK_W], in the layout of the tile's rows (1-D vectors would
+    get a layout of their own and a trip through shared memory per use).
+    WIDE_LOADS: packed_n (= N / 8) comes in as an argument, so Triton sees when it is a multiple
+    of 16 and loads four consecutive words per thread; else it is computed here (one word per load).
     """
     m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_s = tl.program_id(2)
-    packed_n = N // 8
-    words = pid_n * BLOCK_W + tl.arange(0, BLOCK_W)
+    if not WIDE_LOADS:
+        packed_n = N // 8
+    words = (pid_n * BLOCK_W + tl.arange(0, BLOCK_W))[None, :]  # [1, BLOCK_W]
     word_ok = words < packed_n
-    acc0 = tl.zeros((BLOCK_W,), dtype=tl.float32)
-    acc1 = tl.zeros((BLOCK_W,), dtype=tl.float32)
-    acc2 = tl.zeros((BLOCK_W,), dtype=tl.float32)
-    acc3 = tl.zeros((BLOCK_W,), dtype=tl.float32)
-    acc4 = tl.zeros((BLOCK_W,), dtype=tl.float32)
-    acc5 = tl.zeros((BLOCK_W,), dtype=tl.float32)
-    acc6 = tl.zeros((BLOCK_W,), dtype=tl.float32)
-    acc7 = tl.zeros((BLOCK_W,), dtype=tl.float32)
-    for k0 in range(pid_s * k_per_split, tl.minimum((pid_s + 1) * k_per_split, K), BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)  # K % group_size == 0 and BLOCK_K | group_size: no K mask
-        x = tl.load(x_ptr + m * stride_xm + ks).to(tl.float32)
-        low = tl.load(qweight_ptr + ks[:, None] * packed_n + words[None, :], mask=word_ok[None, :], other=0)
-        high = low >> 16  # nibbles 4..7 moved to the places of 0..3 (the sign bits dragged in are masked off)
-        group = k0 // group_size
+    acc0 = tl.zeros((1, BLOCK_W), dtype=tl.float32)
+    acc1 = tl.zeros((1, BLOCK_W), dtype=tl.float32)
+    acc2 = tl.zeros((1, BLOCK_W), dtype=tl.float32)
+    acc3 = tl.zeros((1, BLOCK_W), dtype=tl.float32)
+    acc4 = tl.zeros((1, BLOCK_W), dtype=tl.float32)
+    acc5 = tl.zeros((1, BLOCK_W), dtype=tl.float32)
+    acc6 = tl.zeros((1, BLOCK_W), dtype=tl.float32)
+    acc7 = tl.zeros((1, BLOCK_W), dtype=tl.float32)
+    for g0 in range(pid_s * k_per_split, tl.minimum((pid_s + 1) * k_per_split, K), GROUP):
+        group = g0 // GROUP
         zero_low = tl.load(qzeros_ptr + group * packed_n + words, mask=word_ok, other=0)
         zero_high = zero_low >> 16
+        part0 = tl.zeros((BLOCK_K, BLOCK_W), dtype=tl.float32)
+        part1 = tl.zeros((BLOCK_K, BLOCK_W), dtype=tl.float32)
+        part2 = tl.zeros((BLOCK_K, BLOCK_W), dtype=tl.float32)
+        part3 = tl.zeros((BLOCK_K, BLOCK_W), dtype=tl.float32)
+        part4 = tl.zeros((BLOCK_K, BLOCK_W), dtype=tl.float32)
+        part5 = tl.zeros((BLOCK_K, BLOCK_W), dtype=tl.float32)
+        part6 = tl.zeros((BLOCK_K, BLOCK_W), dtype=tl.float32)
+        part7 = tl.zeros((BLOCK_K, BLOCK_W), dtype=tl.float32)
+        for step in tl.static_range(GROUP // BLOCK_K):
+            ks = (g0 + step * BLOCK_K + tl.arange(0, BLOCK_K))[:, None]  # whole groups: no K mask
+            x = tl.load(x_ptr + m * stride_xm + ks).to(tl.float32)  # [BLOCK_K, 1]
+            low = tl.load(qweight_ptr + ks * packed_n + words, mask=word_ok, other=0)
+            high = low >> 16  # nibbles 4..7 moved to the places of 0..3 (the sign bits dragged in are masked off)
+            part0 += x * _awq_centred(low, zero_low, 0, MAGIC)
+            part1 += x * _awq_centred(low, zero_low, 1, MAGIC)
+            part2 += x * _awq_centred(low, zero_low, 2, MAGIC)
+            part3 += x * _awq_centred(low, zero_low, 3, MAGIC)
+            part4 += x * _awq_centred(high, zero_high, 4, MAGIC)
+            part5 += x * _awq_centred(high, zero_high, 5, MAGIC)
+            part6 += x * _awq_centred(high, zero_high, 6, MAGIC)
+            part7 += x * _awq_centred(high, zero_high, 7, MAGIC)
         row = group * N
-        acc0 += _awq_nibble_dot(low, zero_low, x, 0, MAGIC) * _awq_group_scale(scales_ptr, row, words, word_ok, 0, MAGIC)
-        acc1 += _awq_nibble_dot(low, zero_low, x, 1, MAGIC) * _awq_group_scale(scales_ptr, row, words, word_ok, 1, MAGIC)
-        acc2 += _awq_nibble_dot(low, zero_low, x, 2, MAGIC) * _awq_group_scale(scales_ptr, row, words, word_ok, 2, MAGIC)
-        acc3 += _awq_nibble_dot(low, zero_low, x, 3, MAGIC) * _awq_group_scale(scales_ptr, row, words, word_ok, 3, MAGIC)
-        acc4 += _awq_nibble_dot(high, zero_high, x, 4, MAGIC) * _awq_group_scale(scales_ptr, row, words, word_ok, 4, MAGIC)
-        acc5 += _awq_nibble_dot(high, zero_high, x, 5, MAGIC) * _awq_group_scale(scales_ptr, row, words, word_ok, 5, MAGIC)
-        acc6 += _awq_nibble_dot(high, zero_high, x, 6, MAGIC) * _awq_group_scale(scales_ptr, row, words, word_ok, 6, MAGIC)
-        acc7 += _awq_nibble_dot(high, zero_high, x, 7, MAGIC) * _awq_group_scale(scales_ptr, row, words, word_ok, 7, MAGIC)
+        acc0 += tl.sum(part0, axis=0, keep_dims=True) * _awq_group_scale(scales_ptr, row, words, word_ok, 0, MAGIC)
+        acc1 += tl.sum(part1, axis=0, keep_dims=True) * _awq_group_scale(scales_ptr, row, words, word_ok, 1, MAGIC)
+        acc2 += tl.sum(part2, axis=0, keep_dims=True) * _awq_group_scale(scales_ptr, row, words, word_ok, 2, MAGIC)
+        acc3 += tl.sum(part3, axis=0, keep_dims=True) * _awq_group_scale(scales_ptr, row, words, word_ok, 3, MAGIC)
+        acc4 += tl.sum(part4, axis=0, keep_dims=True) * _awq_group_scale(scales_ptr, row, words, word_ok, 4, MAGIC)
+        acc5 += tl.sum(part5, axis=0, keep_dims=True) * _awq_group_scale(scales_ptr, row, words, word_ok, 5, MAGIC)
+        acc6 += tl.sum(part6, axis=0, keep_dims=True) * _awq_group_scale(scales_ptr, row, words, word_ok, 6, MAGIC)
+        acc7 += tl.sum(part7, axis=0, keep_dims=True) * _awq_group_scale(scales_ptr, row, words, word_ok, 7, MAGIC)
     base = pid_s * stride_os + m * stride_om
     _awq_store(out_ptr, base, words, word_ok, acc0, 0)
     _awq_store(out_ptr, base, words, word_ok, acc1, 1)
@@ -236,17 +266,25 @@ def _int8_gemv_kernel(
 
 
 @triton.jit
-def _int8_byte_terms(words, x_ptr, x_row, word_ks, word_ok, BYTE: tl.constexpr):
-    """x[4 w + BYTE] * q[n, 4 w + BYTE] for the words [BLOCK_N, BLOCK_W] (already XOR 0x80808080 and, for
-    bytes 2 and 3, shifted down by 16) -> [BLOCK_N, BLOCK_W] float32, by the magic-number conversion."""
-    place: tl.constexpr = 8 * (BYTE % 2)
-    mask: tl.constexpr = 0xFF << place
+def _int8_byte_values(words, BYTE: tl.constexpr):
+    """Codes q (times 256 for odd bytes) of byte BYTE of ``words`` [BLOCK_N, BLOCK_W], float32, by the magic number.
+
+    ``words`` are already XOR 0x80808080 (each byte q + 128 in 0..255) and, for bytes 2 and 3, shifted down by 16.
+    """
+    place = 8 * (BYTE % 2)
+    mask = 0xFF << place
     codes = ((words & mask) | MAGIC_BITS).to(tl.float32, bitcast=True)  # 2**23 + (q + 128) * 256**(BYTE % 2)
-    offset: tl.constexpr = MAGIC_FLOAT + 128.0 * (1 << place)
+    offset = MAGIC_FLOAT + 128.0 * (1 << place)
+    return codes - offset
+
+
+@triton.jit
+def _int8_byte_inputs(x_ptr, x_row, word_ks, word_ok, BYTE: tl.constexpr):
+    """x[4 w + BYTE] for the words w [1, BLOCK_W], float32, divided by 256 for odd bytes (undoing the byte's place)."""
     x = tl.load(x_ptr + x_row + word_ks * 4 + BYTE, mask=word_ok, other=0.0).to(tl.float32)
     if BYTE % 2:
-        x = x * (1.0 / 256.0)  # undo the byte's place (a power of two: exact)
-    return (codes - offset) * x[None, :]
+        x = x * (1.0 / 256.0)  # a power of two: exact
+    return x
 
 
 @triton.jit
@@ -257,29 +295,30 @@ def _int8_gemv_words_kernel(
     BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
     """Like ``_int8_gemv_kernel``, reading the codes four to an int32 word (w_ptr: qweight viewed as
-    int32 [N, K / 4]) and converting them with bit operations: XOR 0x80 makes each byte q + 128 in 0..255."""
+    int32 [N, K / 4]) and converting them with bit operations: XOR 0x80 makes each byte q + 128 in 0..255.
+    Each thread adds its products into its own [BLOCK_N, BLOCK_W] accumulators (fused multiply-adds);
+    they are summed over K once, after the loop."""
     m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_s = tl.program_id(2)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N))[:, None]  # [BLOCK_N, 1]
     col_ok = cols < N
     x_row = m * stride_xm
-    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_N, BLOCK_W), dtype=tl.float32)
     start = pid_s * words_per_split
     for w0 in range(start, tl.minimum(start + words_per_split, K_words), BLOCK_W):
-        word_ks = w0 + tl.arange(0, BLOCK_W)
+        word_ks = (w0 + tl.arange(0, BLOCK_W))[None, :]  # [1, BLOCK_W]
         word_ok = word_ks < K_words
-        words = tl.load(w_ptr + cols[:, None] * stride_wn + word_ks[None, :],
-                        mask=col_ok[:, None] & word_ok[None, :], other=0)
+        words = tl.load(w_ptr + cols * stride_wn + word_ks, mask=col_ok & word_ok, other=0)
         low = words ^ -2139062144  # 0x80808080 as an int32: each byte q -> q + 128 (unsigned)
         high = low >> 16
-        terms = _int8_byte_terms(low, x_ptr, x_row, word_ks, word_ok, 0)
-        terms += _int8_byte_terms(low, x_ptr, x_row, word_ks, word_ok, 1)
-        terms += _int8_byte_terms(high, x_ptr, x_row, word_ks, word_ok, 2)
-        terms += _int8_byte_terms(high, x_ptr, x_row, word_ks, word_ok, 3)
-        acc += tl.sum(terms, axis=1)
+        acc += _int8_byte_inputs(x_ptr, x_row, word_ks, word_ok, 0) * _int8_byte_values(low, 0)
+        acc += _int8_byte_inputs(x_ptr, x_row, word_ks, word_ok, 1) * _int8_byte_values(low, 1)
+        acc += _int8_byte_inputs(x_ptr, x_row, word_ks, word_ok, 2) * _int8_byte_values(high, 2)
+        acc += _int8_byte_inputs(x_ptr, x_row, word_ks, word_ok, 3) * _int8_byte_values(high, 3)
     scale = tl.load(scale_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-    tl.store(out_ptr + pid_s * stride_os + m * stride_om + cols, (acc * scale).to(out_ptr.dtype.element_ty), mask=col_ok)
+    total = tl.sum(acc, axis=1, keep_dims=True) * scale  # [BLOCK_N, 1]
+    tl.store(out_ptr + pid_s * stride_os + m * stride_om + cols, total.to(out_ptr.dtype.element_ty), mask=col_ok)
 
 
 @triton.jit
@@ -330,17 +369,18 @@ def int4_gemv(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scal
     block_w = cfg.block_n // 8
     x = x if x.stride(-1) == 1 else x.contiguous()
     tiles = triton.cdiv(N // 8, block_w)
-    steps = K // block_k
-    min_steps = triton.cdiv(16384, block_k * cfg.block_n // 2)  # >= 16 KB of codes per program
-    splits = plan_splits(M * tiles, steps, cfg, x.device, min_steps)
-    k_per_split = triton.cdiv(steps, splits) * block_k
+    groups = K // group_size
+    min_groups = triton.cdiv(16384, group_size * cfg.block_n // 2)  # >= 16 KB of codes per program
+    splits = plan_splits(M * tiles, groups, cfg, x.device, min_groups)
+    k_per_split = triton.cdiv(groups, splits) * group_size  # whole groups
     splits = triton.cdiv(K, k_per_split)
     out = _output(splits, M, N, x)
     if M:
         _int4_gemv_kernel[(M, tiles, splits)](
-            x, qweight.contiguous(), qzeros.contiguous(), scales.contiguous(), out, N, K, group_size, k_per_split,
+            x, qweight.contiguous(), qzeros.contiguous(), scales.contiguous(), out, N, N // 8, K, k_per_split,
             x.stride(0), out.stride(1), out.stride(0),
-            BLOCK_W=block_w, BLOCK_K=block_k, MAGIC=cfg.magic, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            BLOCK_W=block_w, BLOCK_K=block_k, GROUP=group_size, MAGIC=cfg.magic, WIDE_LOADS=cfg.wide_loads,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
     return out[0] if splits == 1 else _finish(out, x.dtype)
 
