@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Lesson 21 (pipeline parallelism) on a box with 2 GPUs, in one call of under 10 minutes:
 #   tests     the lesson 21 suites (visible + hidden, gloo on the CPU) and tests/lesson21/test_l21_gpu.py's
-#             NCCL check: PP=2 over 2 GPUs gives 1 GPU's fp32 logits and greedy tokens (small model);
+#             NCCL checks: PP=2 over 2 GPUs gives 1 GPU's fp32 logits and greedy tokens (small model, and
+#             tiny-moe with the Triton fused-MoE kernel);
 #   torchrun  two `torchrun --nnodes 2` launches on this machine (one GPU each, c10d rendezvous on
 #             loopback) serving `aios serve --pipeline-parallel-size 2`: one completion, then SIGINT;
 #   bench     `python -m aios bench` (headline workload, random weights) on the Qwen3-14B and Qwen3-32B
