@@ -55,7 +55,7 @@ def quantize_kv(x: torch.Tensor, scale: float) -> torch.Tensor:
     x: [tokens, kv_heads, head_dim] in any float dtype; scale: a positive float.
     Returns the same shape in float8_e4m3fn.
     """
-    # Hint: divide in float32, clamp to +-FP8_MAX (a plain cast would turn large values into NaN), then cast.
+    # Hint: divide in float32, clamp to +-FP8_MAX (e4m3 has no infinity: saturate explicitly), then cast.
     raise NotImplementedError("Lesson 18: implement quantize_kv in aios/layers/fp8_kv_cache.py — see exercises/lesson18/README.md, 'What to implement'")
 
 

@@ -7,8 +7,8 @@
 Shows: one weight row through each format; the AWQ packing of the codes 0..7; the bytes each
 method keeps for the trained model; KL divergence, top-1 agreement and perplexity of each
 method against the float model on held-out text; one quantized linear layer through the
-Triton kernels (interpreter on a CPU) and through plain torch; and the engine generating
-with each method that runs on this machine.
+Triton kernels (interpreter on a CPU) and through plain torch; the engine generating
+with each method that runs on this machine; and the float model with an FP8 KV cache.
 """
 
 import argparse
@@ -145,6 +145,28 @@ def engines(model_dir: Path) -> None:
         start = time.perf_counter()
         out = llm.generate(["The secret of a happy life is"], params, use_tqdm=False)[0]
         print(f"  {str(method):<5} {time.perf_counter() - start:5.2f} s  {out['text']!r}")
+        llm.shutdown()
+    fp8_kv_cache(model_dir)
+
+
+def fp8_kv_cache(model_dir: Path) -> None:
+    """The float model with an FP8 KV cache (kv_cache_dtype="fp8"): cache bytes and the same greedy completion."""
+    import torch
+
+    from aios import LLM, SamplingParams
+    from aios.config import features_up_to
+
+    params = SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)
+    print("\nThe KV cache in the model's dtype and in FP8 (same number of blocks; greedy, 20 tokens):")
+    for kv in ("auto", "fp8"):
+        options = {**features_up_to(15), "max_num_seqs": 4, "max_model_len": 256, "num_kvcache_blocks": 64}
+        if not torch.cuda.is_available():
+            options.update(attention_backend="torch")
+        llm = LLM(str(model_dir), **options, kv_cache_dtype=kv)
+        cache = llm.model_runner.kv_cache
+        out = llm.generate(["The secret of a happy life is"], params, use_tqdm=False)[0]
+        print(f"  {kv:<5} {str(cache.k_cache.dtype).removeprefix('torch.'):<14} {cache.nbytes / 1024:7.0f} KiB  "
+              f"{out['text']!r}")
         llm.shutdown()
 
 

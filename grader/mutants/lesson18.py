@@ -4,6 +4,7 @@ from grader.mutants import Mutant
 
 QZ = "aios/layers/quantization.py"
 QK = "aios/layers/quant_kernels.py"
+KV = "aios/layers/fp8_kv_cache.py"
 
 MUTANTS = [
     Mutant(18, "int8-range-of-128", QZ,
@@ -89,4 +90,38 @@ MUTANTS = [
            find="            acc += tl.dot(x, centred.to(x.dtype)) * scales[None, :]\n    tl.store(out_ptr + pid_k * stride_os + ",
            replace="            acc += tl.dot(x, centred.to(x.dtype)) * scales[None, :]\n    tl.store(out_ptr + ",
            bug="the INT4 kernel stores every K slice's partial sum at slice 0, so split-K slices overwrite each other"),
+    # ------------------------------------------------------------------ the FP8 KV cache
+    Mutant(18, "kv-quantize-multiplies-by-scale", KV,
+           find="    return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_KV_DTYPE)",
+           replace="    return (x.float() * scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_KV_DTYPE)",
+           bug="quantize_kv multiplies by the scale instead of dividing (the dequantize direction)"),
+    Mutant(18, "kv-dequantize-divides", KV,
+           find="    return x.float() * scale\n",
+           replace="    return x.float() / scale\n",
+           bug="dequantize_kv divides the stored values by the scale instead of multiplying"),
+    Mutant(18, "kv-store-without-quantizing", KV,
+           find="        store_kvcache(quantize_kv(key, k_scale), quantize_kv(value, v_scale), k_cache, v_cache, slot_mapping)",
+           replace="        store_kvcache(key, value, k_cache, v_cache, slot_mapping)",
+           bug="store_kvcache_fp8 on the CPU writes K and V as they are (the cache's cast rounds them, but no scale "
+               "is applied)"),
+    Mutant(18, "kv-store-swaps-scales", KV,
+           find="        store_kvcache(quantize_kv(key, k_scale), quantize_kv(value, v_scale), k_cache, v_cache, slot_mapping)",
+           replace="        store_kvcache(quantize_kv(key, v_scale), quantize_kv(value, k_scale), k_cache, v_cache, slot_mapping)",
+           bug="store_kvcache_fp8 quantizes K with the layer's V scale and V with its K scale"),
+    Mutant(18, "kv-attend-forgets-k-scale", KV,
+           find="    out = attention(q, k_cache, v_cache, context, scale * k_scale)",
+           replace="    out = attention(q, k_cache, v_cache, context, scale)",
+           bug="attend_fp8 attends with the plain softmax scale: the keys' scale is never applied"),
+    Mutant(18, "kv-attend-forgets-v-scale", KV,
+           find="    return out if v_scale == 1.0 else out * v_scale",
+           replace="    return out",
+           bug="attend_fp8 returns the attention output without multiplying it by the values' scale"),
+    Mutant(18, "kv-attend-divides-by-k-scale", KV,
+           find="    out = attention(q, k_cache, v_cache, context, scale * k_scale)",
+           replace="    out = attention(q, k_cache, v_cache, context, scale / k_scale)",
+           bug="attend_fp8 divides the softmax scale by the keys' scale instead of multiplying"),
+    Mutant(18, "kv-attend-layer-0-scales", KV,
+           find="    k_scale, v_scale = cache.k_scales[layer_idx], cache.v_scales[layer_idx]",
+           replace="    k_scale, v_scale = cache.k_scales[0], cache.v_scales[0]",
+           bug="attend_fp8 uses layer 0's scales for every layer"),
 ]

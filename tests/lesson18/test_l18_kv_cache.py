@@ -54,7 +54,7 @@ def test_quantize_kv_round_trip_within_e4m3_error(scale):
 
 @pytest.mark.hint(8)
 def test_quantize_kv_saturates_instead_of_nan():
-    """Values beyond +-448 * scale become +-448 (e4m3 has no infinity: a plain cast would give NaN)."""
+    """Values beyond +-448 * scale become +-448 (e4m3 has no infinity; saturate, never NaN)."""
     x = torch.tensor([[[1e4, -1e4, 600.0, 447.0]]])
     stored = fkv.quantize_kv(x, 1.0)
     assert not stored.float().isnan().any()
