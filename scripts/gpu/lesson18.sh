@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # Lesson 18 (quantization) on one GPU, in one call:
 #   1. its tests (visible + hidden) on the GPU, reference engine, benchmark excluded
-#      (the Triton INT8/INT4 kernels at Qwen3-8B shapes, each method generating on the GPU);
-#   2. the GPU benchmark: batch-1 decode of the Qwen3-8B shape, INT8 and INT4 against bf16;
+#      (the Triton INT8/INT4 kernels at Qwen3-8B shapes, each method generating on the GPU), and the
+#      decode GEMV kernels' and FP8 W8A8's tests (tests/infra/test_quant_gemv.py, test_fp8_w8a8.py);
+#   2. the GPU benchmark: batch-1 decode of the Qwen3-8B shape, INT8 and INT4 against bf16 (the
+#      engine's QuantizedLinear sends decode steps to quant_gemv's GEMV kernels, each shape tuned on
+#      its first call; the choices are in the benchmark JSON's extra_info);
 #   3. the FP8 KV cache (kvfp8): its GPU tests, then the headline workload on the Qwen3-0.6B shape
-#      with kv_cache_dtype="fp8" against "auto" (target x1.3; each step under its own timeout).
+#      with kv_cache_dtype="fp8" against "auto" (target x1.3; each step under its own timeout);
+#   4. the matmul sweep (sweep; scripts/gpu/quant_sweep.py): bf16, the tl.dot kernels and every GEMV
+#      setting at M = 1 and 4 on the 8B shapes, the tl.dot kernels at M = 256, FP8 W8A8.
 #
-#   bash scripts/gpu/lesson18.sh [all|tests|bench|kvfp8]   # results and logs under $OUT (default /tmp/aios_out)
+#   bash scripts/gpu/lesson18.sh [all|tests|bench|kvfp8|sweep]   # results and logs under $OUT (default /tmp/aios_out)
 #
 # Files written to $OUT: gpu.txt, lesson18_tests.log, lesson18_benchmark.json (pytest-benchmark;
 # the figures in extra_info), lesson18_bench.log, lesson18_kvfp8_tests.log, lesson18_kvfp8_bench.log,
-# lesson18_kvfp8_benchmark.json.
+# lesson18_kvfp8_benchmark.json, quant_sweep.json, quant_sweep.log.
 set -u -o pipefail
 source "$(dirname "$0")/common.sh"
 MODE=${1:-all}
@@ -19,8 +24,8 @@ record_environment triton transformers
 status=0
 if [ "$MODE" = all ] || [ "$MODE" = tests ]; then
   section "tests of lesson 18 on the GPU (benchmark excluded)"
-  timeout 400 python3 -m pytest tests/lesson18 grader/hidden/lesson18 -m "not benchmark_gpu" -q -rs \
-    -p no:cacheprovider > "$OUT/lesson18_tests.log" 2>&1
+  timeout 400 python3 -m pytest tests/lesson18 grader/hidden/lesson18 tests/infra/test_quant_gemv.py \
+    tests/infra/test_fp8_w8a8.py -m "not benchmark_gpu" -q -rs -p no:cacheprovider > "$OUT/lesson18_tests.log" 2>&1
   status=$?
   grep -E "passed|failed|^FAILED|^ERROR" "$OUT/lesson18_tests.log" | tail -20
 fi
@@ -46,6 +51,13 @@ if [ "$MODE" = all ] || [ "$MODE" = kvfp8 ]; then
   kv_status=$?
   [ $status = 0 ] && status=$kv_status
   grep -v "^$" "$OUT/lesson18_kvfp8_bench.log" | tail -20
+fi
+if [ "$MODE" = all ] || [ "$MODE" = sweep ]; then
+  section "lesson 18 matmul sweep (GEMV against bf16 and the tl.dot kernels, Qwen3-8B shapes)"
+  timeout 420 python3 scripts/gpu/quant_sweep.py --json "$OUT/quant_sweep.json" > "$OUT/quant_sweep.log" 2>&1
+  sweep_status=$?
+  [ $sweep_status != 0 ] && echo "quant_sweep.py exited with $sweep_status (124: timed out; the JSON keeps what it measured)"
+  grep -E "^M=|bf16|dispatch|tuning|->|took" "$OUT/quant_sweep.log" | head -80
 fi
 section done
 exit $status

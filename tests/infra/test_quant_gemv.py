@@ -158,6 +158,52 @@ def test_quantized_linear_triton_backend_decodes_with_the_gemv(monkeypatch):
     assert seen == [(1, 128)]
 
 
+def test_first_call_tuning_keeps_the_fastest_correct_kernel(monkeypatch):
+    """The tuner times the tl.dot kernel and each candidate once per shape, drops candidates that fail or
+    disagree with the tl.dot kernel's output, keeps the fastest, and reuses the choice for later calls."""
+    good, wrong, broken = (quant_gemv.GemvConfig(block_n=16), quant_gemv.GemvConfig(block_n=32),
+                           quant_gemv.GemvConfig(block_n=64))
+    fake_us = {"dot": 50.0, good.label: 20.0, wrong.label: 5.0}
+    timed = []
+
+    def fake_time(fn, flush, reps=10):
+        label = fn().label
+        timed.append(label)
+        return fake_us[label]
+
+    monkeypatch.setattr(quant_gemv, "_time_us", fake_time)
+    monkeypatch.setattr(quant_gemv, "autotune_enabled", lambda x: True)
+    monkeypatch.setattr(quant_gemv, "_CHOICES", {})
+    monkeypatch.setattr(quant_gemv, "TUNING_LOG", [])
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: torch.zeros(1))  # no 128 MB flush buffer on the CPU
+    answer = torch.ones(1, 8)
+
+    def output(label, value):
+        out = value.clone()
+        out.label = label  # which kernel made it, for fake_time
+        return out
+
+    def run_dot():
+        return output("dot", answer)
+
+    def run_gemv(cfg):
+        if cfg is broken:
+            raise RuntimeError("out of resources")
+        return output(cfg.label, answer * (2 if cfg is wrong else 1))
+
+    x = torch.zeros(1, 4)
+    for _ in range(2):
+        choice = quant_gemv._choose("int4", x, 8, run_dot, run_gemv, (good, wrong, broken), good)
+        assert choice is good
+    assert timed == ["dot", good.label]  # the wrong one is never timed, the second call is not tuned again
+    (entry,) = quant_gemv.TUNING_LOG
+    assert entry["choice"] == good.label and entry["us"][wrong.label] is None and entry["us"][broken.label] is None
+    fake_us["dot"] = 10.0
+    assert quant_gemv._choose("int4", torch.zeros(2, 4), 8, run_dot, run_gemv, (good,), good) == quant_gemv.DOT
+    assert quant_gemv._choose("int4", torch.zeros(quant_gemv.GEMV_MAX_M + 1, 4), 8, run_dot, run_gemv, (good,),
+                              good) == quant_gemv.DOT
+
+
 # ------------------------------------------------------------------ GPU: Qwen3-8B shapes
 
 SHAPES_8B = [("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 24576, 4096), ("down", 4096, 12288)]

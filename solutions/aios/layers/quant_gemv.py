@@ -430,6 +430,8 @@ TUNE_TOLERANCE = 3e-2
 #: (kind, M, N, K, dtype, device) -> the chosen GemvConfig, or DOT for the lesson's tl.dot kernel.
 DOT = "dot"
 _CHOICES: dict[tuple, GemvConfig | str] = {}
+#: Bytes overwritten before each timed call, more than the L2 cache (50 MB on an H100 or H200).
+FLUSH_BYTES = 128 * 1024 * 1024
 #: One record per tuned shape: the key, every candidate's microseconds (None: refused or wrong) and the choice.
 TUNING_LOG: list[dict] = []
 
@@ -461,7 +463,7 @@ def _tune(key: tuple, run_dot, run_gemv, candidates) -> GemvConfig | str:
     """Time the tl.dot kernel and each GEMV candidate; keep the fastest whose output agrees with the tl.dot kernel's."""
     reference = run_dot().float()
     peak = reference.abs().max().clamp_min(1e-6)
-    flush = torch.empty(32 * 1024 * 1024, dtype=torch.int32, device=reference.device)  # 128 MB > the L2 cache
+    flush = torch.empty(FLUSH_BYTES // 4, dtype=torch.int32, device=reference.device)
     timings: dict[str, float | None] = {DOT: _time_us(run_dot, flush)}
     best, best_us = DOT, timings[DOT]
     for cfg in candidates:
@@ -489,7 +491,13 @@ def _choose(kind: str, x: torch.Tensor, N: int, run_dot, run_gemv, candidates, d
     if choice is None:
         if not autotune_enabled(x):
             return default if M <= UNTUNED_GEMV_MAX_M else DOT
-        choice = _CHOICES[key] = _tune(key, run_dot, run_gemv, candidates)
+        try:
+            choice = _tune(key, run_dot, run_gemv, candidates)
+        except Exception as exc:  # e.g. no memory left for the flush buffer: keep the untuned choice
+            choice = default if M <= UNTUNED_GEMV_MAX_M else DOT
+            TUNING_LOG.append({"key": [str(part) for part in key], "us": {}, "choice": choice if choice == DOT else choice.label,
+                               "error": f"{type(exc).__name__}: {exc}"[:200]})
+        _CHOICES[key] = choice
     return choice
 
 
