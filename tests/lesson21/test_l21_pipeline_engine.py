@@ -144,6 +144,12 @@ def test_more_stages_than_layers_is_refused(tiny_model_dir):
     assert partition_layers(2, 2) == [(0, 1), (1, 2)]  # while two stages are fine
 
 
+def test_quantization_is_refused(tiny_model_dir):
+    """pipeline_parallel_size=2 with quantization="int8" is a ValueError pointing to the README, before any rank starts."""
+    with pytest.raises(ValueError, match="lesson21/README.md, 'What pipeline parallelism leaves out'"):
+        LLM(tiny_model_dir, pipeline_parallel_size=2, quantization="int8", **OPTIONS)
+
+
 def test_rank_that_never_joins_fails_the_rendezvous(tiny_model_dir, learner_import):
     """A rank alone at the rendezvous (its peer never comes) gets PipelineError within AIOS_PP_TIMEOUT_S (3 s here)."""
     code = ("import sys; from aios.config import Config\n"
