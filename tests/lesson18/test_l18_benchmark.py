@@ -49,6 +49,14 @@ def qwen3_8b_dir(tmp_path_factory):
     return folder
 
 
+def gemv_choices(method):
+    """'M N K' -> the kernel quant_gemv's first-call tuning chose for each decode matmul shape of ``method``."""
+    from aios.layers import quant_gemv
+
+    log = quant_gemv.TUNING_LOG
+    return {" ".join(entry["key"][1:4]): entry["choice"] for entry in log if entry["key"][0] == method}
+
+
 @pytest.mark.parametrize("method", ["int8", "int4"])
 def test_quantized_batch1_decode_speedup(method, qwen3_8b_dir, benchmark):
     """Batch-1 decode with `method` weights reaches MIN_SPEEDUP[method] x the bf16 engine (Qwen3-8B shape)."""
@@ -66,6 +74,7 @@ def test_quantized_batch1_decode_speedup(method, qwen3_8b_dir, benchmark):
         "speedup": round(speedup, 3),
         "min_speedup": MIN_SPEEDUP[method],
         "device": quantized.device,
+        "gemv_choices": gemv_choices(method),
     }
     benchmark.extra_info.update(comparison)
     print(comparison)
