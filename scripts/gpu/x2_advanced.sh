@@ -23,14 +23,30 @@ mkdir -p "$FINAL"
 left() { local t=$(( DEADLINE - SECONDS - ${1:-0} )); [ "$t" -gt "${2:-100000}" ] && t=${2}; echo $(( t > 10 ? t : 10 )); }
 say() { echo "=== $* (t=${SECONDS}s)" | tee -a "$FINAL/summary.txt"; }
 
+# kill_tree SIGNAL PID: send SIGNAL to PID and every process below it.
+kill_tree() {
+  local child
+  for child in $(pgrep -P "$2"); do kill_tree "$1" "$child"; done
+  kill -"$1" "$2" 2> /dev/null
+}
+
 # step NAME TIMEOUT [ENV=VALUE...] -- COMMAND...: run COMMAND with OUT=$FINAL/NAME, its log in NAME.log.
 step() {
   local name=$1 limit=$2; shift 2
   local envs=()
   while [ "$1" != -- ]; do envs+=("$1"); shift; done; shift
   mkdir -p "$FINAL/$name"
-  env OUT="$FINAL/$name" "${envs[@]}" timeout "$limit" "$@" > "$FINAL/$name.log" 2>&1
+  # At the limit the whole process tree is killed (not just the direct child): a nested `timeout` runs in
+  # its own process group, and a spawned rank must not outlive the step and hold a GPU while the next one measures.
+  env OUT="$FINAL/$name" "${envs[@]}" "$@" > "$FINAL/$name.log" 2>&1 &
+  local pid=$!
+  ( sleep "$limit"; kill_tree TERM "$pid"; sleep 10; kill_tree KILL "$pid" ) &
+  local watchdog=$!
+  wait "$pid"
   local rc=$?
+  kill "$watchdog" 2> /dev/null
+  kill "$watchdog" 2> /dev/null
+  pkill -KILL -g "$pid" 2> /dev/null
   { echo "--- $name: exit code $rc"; grep -vE "^\s*$" "$FINAL/$name.log" | tail -12; } >> "$FINAL/summary.txt"
   return $rc
 }

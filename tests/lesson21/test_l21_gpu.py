@@ -27,7 +27,7 @@ pytestmark = [
 OPTIONS = {**features_up_to(14), "dtype": "float32", "max_num_seqs": 8, "max_model_len": 512,
            "num_kvcache_blocks": 256}
 PROMPTS = [list(range(3, 3 + n)) for n in (7, 64, 129, 300)]
-#: PP=2 runs eager (no CUDA graphs) with a pipeline bubble of 1/3 per step; TP=2 replays graphs. A PP=2
+#: PP=2 replays decode graphs per stage (pp_graphs.py) with a pipeline bubble of 1/3 per step, as TP=2 replays its own. A PP=2
 #: throughput below this share of TP=2's on one NVLink machine means something is serialised that should not be.
 MIN_PP_OVER_TP = 0.35
 
