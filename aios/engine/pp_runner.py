@@ -63,6 +63,7 @@ from aios.engine.pipeline import (
     send_activations,
     split_micro_batches,
 )
+from aios.engine.pp_graphs import StageDecodeGraphs, stage_graphs_wanted
 from aios.engine.tp_runner import StepSequence, check_tensor_parallel_config
 from aios.layers.paged_attention import PagedKVCache
 from aios.layers.sampler import Sampler
@@ -97,8 +98,9 @@ def uses_pipeline_runner(config: Config) -> bool:
 def check_pipeline_config(config: Config) -> None:
     """Raise ValueError for options pipeline parallelism cannot serve; adjust the ones it overrides.
 
-    CUDA graphs and the asynchronous loop (lessons 11 and 17) are switched off: a stage's
-    forward waits on another process. Speculative decoding (lesson 19) is refused.
+    The asynchronous loop (lesson 17) is switched off: a stage's forward waits on another
+    process. Decode micro-batches replay CUDA graphs per stage (pp_graphs.py) unless
+    ``enforce_eager``. Speculative decoding (lesson 19) is refused.
     """
     world = int(os.environ["WORLD_SIZE"]) if launched_by_torchrun() else None
     check_parallel_layout(config.hf_config.num_hidden_layers, config.tensor_parallel_size,
@@ -121,7 +123,6 @@ def check_pipeline_config(config: Config) -> None:
             raise ValueError(f"tensor_parallel_size x pipeline_parallel_size = {needed} ranks need {needed} GPUs on "
                              f"this machine, torch sees {torch.cuda.device_count()}; use torchrun to span machines "
                              f"({PP_README}, 'Launching across machines')")
-    config.enforce_eager = True
     if hasattr(config, "async_scheduling"):
         config.async_scheduling = False
 
@@ -237,7 +238,7 @@ def stage_num_kvcache_blocks(config: Config, num_layers: int) -> int:
 class StageRunner(ModelRunner):
     """One rank's part: this stage's weights and KV cache, and ``execute`` for one engine step.
 
-    It reuses ModelRunner's batch preparation (lesson 7) and sampling; no CUDA graphs.
+    It reuses ModelRunner's batch preparation (lesson 7) and sampling; decode graphs are pp_graphs.py's.
     """
 
     def __init__(self, config: Config, layout: RankLayout):
@@ -254,6 +255,8 @@ class StageRunner(ModelRunner):
         self.kv_cache = self.allocate_kv_cache()
         self.sampler = Sampler()
         self.graphs, self.graph_sizes, self.graph_inputs = {}, [], None
+        # Decode micro-batches replay CUDA graphs on a GPU (pp_graphs.py); prefill runs forward_step.
+        self.stage_graphs = StageDecodeGraphs(self).capture() if stage_graphs_wanted(config) else None
         if dist.is_initialized():  # every stage is loaded: a rank that failed to start fails the others here
             dist.barrier()
 
@@ -287,7 +290,11 @@ class StageRunner(ModelRunner):
 
         Returns, on rank 0, the token ids (int64 [num_seqs]) or the logits (float32 [num_seqs, vocab]); None elsewhere.
         """
-        logits = self.forward_step(seqs, is_prefill)
+        graphs = self.stage_graphs
+        if graphs is not None and not is_prefill and graphs.fits(len(seqs)):
+            logits = graphs.forward_step(seqs)  # every stage decides alike: same step, same micro-batches
+        else:
+            logits = self.forward_step(seqs, is_prefill)
         layout = self.layout
         if layout.world_rank == layout.sampler_rank:
             if logits is None or logits.shape[0] != len(seqs):
