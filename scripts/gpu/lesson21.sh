@@ -10,6 +10,7 @@
 #
 #   bash scripts/gpu/lesson21.sh [all|tests|torchrun|bench|bench14b|bench32b]   # results under $OUT
 #   BENCH_FLAGS="--num-requests 64 --profile" bash scripts/gpu/lesson21.sh bench14b   # a shorter workload, a profile
+#   LAYOUTS=pp2 bash scripts/gpu/lesson21.sh bench32b                                   # one layout only
 #
 # Files written to $OUT: gpu.txt, lesson21_tests.log, lesson21_torchrun_node{0,1}.log,
 # lesson21_completion.json, bench_{14b,32b}_{pp2,tp2}.{json,log}, lesson21_summary.md.
@@ -78,6 +79,7 @@ bench_shape() {
   model=$(shape_checkpoint "$preset") || { echo "could not write the $preset checkpoint"; return 1; }
   for layout in "pp2:--pipeline-parallel-size 2" "tp2:--tensor-parallel-size 2"; do
     local name=${layout%%:*} flags=${layout#*:}
+    [[ " ${LAYOUTS:-pp2 tp2} " == *" $name "* ]] || continue
     section "python -m aios bench, Qwen3-$preset shape, ${name^^}"
     # shellcheck disable=SC2086
     timeout "${BENCH_TIMEOUT:-200}" python3 -m aios bench --model "$model" $flags ${BENCH_FLAGS:-} --no-progress \

@@ -10,6 +10,8 @@
 #                                           # side by side: GPU 0: lesson 17's benchmark | GPU 1: lesson
 #                                           # 20's kernel benchmark, then lesson 19's benchmark
 #
+#   bash scripts/gpu/x2_advanced.sh pp      # lesson 21's NCCL tests, then PP=2 alone on the 14B and 32B shapes
+#
 # Every step's timeout is cut to what is left of DEADLINE seconds (default 570). Each script writes
 # under $OUT/<name>/ (its own gpu.txt, logs, JSON); $OUT/summary.txt collects the tails.
 set -u -o pipefail
@@ -72,6 +74,15 @@ elif [ "$PART" = bench ]; then
   ( step l20_bench "$(( B / 2 ))" CUDA_VISIBLE_DEVICES=1 -- bash scripts/gpu/lesson20.sh bench
     step l19_bench "$(left 5)" CUDA_VISIBLE_DEVICES=1 -- bash scripts/gpu/lesson19.sh bench ) &
   wait
+elif [ "$PART" = pp ]; then
+  say "lesson 21's NCCL tests, then PP=2 on the 14B (64 requests, with a decode profile) and 32B shapes"
+  step l21_gpu_tests "$(left 300 150)" AIOS_IMPL=reference PYTHONPATH="$PWD/solutions" PYTHONSAFEPATH=1 \
+    HF_HUB_OFFLINE=1 -- python3 -m pytest tests/lesson21/test_l21_gpu.py -m "not benchmark_gpu" \
+    -q -rs -p no:cacheprovider
+  step l21_pp14b "$(left 150 170)" LAYOUTS=pp2 BENCH_TIMEOUT=120 BENCH_FLAGS="--num-requests 64 --profile" \
+    -- bash scripts/gpu/lesson21.sh bench14b
+  step l21_pp32b "$(left 5 150)" LAYOUTS=pp2 BENCH_TIMEOUT=100 BENCH_FLAGS="--num-requests 64" \
+    -- bash scripts/gpu/lesson21.sh bench32b
 fi
 say done
 tar -C "$FINAL" -czf /tmp/x2_results.tgz . && mv /tmp/x2_results.tgz "$FINAL/results.tgz"
