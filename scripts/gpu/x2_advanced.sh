@@ -76,10 +76,10 @@ elif [ "$PART" = bench ]; then
   wait
 elif [ "$PART" = pp ]; then
   say "lesson 21's NCCL tests, then PP=2 on the 14B (64 requests, with a decode profile) and 32B shapes"
-  step l21_gpu_tests "$(left 300 150)" AIOS_IMPL=reference PYTHONPATH="$PWD/solutions" PYTHONSAFEPATH=1 \
+  step l21_gpu_tests "$(left 190 110)" AIOS_IMPL=reference PYTHONPATH="$PWD/solutions" PYTHONSAFEPATH=1 \
     HF_HUB_OFFLINE=1 -- python3 -m pytest tests/lesson21/test_l21_gpu.py -m "not benchmark_gpu" \
     -q -rs -p no:cacheprovider
-  step l21_pp14b "$(left 150 170)" LAYOUTS=pp2 BENCH_TIMEOUT=120 BENCH_FLAGS="--num-requests 64 --profile" \
+  step l21_pp14b "$(left 40 160)" LAYOUTS=pp2 BENCH_TIMEOUT=120 BENCH_FLAGS="--num-requests 64 --profile" \
     -- bash scripts/gpu/lesson21.sh bench14b
   step l21_pp32b "$(left 5 150)" LAYOUTS=pp2 BENCH_TIMEOUT=100 BENCH_FLAGS="--num-requests 64" \
     -- bash scripts/gpu/lesson21.sh bench32b
