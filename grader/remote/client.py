@@ -149,6 +149,7 @@ class Worker:
         self.trusted: dict[int, object] = {}
         self.trusted_ids: dict[int, int] = {}
         self.methods: dict[str, frozenset] = {}
+        self.identity: set[str] = set()  # type keys whose == and != are identity (see Remote.__eq__)
         self.importing: set[str] = set()
         self.tensors = CopyCache()
         self.shared = SharedTensors()
@@ -226,7 +227,7 @@ class Worker:
         answers that one is unchanged after it ("kept", then it stays valid) or sends it anew.
         """
         snap = proxy._aios_snap
-        if snap is None or self.depth or name not in snap[1] or not self.alive:
+        if snap is None or self.depth or name not in snap[1] or not self.alive or name == ITEMS:
             return _MISSING
         if SESSION is not None and SESSION.current is not self:
             return _MISSING
@@ -239,28 +240,56 @@ class Worker:
             self.hot[hid] = None
             self._recently_read(hid)
         data = snap[1][name]
-        if type(data) is dict and data.get("$") == "hl":
-            return self._handle_list(data)
+        if type(data) is dict and data.get("$") in ("hl", "ho"):
+            value = self._handle_list(data) if data["$"] == "hl" else self._held(data.get("v"))
+            if value is not _MISSING:
+                proxy._aios_keep[name] = value
+            return value
         return protocol.decode(data, [], _no_handles)
+
+    def _held(self, hid):
+        """The handle held here for handle id ``hid`` (``_MISSING`` when it is gone)."""
+        proxy = self.proxies.get(hid) if type(hid) is int else None
+        return _MISSING if proxy is None else proxy
 
     def items_value(self, proxy: "Remote"):
         """The items of a builtin container held by learner code (a deque), as a fresh list, from
         those its handle came with (``_MISSING`` when stale, as a snapshot would be): iterating a
         builtin container of plain data runs no code, so the request would answer the same."""
-        items = proxy._aios_items
-        if items is None or items[0] != self.epoch or self.depth or not self.alive:
+        snap = proxy._aios_snap
+        if snap is None or ITEMS not in snap[1] or self.depth or not self.alive:
             return _MISSING
         if SESSION is not None and SESSION.current is not self:
             return _MISSING
-        value = protocol.decode(items[1], [], _no_handles)
+        if snap[0] != self.epoch:
+            self.stale_read = proxy._aios_record.get("tkey")
+            self._recently_read(proxy._aios_id)
+            return _MISSING
+        hid = proxy._aios_id
+        if hid not in self.hot:
+            self.hot[hid] = None
+            self._recently_read(hid)
+        data = snap[1][ITEMS]
+        if type(data) is dict and data.get("$") == "hl":
+            value = self._handle_list(data)
+            if value is not _MISSING:
+                proxy._aios_keep[ITEMS] = value
+            return list(value) if type(value) is list else _MISSING
+        value = protocol.decode(data, [], _no_handles)
         return value if type(value) is list else _MISSING
 
-    def read_anew(self, proxy: "Remote", name: str) -> None:
+    def read_anew(self, proxy: "Remote", name: str, value=None) -> None:
         """After a request read ``proxy.name``: when the reply brought a snapshot holding it (a plain
-        attribute), the object counts as read since the last request (see ``_wanted``)."""
+        attribute), the object counts as read since the last request (see ``_wanted``). A learner
+        object the snapshot names by its handle (``scheduler.running``) is kept alive with ``proxy``,
+        so that the next read finds it there."""
         snap = proxy._aios_snap
         if snap is not None and snap[0] == self.epoch and name in snap[1] and proxy._aios_worker is self:
             self.hot[proxy._aios_id] = None
+            data = snap[1][name]
+            if isinstance(value, Remote) and type(data) is dict and data.get("$") == "ho" \
+                    and data.get("v") == value._aios_id:
+                proxy._aios_keep[name] = value
 
     def _recently_read(self, hid: int) -> None:
         recent = self.recent
@@ -279,6 +308,9 @@ class Worker:
             proxy = self.proxies.get(hid)
             if proxy is not None and proxy._aios_snap is not None:
                 wanted[hid] = proxy._aios_snap
+                for child in proxy._aios_keep.values():  # scheduler.running: its items too
+                    if isinstance(child, Remote) and child._aios_snap is not None and child._aios_worker is self:
+                        wanted.setdefault(child._aios_id, child._aios_snap)
         self.hot.clear()
         if self.stale_read is not None:
             kind, self.stale_read = self.stale_read, None
@@ -402,6 +434,8 @@ class Worker:
         hid = int(record["id"])
         if "methods" in record:
             self.methods[str(record["tkey"])] = frozenset(str(m) for m in record["methods"])
+            if record.get("ident") is True:
+                self.identity.add(str(record["tkey"]))
         name = str(record.get("name"))
         if record.get("kind") == "module" and _is_aios(name) and name not in self.importing:
             self.released.append((hid, 1))
@@ -414,8 +448,11 @@ class Worker:
         self.pinned.append(proxy)  # a snapshot may name it (see _handle_list)
         if type(record.get("snap")) is dict:
             object.__setattr__(proxy, "_aios_snap", (self.epoch, record["snap"]))
-        if "items" in record:
-            object.__setattr__(proxy, "_aios_items", (self.epoch, record["items"]))
+        members = record.get("members")
+        if type(members) is dict and record.get("kind") == "class":
+            found = {str(name): self._from_record(member) for name, member in members.items()
+                     if type(member) is dict and member.get("$") == "h"}
+            object.__setattr__(proxy, "_aios_members", {n: m for n, m in found.items() if isinstance(m, Remote)})
         if record.get("kind") == "coroutine":
             return _awaiting(proxy)
         if record.get("kind") == "asyncgen":
@@ -613,6 +650,8 @@ def _tensor_type():
     return torch.Tensor if torch is not None else None
 STOP = object()
 _MISSING = object()
+ITEMS = "$items"  # a snapshot's entry holding a builtin container's items (worker.py: ITEMS)
+LEN = "$len"  # a snapshot's entry holding what a pure ``__len__`` answers (worker.py: LEN)
 #: At most this many handles whose snapshots were read lately are remembered (see Worker._wanted).
 RECENT_SNAPSHOTS = 32
 
@@ -798,7 +837,7 @@ class Remote:
     """
 
     __slots__ = ("_aios_worker", "_aios_id", "_aios_seen", "_aios_record", "_aios_path", "_aios_fresh",
-                 "_aios_patched", "_aios_snap", "_aios_items", "__weakref__")
+                 "_aios_patched", "_aios_snap", "_aios_members", "_aios_keep", "__weakref__")
 
     def __init__(self, worker: Worker, hid: int, record: dict):
         object.__setattr__(self, "_aios_worker", worker)
@@ -809,7 +848,8 @@ class Remote:
         object.__setattr__(self, "_aios_fresh", None)
         object.__setattr__(self, "_aios_patched", {})  # attribute name -> times the tests set it
         object.__setattr__(self, "_aios_snap", None)  # (epoch, {name: data}): see Worker.snapshot_value
-        object.__setattr__(self, "_aios_items", None)  # (epoch, data): see Worker.items_value
+        object.__setattr__(self, "_aios_members", None)  # an Enum class's {name: member handle}
+        object.__setattr__(self, "_aios_keep", {})  # handles its snapshot names, kept alive with it
 
     def __del__(self):
         worker = self._aios_worker
@@ -849,18 +889,25 @@ class Remote:
         methods = self._aios_worker.methods.get(str(self._aios_record.get("tkey")), ())
         if name in methods and self._aios_record.get("kind") != "class":
             return RemoteMethod(self, name)
+        members = self._aios_members
+        if members is not None and name in members and _current(self):
+            return members[name]
         value = self._aios_worker.snapshot_value(self, name)
         if value is not _MISSING:
             return value
         value = self._aios("getattr", self, name)
-        self._aios_worker.read_anew(self, name)
+        self._aios_worker.read_anew(self, name, value)
         return value
 
     def __setattr__(self, name: str, value) -> None:
+        if self._aios_members is not None:
+            self._aios_members.pop(name, None)
         self._aios("setattr", self, name, value)
         self._aios_patched[name] = self._aios_patched.get(name, 0) + 1
 
     def __delattr__(self, name: str) -> None:
+        if self._aios_members is not None:
+            self._aios_members.pop(name, None)
         self._aios("delattr", self, name)
 
     def __call__(self, *args, **kwargs):
@@ -891,10 +938,24 @@ class Remote:
         return item
 
     def __eq__(self, other):
+        if self._aios_identical(other):
+            return self is other
         return _plain(self._aios_op("eq", self, other), bool)
 
     def __ne__(self, other):
+        if self._aios_identical(other):
+            return self is not other
         return _plain(self._aios_op("ne", self, other), bool)
+
+    def _aios_identical(self, other) -> bool:
+        """Whether ``self == other`` is identity, so answered here: both are handles in the current
+        worker to objects whose classes keep object's own ``==``/``!=`` (``seq in waiting``). One
+        handle per object, so the same object is the same handle. Anything else (a test's value,
+        a class with an ``__eq__`` of its own) is asked of the worker."""
+        if not isinstance(other, Remote) or not _current(self) or other._aios_worker is not self._aios_worker:
+            return False
+        identity = self._aios_worker.identity
+        return str(self._aios_record.get("tkey")) in identity and str(other._aios_record.get("tkey")) in identity
 
     def __hash__(self):
         return _plain(self._aios_op("hash", self), int)
@@ -906,9 +967,15 @@ class Remote:
         items = self._aios_worker.items_value(self)
         if items is not _MISSING:
             return len(items)
+        length = self._aios_worker.snapshot_value(self, LEN)  # a pure __len__ (worker.py: _pure_values)
+        if type(length) is int and length >= 0:
+            return length
         return _plain(self._aios_op("len", self), int)
 
     def __contains__(self, item):
+        items = self._aios_worker.items_value(self)
+        if items is not _MISSING and _local_membership(item, items):
+            return item in items
         return _plain(self._aios_op("contains", self, item), bool)
 
     def __index__(self):
@@ -946,6 +1013,24 @@ class Remote:
 
     def __round__(self, *digits):
         return self._aios_op("round", self, *digits)
+
+
+def _current(remote: Remote) -> bool:
+    """Whether ``remote`` lives in the session's current, running worker."""
+    worker = remote._aios_worker
+    return worker.alive and (SESSION is None or SESSION.current is worker)
+
+
+def _local_membership(item, items: list) -> bool:
+    """Whether ``item in items`` (the items of a learner's deque) answers here as the worker would:
+    plain scalars among plain scalars, or a handle among handles compared by identity."""
+    if type(item) in _SCALARS:
+        return all(type(value) in _SCALARS for value in items)
+    return isinstance(item, Remote) and all(isinstance(value, Remote) and item._aios_identical(value)
+                                            for value in items)
+
+
+_SCALARS = (type(None), bool, int, str)
 
 
 def _current_worker(remote: Remote) -> Worker:

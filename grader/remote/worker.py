@@ -19,6 +19,8 @@ import argparse
 import builtins
 import collections
 import contextlib
+import dis
+import enum
 import importlib
 import importlib.util
 import inspect
@@ -68,10 +70,14 @@ SNAPSHOT_ATTRIBUTE_ITEMS = 64
 SNAPSHOT_OBJECTS = 8
 #: At most this many snapshots the trusted side asks for are checked or sent again after a request.
 WANTED_SNAPSHOTS = 32
-#: Builtin containers (held by learner code, so crossing as handles) whose handle comes with their
-#: items when those are plain data: iterating it or taking its length then costs no round trip.
+#: Builtin containers (held by learner code, so crossing as handles) whose snapshot holds their
+#: items (under ``ITEMS``) when those are plain data or learner objects the trusted side holds
+#: handles to: iterating it, taking its length or testing membership then costs no round trip.
 ITEM_SNAPSHOT_TYPES = (collections.deque,)
 ITEM_SNAPSHOT_LIMIT = 4096
+ITEMS = "$items"  # not an identifier: no attribute can have this name in a snapshot
+#: At most this many members of a learner Enum class come with the class's handle.
+ENUM_MEMBERS = 64
 PRINTED_LIMIT = 64_000
 STOP = object()  # what ``next`` answers at the end of an iterator
 HF_MODEL_MODULES = "transformers.modeling_utils"
@@ -188,6 +194,8 @@ def _plain_left(value, left: int, depth: int = 0) -> int:
 #: Scalars that ``protocol.encode`` sends as themselves (a float may not be: nan is tagged).
 _AS_THEMSELVES = frozenset({type(None), bool, int, str})
 _FLAT_CONTAINERS = {list: "list", tuple: "tuple", set: "set", frozenset: "frozenset"}
+#: Types ``protocol.encode`` sends as data (never as a handle), tensors aside (see ``Worker.handled``).
+_NOT_HANDLES = frozenset({*protocol.PLAIN, list, tuple, set, frozenset, dict, bytes, bytearray, slice})
 
 
 def _encoded_plain(value, budget: int, handled=None):
@@ -206,6 +214,10 @@ def _encoded_plain(value, budget: int, handled=None):
         hids = handled(value)
         if hids is not None:
             return {"$": "hl", "t": tag, "v": hids}, len(value) + 1
+    if handled is not None and budget >= 1 and kind not in _NOT_HANDLES:
+        hids = handled((value,))
+        if hids is not None:  # a learner object the trusted side holds (``seq.status``, ``scheduler.running``)
+            return {"$": "ho", "v": hids[0]}, 1
     if kind is dict and 2 * len(value) < budget and _AS_THEMSELVES.issuperset(map(type, value)) \
             and _AS_THEMSELVES.issuperset(map(type, value.values())):
         return {"$": "dict", "k": list(value), "v": list(value.values())}, 2 * len(value) + 1
@@ -217,6 +229,8 @@ def snapshot(obj, handled=None) -> dict | None:
     """The encoded plain-data attributes of ``obj`` (a few, small), for the trusted side to read
     without a round trip until its next request that may change anything. None when reading
     them could run learner code (see ``_own_attributes``). ``handled``: see ``_encoded_plain``."""
+    if type(obj) in ITEM_SNAPSHOT_TYPES:
+        return _item_snapshot(obj, handled)
     attrs = _own_attributes(obj)
     if attrs is None:
         return None
@@ -227,7 +241,160 @@ def snapshot(obj, handled=None) -> dict | None:
             encoded = _encoded_plain(value, min(left, SNAPSHOT_ATTRIBUTE_ITEMS), handled)
             if encoded is not None:
                 found[name], left = encoded[0], left - encoded[1]
+    for name, value in _pure_values(obj, attrs, shadowed):
+        encoded = _encoded_plain(value, min(left, SNAPSHOT_ATTRIBUTE_ITEMS))
+        if encoded is not None:
+            found[name], left = encoded[0], left - encoded[1]
     return found
+
+
+# ------------------------------------------------- pure properties (computed from plain attributes)
+#
+# ``seq.num_blocks`` or ``manager.num_free_blocks`` is a property: reading it runs learner code,
+# so it would be one round trip every time. When the getter's bytecode can only read plain-data
+# attributes of ``self`` (builtin scalars and flat builtin containers of them, straight from the
+# instance ``__dict__``), combine them with operators and a few builtins (``len``, ``min``...) and
+# return (no stores, calls of anything else, loops, imports or nested functions), it runs no other
+# code, changes nothing and gives the same value for the same attributes: the snapshot holds its
+# value, taken with the plain attributes. Anything else (an unknown opcode included) stays a
+# request. The same holds for ``__len__`` (under ``LEN``).
+
+LEN = "$len"  # not an identifier: no attribute can have this name in a snapshot
+PURE_BUILTINS = frozenset({"len", "min", "max", "abs", "sum", "any", "all", "bool", "int", "float", "round",
+                           "divmod"})
+PURE_OPCODES = frozenset({
+    "RESUME", "NOP", "CACHE", "EXTENDED_ARG", "LOAD_CONST", "LOAD_FAST", "LOAD_FAST_CHECK", "STORE_FAST",
+    "LOAD_ATTR", "LOAD_GLOBAL", "PUSH_NULL", "PRECALL", "CALL", "KW_NAMES", "BINARY_OP", "BINARY_SUBSCR",
+    "BINARY_SLICE", "COMPARE_OP", "IS_OP", "CONTAINS_OP", "UNARY_NOT", "UNARY_NEGATIVE", "UNARY_INVERT",
+    "TO_BOOL", "POP_TOP", "COPY", "SWAP", "BUILD_TUPLE", "BUILD_SLICE", "RETURN_VALUE", "RETURN_CONST",
+    "JUMP_FORWARD", "POP_JUMP_FORWARD_IF_FALSE", "POP_JUMP_FORWARD_IF_TRUE", "POP_JUMP_FORWARD_IF_NONE",
+    "POP_JUMP_FORWARD_IF_NOT_NONE", "POP_JUMP_IF_FALSE", "POP_JUMP_IF_TRUE", "POP_JUMP_IF_NONE",
+    "POP_JUMP_IF_NOT_NONE", "JUMP_IF_FALSE_OR_POP", "JUMP_IF_TRUE_OR_POP"})
+#: ``**`` and ``<<`` (and in place) could make huge numbers from small ones: not computed ahead.
+COSTLY_BINARY_OPS = frozenset({"**", "<<", "**=", "<<="})
+PURE_VALUE_LIMIT = 4096
+_PURE_SCALARS = frozenset({type(None), bool, int, float, str})
+_PURE_CONTAINERS = (list, tuple, set, frozenset, collections.deque)
+_PURE_CODE: dict[int, tuple] = {}  # id(code) -> (code, attribute names read, or None when not pure)
+_PURE_GETTERS: dict[int, tuple] = {}  # id(class) -> (class, [(name, defining class, descriptor, function)])
+
+
+def _pure_code_attributes(function) -> tuple | None:
+    """The ``self`` attributes a getter reads when its code is pure (see above); None otherwise."""
+    if type(function) is not types.FunctionType:
+        return None
+    code = function.__code__
+    cached = _PURE_CODE.get(id(code))
+    if cached is not None and cached[0] is code:
+        names = cached[1]
+    else:
+        names = _analyse(code)
+        _PURE_CODE[id(code)] = (code, names)
+    if names is None or function.__closure__ or getattr(function, "__builtins__", None) is not builtins.__dict__:
+        return None
+    if any(name in function.__globals__ for name in code.co_names if name in PURE_BUILTINS):
+        return None  # ``len`` redefined in the learner's module
+    return names
+
+
+def _analyse(code) -> tuple | None:
+    if code.co_argcount != 1 or code.co_kwonlyargcount or code.co_flags & (inspect.CO_GENERATOR | inspect.CO_COROUTINE
+                                                                         | inspect.CO_ASYNC_GENERATOR
+                                                                         | inspect.CO_VARARGS | inspect.CO_VARKEYWORDS):
+        return None
+    names, previous = [], None
+    for instruction in dis.get_instructions(code):
+        op = instruction.opname
+        if op not in PURE_OPCODES:
+            return None
+        if op == "LOAD_ATTR":
+            if previous is None or previous.opname not in ("LOAD_FAST", "LOAD_FAST_CHECK") or previous.arg != 0 \
+                    or sys.version_info >= (3, 12) and instruction.arg & 1:
+                return None  # only ``self.name``, never a method load or an attribute of something else
+            names.append(instruction.argval)
+        elif op == "LOAD_GLOBAL" and instruction.argval not in PURE_BUILTINS:
+            return None
+        elif op == "STORE_FAST" and instruction.arg == 0:
+            return None  # ``self`` rebound
+        elif op == "LOAD_CONST" and not _pure_value(instruction.argval):
+            return None
+        elif op == "BINARY_OP" and instruction.argrepr in COSTLY_BINARY_OPS:
+            return None
+        previous = instruction
+    return tuple(dict.fromkeys(names))
+
+
+def _pure_value(value) -> bool:
+    """Whether ``value`` is a builtin scalar or a flat builtin container of them (not too big)."""
+    kind = type(value)
+    if kind in _PURE_SCALARS:
+        return True
+    if kind in _PURE_CONTAINERS:
+        return len(value) <= PURE_VALUE_LIMIT and _PURE_SCALARS.issuperset(map(type, value))
+    if kind is dict:
+        return len(value) <= PURE_VALUE_LIMIT and _PURE_SCALARS.issuperset(map(type, value)) \
+            and _PURE_SCALARS.issuperset(map(type, value.values()))
+    return False
+
+
+def _pure_getters(cls: type) -> list:
+    """``[(name, defining class, descriptor, getter)]``: the properties of ``cls`` (and ``__len__``,
+    as ``LEN``) whose getters are pure functions, each as found first along the MRO."""
+    cached = _PURE_GETTERS.get(id(cls))
+    if cached is not None and cached[0] is cls:
+        return cached[1]
+    getters, seen = [], set()
+    for klass in cls.__mro__[:-1]:
+        for name, value in list(vars(klass).items()):
+            if name in seen:
+                continue
+            seen.add(name)
+            if type(value) is property and value.fset is None and value.fdel is None:
+                getters.append((name, klass, value, value.fget))
+            elif name == "__len__" and type(value) is types.FunctionType:
+                getters.append((LEN, klass, value, value))
+    _PURE_GETTERS[id(cls)] = (cls, getters)
+    return getters
+
+
+def _pure_values(obj, attrs: dict, shadowed: set):
+    """``(name, value)`` of ``obj``'s pure properties (and ``LEN``) whose inputs are plain attributes."""
+    cls = type(obj)
+    for name, klass, descriptor, getter in _pure_getters(cls):
+        real = "__len__" if name == LEN else name
+        if klass.__dict__.get(real) is not descriptor or next(k for k in cls.__mro__ if real in k.__dict__) is not klass:
+            continue  # changed since the class was looked at
+        names = _pure_code_attributes(getter)
+        if names is None or not all(n in attrs and n not in shadowed and _pure_value(attrs[n]) for n in names):
+            continue
+        try:
+            value = getter(obj)
+        except Exception:  # noqa: BLE001 - the test's own read raises it, in a request
+            continue
+        if name != LEN or type(value) is int and value >= 0:
+            yield name, value
+
+
+def _item_snapshot(container, handled=None) -> dict | None:
+    """``{ITEMS: the encoded items}`` of a builtin container (a deque) when they are plain data or
+    learner objects the trusted side holds handles to (``scheduler.waiting``); None otherwise.
+    Reading them runs no code of the learner's (a builtin container), unless another thread could
+    change them meanwhile."""
+    if threading.active_count() > 1 or len(container) >= ITEM_SNAPSHOT_LIMIT:
+        return None
+    items = list(container)
+    encoded = _encoded_plain(items, ITEM_SNAPSHOT_LIMIT, handled)
+    if encoded is None or type(encoded[0]) is not dict or encoded[0].get("$") not in ("list", "hl"):
+        return None
+    return {ITEMS: encoded[0]}
+
+
+def _identity_equality(cls: type) -> bool:
+    """Whether ``==`` and ``!=`` on instances of ``cls`` are plain identity (object's own, no
+    ``__eq__``/``__ne__`` of a class of the learner's): the trusted side then compares two such
+    handles itself (``seq in waiting``). Whatever this says, the answer is still a bool about
+    objects the learner's code controls."""
+    return getattr(cls, "__eq__", None) is object.__eq__ and getattr(cls, "__ne__", None) is object.__ne__
 
 
 def _pure_read(obj, name) -> bool:
@@ -399,6 +566,8 @@ class Worker:
         if id(cls) not in self.types_sent:
             self.types_sent.add(id(cls))
             record["methods"] = self._methods(cls)
+            if _identity_equality(cls):
+                record["ident"] = True
         if record["kind"] in ("object", "callable"):
             try:
                 snap = snapshot(obj, self.handled)
@@ -407,11 +576,25 @@ class Worker:
             self.sent_snapshot(hid, snap)
             if snap is not None:
                 record["snap"] = snap
-            if type(obj) in ITEM_SNAPSHOT_TYPES and len(obj) < ITEM_SNAPSHOT_LIMIT:
-                items = _encoded_plain(list(obj), ITEM_SNAPSHOT_LIMIT)
-                if items is not None:
-                    record["items"] = items[0]
+        elif record["kind"] == "class":
+            members = self._enum_members(obj)
+            if members:
+                record["members"] = members
         return record
+
+    def _enum_members(self, cls) -> dict | None:
+        """``{name: handle record}`` of a learner Enum class's members (``SequenceStatus.RUNNING``),
+        sent with the class's handle: Enum members are fixed when the class is made (its metaclass
+        refuses to reassign or delete one), so the trusted side reads them without a round trip and
+        holds their handles (a snapshot names ``seq.status`` by its handle id)."""
+        if type(cls) is not enum.EnumType or not issubclass(cls, enum.Enum):
+            return None
+        members = cls.__dict__.get("_member_map_")
+        if type(members) is not dict or not 0 < len(members) <= ENUM_MEMBERS:
+            return None
+        if any(type(name) is not str or getattr(cls, name, None) is not member for name, member in members.items()):
+            return None
+        return {name: self.handle(member) for name, member in members.items()}
 
     def sent_snapshot(self, hid: int, snap: dict | None, text: str | None = None) -> None:
         """Remember the snapshot of ``hid`` the trusted side holds now (see ``still_valid``)."""
@@ -461,7 +644,10 @@ class Worker:
         coroutine) the trusted side holds a handle to; None otherwise. A snapshot may name them
         by id: while the trusted side holds their handles, they stay in ``objects``."""
         hids = []
+        torch = sys.modules.get("torch")
         for item in items:
+            if torch is not None and isinstance(item, torch.Tensor):
+                return None  # a tensor read as an attribute crosses as its bytes, never as a handle
             hid = self.ids.get(id(item))
             if hid is None or self.objects[hid] is not item or self.records[hid]["kind"] not in ("object", "callable"):
                 return None

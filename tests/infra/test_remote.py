@@ -105,6 +105,34 @@ LEARNER = {
             def doubled(self):
                 self.reads = getattr(self, "reads", 0) + 1
                 return 2 * self.count
+
+
+        class Mood(__import__("enum").Enum):
+            CALM = 1
+            BUSY = 2
+
+
+        class Sized:
+            """A pure property and ``__len__`` (plain attributes, operators, ``len``), an impure one, an Enum."""
+
+            def __init__(self):
+                self.items, self.mood, self.calls = [1, 2, 3], Mood.CALM, 0
+
+            def __len__(self):
+                return len(self.items)
+
+            @property
+            def half(self):
+                return len(self.items) // 2
+
+            @property
+            def counted(self):
+                self.calls += 1
+                return self.calls
+
+            def grow(self):
+                self.items.append(len(self.items) + 1)
+                self.mood = Mood.BUSY
     ''',
 }
 
@@ -475,7 +503,8 @@ def test_iterating_a_builtin_container_is_one_round_trip(worker, monkeypatch):
     """A deque held by a learner object is iterated in one request, not one per item."""
     counter = worker.request("call", worker.request("getattr", tricks(worker), "Counter"), (), {})
     queue = counter.queue
-    counter.bump()  # the items the deque's handle came with are stale now
+    counter.bump()  # the items the deque's handle came with are checked again after this one (read lately)
+    counter.bump()  # and are stale after this one
     sent = []
     monkeypatch.setattr(protocol, "send", lambda sock, header, buffers=(), _send=protocol.send:
                         sent.append(header) or _send(sock, header, buffers))
@@ -526,3 +555,57 @@ def test_snapshots_read_before_a_request_are_kept_only_when_it_changed_nothing(w
     assert counter.count == 1 and type(counter.count) is int and len(sent) == 1
     bump(0.0)  # 1 + 0.0 is 1.0: equal to 1, but not the same value
     assert type(counter.count) is float and len(sent) == 2
+
+
+def test_identity_equality_pure_properties_and_enum_members_cost_no_round_trip(worker, monkeypatch):
+    """Handles of objects without an ``__eq__`` of their own compare by identity here; a pure property
+    and ``__len__`` are read from the snapshot, an impure property runs every time; an Enum's members
+    come with its class and an attribute holding one is read as that same handle; a call that
+    changes them is seen."""
+    module = tricks(worker)
+    parts = worker.request("call", worker.request("getattr", module, "Counter"), (), {}).parts
+    mood, sized_class = worker.request("getattr", module, "Mood"), worker.request("getattr", module, "Sized")
+    sized = worker.request("call", sized_class, (), {})  # the last request: its snapshot is current
+    sent = []
+    monkeypatch.setattr(protocol, "send", lambda sock, header, buffers=(), _send=protocol.send:
+                        sent.append(header) or _send(sock, header, buffers))
+    assert parts[0] == parts[0] and parts[0] != parts[1] and parts[1] in parts and not sent
+    assert (len(sized), sized.half, sized.mood is mood.CALM, mood.BUSY is mood.BUSY) == (3, 1, True, True)
+    assert not sent
+    assert (sized.counted, sized.counted) == (1, 2) and len(sent) == 2
+    sized.grow()
+    assert (len(sized), sized.half, sized.mood is mood.BUSY) == (4, 2, True) and len(sent) == 3
+    always = call(worker, "AlwaysEqual")
+    sent.clear()
+    assert always == parts[0] and sent  # its own __eq__ runs in the worker
+
+
+def test_a_pure_property_is_only_one_that_reads_plain_attributes():
+    """The bytecode check behind pure properties: stores, calls of learner code, attributes of other
+    objects, loops and non-plain inputs all keep the property a request."""
+    worker_module = sys.modules.get("_aios_remote_worker_for_tests")
+    if worker_module is None:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("_aios_remote_worker_for_tests", client.WORKER_FILE)
+        worker_module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(worker_module)
+
+    def helper(value):
+        return value
+
+    class Thing:
+        def __init__(self):
+            self.items, self.other, self.n = [1, 2], object(), 3
+
+        ok = property(lambda self: len(self.items) + self.n)  # a lambda is a plain function too
+        stores = property(lambda self: setattr(self, "n", 4))
+        calls = property(lambda self: helper(self.n))
+        reaches = property(lambda self: self.other.__class__)
+        loops = property(lambda self: [i for i in self.items])
+        not_plain = property(lambda self: self.other)
+        power = property(lambda self: self.n ** self.n)
+
+    snap = worker_module.snapshot(Thing())
+    assert snap["ok"] == 5
+    assert not {"stores", "calls", "reaches", "loops", "not_plain", "power"} & snap.keys()
