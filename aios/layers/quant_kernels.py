@@ -187,20 +187,22 @@ def quantize_fp8_rows(x: torch.Tensor, block: int = 128) -> tuple[torch.Tensor, 
 @triton.jit
 def _fp8_block_matmul_kernel(
     x_ptr, x_scale_ptr, w_ptr, w_scale_ptr, out_ptr,
-    M, N, K, num_groups,
-    stride_xm, stride_xsm, stride_wn, stride_wsn, stride_om,
+    M, N, K, num_groups, groups_per_split,
+    stride_xm, stride_xsm, stride_wn, stride_wsn, stride_om, stride_os,
     BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_IN_FP32: tl.constexpr,
 ):
-    """Program (pid_m, pid_n): out[rows, cols] = sum_g (xq[rows, g] @ wq[cols, g].T) * sx[rows, g] * sw[cols // B, g]."""
+    """Program (pid_m, pid_n, pid_k): out[pid_k, rows, cols] = sum over the K blocks g of split pid_k of
+    (xq[rows, g] @ wq[cols, g].T) * sx[rows, g] * sw[cols // B, g]."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)  # this program's run of K blocks (split-K, decode shapes)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < M
     col_ok = cols < N
     weight_block_rows = cols // BLOCK
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for group in range(0, num_groups):
+    for group in range(pid_k * groups_per_split, tl.minimum((pid_k + 1) * groups_per_split, num_groups)):
         ks = group * BLOCK + tl.arange(0, BLOCK)
         k_ok = ks < K
         x = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
@@ -212,7 +214,7 @@ def _fp8_block_matmul_kernel(
         else:
             part = tl.dot(x, w)
         acc += part * x_scale[:, None] * w_scale[None, :]
-    tl.store(out_ptr + rows[:, None] * stride_om + cols[None, :], acc.to(out_ptr.dtype.element_ty),
+    tl.store(out_ptr + pid_k * stride_os + rows[:, None] * stride_om + cols[None, :], acc.to(out_ptr.dtype.element_ty),
              mask=row_ok[:, None] & col_ok[None, :])
 
 
@@ -223,24 +225,29 @@ FP8_PREFILL_CONFIG = {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stage
 
 
 def fp8_block_matmul(x: torch.Tensor, weight: torch.Tensor, weight_scale_inv: torch.Tensor,
-                     block: int = 128) -> torch.Tensor:
+                     block: int = 128, split_k: int | None = None) -> torch.Tensor:
     """FP8 W8A8: x [M, K] -> [M, N] in x's dtype, W given as weight [N, K] float8_e4m3fn and its block scales
     weight_scale_inv [ceil(N / block), ceil(K / block)] (W ~= weight * scale of its block).
 
     x is quantized per token and per ``block`` inputs (``quantize_fp8_rows``), then both e4m3
-    operands meet in ``tl.dot`` with float32 accumulation.
+    operands meet in ``tl.dot`` with float32 accumulation. Decode shapes (M <= 16) split the K blocks
+    over programs like the INT8/INT4 kernels (``plan_split_k``; ``split_k`` forces the number).
     """
     M, K = x.shape
     N = weight.shape[0]
     xq, x_scale = quantize_fp8_rows(x, block)
     weight, weight_scale_inv = weight.contiguous(), weight_scale_inv.contiguous()
     cfg = FP8_DECODE_CONFIG if M <= MIN_DOT_ROWS else FP8_MEDIUM_CONFIG if M <= 64 else FP8_PREFILL_CONFIG
-    out = torch.empty(M, N, dtype=x.dtype, device=x.device)
-    grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(N, cfg["BLOCK_N"]))
+    num_groups = triton.cdiv(K, block)
+    if split_k is None and M > MIN_DOT_ROWS:
+        split_k = 1
+    splits, k_per_split = plan_split_k(M, N, K, cfg, block, split_k, x.device)
+    out = torch.empty(splits, M, N, dtype=x.dtype if splits == 1 else torch.float32, device=x.device)
+    grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(N, cfg["BLOCK_N"]), splits)
     _fp8_block_matmul_kernel[grid](
-        xq, x_scale, weight, weight_scale_inv, out, M, N, K, triton.cdiv(K, block),
-        xq.stride(0), x_scale.stride(0), weight.stride(0), weight_scale_inv.stride(0), out.stride(0),
+        xq, x_scale, weight, weight_scale_inv, out, M, N, K, num_groups, k_per_split // block,
+        xq.stride(0), x_scale.stride(0), weight.stride(0), weight_scale_inv.stride(0), out.stride(1), out.stride(0),
         BLOCK=block, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], DOT_IN_FP32=INTERPRETED,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
-    return out
+    return out[0] if splits == 1 else out.sum(0).to(x.dtype)

@@ -43,3 +43,15 @@ def test_fp8_block_matmul_is_w8a8(tokens):
     x_seen = xq.cpu().float() * x_scale.cpu().repeat_interleave(128, dim=1)[:, :300]
     torch.testing.assert_close(out, x_seen @ qz.dequantize_fp8_block(weight, scale_inv).T, rtol=1e-4, atol=1e-4)
     assert (out - x @ w.T).abs().max() < 0.1 * (x @ w.T).abs().max()  # and close to the float product
+
+
+@pytest.mark.parametrize("tokens,split_k", [(1, 2), (3, 3), (5, 7)])
+def test_fp8_block_matmul_split_k(tokens, split_k):
+    """Decode shapes split the K blocks over programs (float32 partial sums added after): same result as one
+    program per tile, K = 300 (three blocks, the last one short) cut into up to split_k runs of blocks."""
+    w, x = weight_and_input(72, 300, tokens, seed=10 + tokens)
+    weight, scale_inv = (t.to(DEVICE) for t in qz.quantize_fp8_block(w))
+    whole = quant_kernels.fp8_block_matmul(x.to(DEVICE), weight, scale_inv, split_k=1).cpu()
+    split = quant_kernels.fp8_block_matmul(x.to(DEVICE), weight, scale_inv, split_k=split_k).cpu()
+    assert split.shape == (tokens, 72) and split.dtype == torch.float32
+    torch.testing.assert_close(split, whole, rtol=1e-5, atol=1e-5)
