@@ -20,12 +20,22 @@ MIN_NGRAM_SPEEDUP = 1.3  # n-gram k = 4 on the repetitive workload
 MIN_EXACT_DRAFT_SPEEDUP = 1.3  # the draft with sigma = 0 (every proposal accepted)
 
 
+def sweep_from_environment() -> dict:
+    """A shorter sweep when asked: AIOS_SPEC_BATCHES="1,4" and AIOS_SPEC_SIGMAS="0,0.02" (batch 1 and sigma 0 must stay)."""
+    sweep = {}
+    if os.environ.get("AIOS_SPEC_BATCHES"):
+        sweep["batch_sizes"] = tuple(sorted({1, *map(int, os.environ["AIOS_SPEC_BATCHES"].split(","))}))
+    if os.environ.get("AIOS_SPEC_SIGMAS"):
+        sweep["sigmas"] = tuple(sorted({0.0, *map(float, os.environ["AIOS_SPEC_SIGMAS"].split(","))}))
+    return sweep
+
+
 def test_speculation_speeds_up_batch_one_decoding(benchmark, timed_once, tmp_path):
     """Batch 1: n-gram lookup (k = 4) on repetitive text and an exact draft each decode >= 1.3x faster than plain."""
     from aios.bench.speculative import config_only_checkpoint, run_speculative_benchmark, summary
 
     target = config_only_checkpoint(os.environ.get("AIOS_SPEC_PRESET", "8b"), tmp_path / "target")
-    result = timed_once(run_speculative_benchmark, target, tmp_path)
+    result = timed_once(run_speculative_benchmark, target, tmp_path, **sweep_from_environment())
     table = summary(result)
     print(table)
     benchmark.extra_info.update({"lesson": 19, **result})
