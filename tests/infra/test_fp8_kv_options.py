@@ -88,3 +88,27 @@ def test_bad_checkpoint_kv_scale_is_named(tiny_model_dir, tmp_path):
     folder = with_kv_scales(tiny_model_dir, tmp_path / "bad", {"model.layers.1.self_attn.v_scale": -1.0})
     with pytest.raises(ValueError, match="model.layers.1.self_attn.v_scale"):
         LLM(folder, kv_cache_dtype="fp8", device="cpu", max_model_len=64, num_kvcache_blocks=8)
+
+
+def test_cli_takes_a_kv_cache_dtype(monkeypatch):
+    """`aios bench --kv-cache-dtype fp8` reaches the engine; `aios serve --kv-cache-dtype fp8` is an engine option."""
+    from aios import cli
+    from aios.bench import throughput
+
+    parser = cli.build_parser()
+    assert parser.parse_args(["serve", "--kv-cache-dtype", "fp8"]).kv_cache_dtype == "fp8"
+    assert parser.parse_args(["serve"]).kv_cache_dtype is None  # the engine's default
+    assert "kv_cache_dtype" in cli.SERVE_ENGINE_OPTIONS
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "--kv-cache-dtype", "int8"])
+    seen = {}
+
+    def fake_engine(model_dir, **options):
+        seen.update(options)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(throughput, "build_engine", fake_engine)
+    args = parser.parse_args(["bench", "--model", ".", "--kv-cache-dtype", "fp8"])
+    with pytest.raises(RuntimeError, match="stop here"):
+        throughput.run_command(args)
+    assert seen["kv_cache_dtype"] == "fp8"
