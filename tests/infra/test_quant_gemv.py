@@ -33,13 +33,15 @@ def on_device(*tensors):
 @SETTINGS
 @given(words=st.integers(1, 10), group=st.sampled_from([16, 32, 64]), groups=st.integers(1, 3),
        tokens=st.integers(1, 8), block_n=st.sampled_from([16, 32, 64]), block_k=st.sampled_from([16, 32, 128]),
-       splits=SPLITS, magic=st.booleans(), wide=st.booleans(), seed=st.integers(0, 99))
-def test_int4_gemv_equals_dequantized_matmul(words, group, groups, tokens, block_n, block_k, splits, magic, wide, seed):
+       splits=SPLITS, magic=st.booleans(), wide=st.booleans(), fused=st.booleans(), seed=st.integers(0, 99))
+def test_int4_gemv_equals_dequantized_matmul(words, group, groups, tokens, block_n, block_k, splits, magic, wide, fused,
+                                             seed):
     """int4_gemv == x @ dequantize_int4(...).T: N = 8 * words (ragged against the tile), several groups, M = 1..8."""
     N, K = 8 * words, group * groups
     w, x = weight_and_input(N, K, tokens, seed)
     qweight, qzeros, scales = qz.quantize_int4(w, group)
-    cfg = quant_gemv.GemvConfig(block_n=block_n, block_k=block_k, splits=splits, magic=magic, wide_loads=wide)
+    cfg = quant_gemv.GemvConfig(block_n=block_n, block_k=block_k, splits=splits, magic=magic, wide_loads=wide,
+                                fused_sum=fused)
     out = quant_gemv.int4_gemv(*on_device(x, qweight, qzeros, scales), group, cfg).cpu()
     assert out.shape == (tokens, N) and out.dtype == torch.float32
     torch.testing.assert_close(out, x @ qz.dequantize_int4(qweight, qzeros, scales, group).T, rtol=1e-4, atol=1e-4)
@@ -47,12 +49,13 @@ def test_int4_gemv_equals_dequantized_matmul(words, group, groups, tokens, block
 
 @SETTINGS
 @given(N=st.integers(1, 70), K=st.integers(1, 300), tokens=st.integers(1, 8), block_n=st.sampled_from([16, 32]),
-       block_k=st.sampled_from([32, 64, 128]), splits=SPLITS, magic=st.booleans(), seed=st.integers(0, 99))
-def test_int8_gemv_equals_dequantized_matmul(N, K, tokens, block_n, block_k, splits, magic, seed):
+       block_k=st.sampled_from([32, 64, 128]), splits=SPLITS, magic=st.booleans(), fused=st.booleans(),
+       seed=st.integers(0, 99))
+def test_int8_gemv_equals_dequantized_matmul(N, K, tokens, block_n, block_k, splits, magic, fused, seed):
     """int8_gemv == x @ dequantize_int8(...).T for ragged N and K (K % 4 != 0 takes the int8-tile path), M = 1..8."""
     w, x = weight_and_input(N, K, tokens, seed)
     qweight, scale = qz.quantize_int8(w)
-    cfg = quant_gemv.GemvConfig(block_n=block_n, block_k=block_k, splits=splits, magic=magic)
+    cfg = quant_gemv.GemvConfig(block_n=block_n, block_k=block_k, splits=splits, magic=magic, fused_sum=fused)
     out = quant_gemv.int8_gemv(*on_device(x, qweight, scale), cfg).cpu()
     assert out.shape == (tokens, N) and out.dtype == torch.float32
     torch.testing.assert_close(out, x @ qz.dequantize_int8(qweight, scale).T, rtol=1e-4, atol=1e-4)
@@ -97,13 +100,19 @@ def test_gemv_half_precision_and_strided_input():
     torch.testing.assert_close(out8, strided @ qz.dequantize_int8(q8, s8).T, rtol=1e-4, atol=1e-4)
 
 
-def test_split_k_sums_are_deterministic():
-    """The split-K partial sums are added in a fixed order: two calls give the same bits."""
-    w, x = weight_and_input(48, 256, 1, seed=5)
+@pytest.mark.parametrize("fused", [False, True])
+def test_split_k_sums_are_deterministic(fused):
+    """The split-K partial sums are added in a fixed order (by a second kernel, or by the last program of a
+    tile): two calls give the same bits, and the tile counters are back at zero after each call."""
+    w, x = weight_and_input(48, 256, 2, seed=5)
     qweight, qzeros, scales = on_device(*qz.quantize_int4(w, 32))
-    cfg = quant_gemv.GemvConfig(block_n=16, block_k=32, splits=4)
+    cfg = quant_gemv.GemvConfig(block_n=16, block_k=32, splits=4, fused_sum=fused)
     first = quant_gemv.int4_gemv(x.to(DEVICE), qweight, qzeros, scales, 32, cfg)
     assert torch.equal(first, quant_gemv.int4_gemv(x.to(DEVICE), qweight, qzeros, scales, 32, cfg))
+    torch.testing.assert_close(first.cpu(), x @ qz.dequantize_int4(*[t.cpu() for t in (qweight, qzeros, scales)], 32).T,
+                               rtol=1e-4, atol=1e-4)
+    if fused:
+        assert quant_gemv._COUNTERS[str(first.device)].count_nonzero() == 0
 
 
 def test_gemv_rejects_bad_groups_and_tiles():

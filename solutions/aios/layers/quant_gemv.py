@@ -63,7 +63,10 @@ class GemvConfig:
 
     block_n: output columns per program; block_k: K rows (codes) per loop step (INT4: divides the group);
     splits: programs along K (None: ``plan_splits``); programs_per_sm: the split plan's target;
-    magic: the bit-trick conversion (else integer-to-float conversion instructions).
+    magic: the bit-trick conversion (else integer-to-float conversion instructions);
+    wide_loads: let Triton load four packed INT4 words per thread and instruction;
+    fused_sum: the last program of each column tile adds the split-K partial sums (``_sum_when_last``)
+    instead of a second kernel.
     """
 
     block_n: int = 256
@@ -74,11 +77,13 @@ class GemvConfig:
     magic: bool = True
     programs_per_sm: int = 2
     wide_loads: bool = True
+    fused_sum: bool = False
 
     @property
     def label(self) -> str:
         return (f"n{self.block_n}k{self.block_k}w{self.num_warps}st{self.num_stages}"
-                f"s{self.splits or 'auto'}p{self.programs_per_sm}{'m' if self.magic else 'c'}{'' if self.wide_loads else 'v1'}")
+                f"s{self.splits or 'auto'}p{self.programs_per_sm}{'m' if self.magic else 'c'}{'' if self.wide_loads else 'v1'}"
+                f"{'f' if self.fused_sum else ''}")
 
 
 #: Defaults and candidates, chosen by compiling for sm_90 offline (scripts/gpu/quant_sweep.py times them):
@@ -96,6 +101,9 @@ INT4_CANDIDATES = (
     GemvConfig(block_n=1024, block_k=16, num_warps=4, programs_per_sm=4),
     GemvConfig(block_n=256, block_k=32, num_warps=4, wide_loads=False),
     GemvConfig(block_n=512, block_k=16, num_warps=2, magic=False),
+    GemvConfig(block_n=1024, block_k=16, num_warps=4, fused_sum=True),
+    GemvConfig(block_n=512, block_k=16, num_warps=2, fused_sum=True),
+    GemvConfig(block_n=256, block_k=16, num_warps=4, fused_sum=True),
 )
 INT8_CANDIDATES = (
     INT8_DEFAULT,
@@ -105,6 +113,8 @@ INT8_CANDIDATES = (
     GemvConfig(block_n=64, block_k=128, num_warps=2),
     GemvConfig(block_n=128, block_k=128, num_warps=4, programs_per_sm=4),
     GemvConfig(block_n=64, block_k=256, num_warps=4, magic=False),
+    GemvConfig(block_n=128, block_k=128, num_warps=4, fused_sum=True),
+    GemvConfig(block_n=64, block_k=256, num_warps=4, fused_sum=True),
 )
 
 
@@ -165,10 +175,11 @@ def _awq_store(out_ptr, row_offset, words, word_ok, acc, NIBBLE: tl.constexpr):
 @triton.jit
 def _int4_gemv_kernel(
     x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, out_ptr,
+    final_ptr, counter_ptr, splits,
     N, packed_n, K, k_per_split,
     stride_xm, stride_om, stride_os,
     BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr, MAGIC: tl.constexpr,
-    WIDE_LOADS: tl.constexpr,
+    WIDE_LOADS: tl.constexpr, FUSED_SUM: tl.constexpr,
 ):
     """Program (m, n, s): out[s, m, 8 w + c] = sum over K slice s of x[m, k] * W.T[k, 8 w + c], w in tile n.
 
@@ -239,14 +250,17 @@ def _int4_gemv_kernel(
     _awq_store(out_ptr, base, words, word_ok, acc5, 5)
     _awq_store(out_ptr, base, words, word_ok, acc6, 6)
     _awq_store(out_ptr, base, words, word_ok, acc7, 7)
+    if FUSED_SUM:
+        _sum_when_last(out_ptr, final_ptr, counter_ptr, m, pid_n, splits, N, stride_om, stride_os, BLOCK_W * 8)
 
 
 @triton.jit
 def _int8_gemv_kernel(
     x_ptr, w_ptr, scale_ptr, out_ptr,
+    final_ptr, counter_ptr, splits,
     N, K, k_per_split,
     stride_xm, stride_wn, stride_om, stride_os,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FUSED_SUM: tl.constexpr,
 ):
     """Program (m, n, s): out[s, m, cols] = scale[cols] * sum over K slice s of x[m, k] * q[cols, k] (int8 tile, converted)."""
     m = tl.program_id(0)
@@ -263,6 +277,8 @@ def _int8_gemv_kernel(
         acc += tl.sum(q.to(tl.float32) * x[None, :], axis=1)
     scale = tl.load(scale_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
     tl.store(out_ptr + pid_s * stride_os + m * stride_om + cols, (acc * scale).to(out_ptr.dtype.element_ty), mask=col_ok)
+    if FUSED_SUM:
+        _sum_when_last(out_ptr, final_ptr, counter_ptr, m, pid_n, splits, N, stride_om, stride_os, BLOCK_N)
 
 
 @triton.jit
@@ -290,9 +306,10 @@ def _int8_byte_inputs(x_ptr, x_row, word_ks, word_ok, BYTE: tl.constexpr):
 @triton.jit
 def _int8_gemv_words_kernel(
     x_ptr, w_ptr, scale_ptr, out_ptr,
+    final_ptr, counter_ptr, splits,
     N, K_words, words_per_split,
     stride_xm, stride_wn, stride_om, stride_os,
-    BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, FUSED_SUM: tl.constexpr,
 ):
     """Like ``_int8_gemv_kernel``, reading the codes four to an int32 word (w_ptr: qweight viewed as
     int32 [N, K / 4]) and converting them with bit operations: XOR 0x80 makes each byte q + 128 in 0..255.
@@ -319,6 +336,30 @@ def _int8_gemv_words_kernel(
     scale = tl.load(scale_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
     total = tl.sum(acc, axis=1, keep_dims=True) * scale  # [BLOCK_N, 1]
     tl.store(out_ptr + pid_s * stride_os + m * stride_om + cols, total.to(out_ptr.dtype.element_ty), mask=col_ok)
+    if FUSED_SUM:
+        _sum_when_last(out_ptr, final_ptr, counter_ptr, m, pid_n, splits, N, stride_om, stride_os, BLOCK_N)
+
+
+@triton.jit
+def _sum_when_last(part_ptr, final_ptr, counter_ptr, m, pid_n, splits, N, stride_pm, stride_ps, BLOCK_N: tl.constexpr):
+    """Split-K without a second kernel: the last of the ``splits`` programs of column tile (m, pid_n) to finish
+    adds all their float32 partial sums (part [splits, M, N]) in split order and writes final [M, N].
+
+    Each program counts itself in ``counter_ptr[m * tiles + pid_n]`` after a barrier (every thread's partial
+    stored) with an acquire-release atomic; the one that sees ``splits - 1`` reads the partials from L2
+    (``.cg``: not from a stale L1 line) and puts the counter back to 0 for the next call.
+    """
+    tl.debug_barrier()
+    counter = counter_ptr + m * tl.num_programs(1) + pid_n
+    ticket = tl.atomic_add(counter, 1, sem="acq_rel")
+    if ticket == splits - 1:
+        cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        ok = cols < N
+        total = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        for s in range(0, splits):
+            total += tl.load(part_ptr + s * stride_ps + m * stride_pm + cols, mask=ok, other=0.0, cache_modifier=".cg")
+        tl.store(final_ptr + m * N + cols, total.to(final_ptr.dtype.element_ty), mask=ok)
+        tl.atomic_xchg(counter, 0)
 
 
 @triton.jit
@@ -348,6 +389,27 @@ def _output(splits: int, M: int, N: int, x: torch.Tensor) -> torch.Tensor:
     return torch.empty(splits, M, N, dtype=torch.float32, device=x.device)
 
 
+#: Split-K tile counters of ``_sum_when_last``, per device (zero between calls: the last program resets its own).
+MAX_COUNTERS = 4096
+_COUNTERS: dict[str, torch.Tensor] = {}
+
+
+def _fused_sum_target(cfg: GemvConfig, splits: int, M: int, tiles: int, N: int, x: torch.Tensor):
+    """(final output, counters) when the kernel adds its own split-K partial sums, else None.
+
+    The counters are allocated once per device, never while a CUDA graph is being captured (the graph's
+    memory pool would own them): such a call falls back to the second kernel.
+    """
+    if not cfg.fused_sum or splits == 1 or M * tiles > MAX_COUNTERS:
+        return None
+    key = str(x.device)
+    if key not in _COUNTERS:
+        if x.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return None
+        _COUNTERS[key] = torch.zeros(MAX_COUNTERS, dtype=torch.int32, device=x.device)
+    return torch.empty(M, N, dtype=x.dtype, device=x.device), _COUNTERS[key]
+
+
 # ------------------------------------------------------------------ the GEMV wrappers
 
 
@@ -375,13 +437,17 @@ def int4_gemv(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scal
     k_per_split = triton.cdiv(groups, splits) * group_size  # whole groups
     splits = triton.cdiv(K, k_per_split)
     out = _output(splits, M, N, x)
+    fused = _fused_sum_target(cfg, splits, M, tiles, N, x)
+    final, counters = fused or (out, out)
     if M:
         _int4_gemv_kernel[(M, tiles, splits)](
-            x, qweight.contiguous(), qzeros.contiguous(), scales.contiguous(), out, N, N // 8, K, k_per_split,
-            x.stride(0), out.stride(1), out.stride(0),
+            x, qweight.contiguous(), qzeros.contiguous(), scales.contiguous(), out, final, counters, splits,
+            N, N // 8, K, k_per_split, x.stride(0), out.stride(1), out.stride(0),
             BLOCK_W=block_w, BLOCK_K=block_k, GROUP=group_size, MAGIC=cfg.magic, WIDE_LOADS=cfg.wide_loads,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            FUSED_SUM=fused is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
+    if fused is not None:
+        return final
     return out[0] if splits == 1 else _finish(out, x.dtype)
 
 
@@ -397,7 +463,7 @@ def int8_gemv(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
     x = x if x.stride(-1) == 1 else x.contiguous()
     qweight = qweight.contiguous()
     tiles = triton.cdiv(N, cfg.block_n)
-    words = cfg.magic and K % 4 == 0 and cfg.block_k % 4 == 0
+    words = cfg.magic and K % 4 == 0 and cfg.block_k % 4 == 0 and qweight.storage_offset() % 4 == 0
     block_k = cfg.block_k
     steps = triton.cdiv(K, block_k)
     min_steps = triton.cdiv(16384, block_k * cfg.block_n)
@@ -405,19 +471,25 @@ def int8_gemv(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
     k_per_split = triton.cdiv(steps, splits) * block_k
     splits = triton.cdiv(K, k_per_split)
     out = _output(splits, M, N, x)
+    fused = _fused_sum_target(cfg, splits, M, tiles, N, x)
+    final, counters = fused or (out, out)
     if M and words:
         packed = qweight.view(torch.int32)  # [N, K / 4]: byte j of word w is code 4 w + j (little-endian)
         _int8_gemv_words_kernel[(M, tiles, splits)](
-            x, packed, scale, out, N, K // 4, k_per_split // 4,
+            x, packed, scale, out, final, counters, splits, N, K // 4, k_per_split // 4,
             x.stride(0), packed.stride(0), out.stride(1), out.stride(0),
-            BLOCK_N=cfg.block_n, BLOCK_W=block_k // 4, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            BLOCK_N=cfg.block_n, BLOCK_W=block_k // 4, FUSED_SUM=fused is not None,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
     elif M:
         _int8_gemv_kernel[(M, tiles, splits)](
-            x, qweight, scale, out, N, K, k_per_split,
+            x, qweight, scale, out, final, counters, splits, N, K, k_per_split,
             x.stride(0), qweight.stride(0), out.stride(1), out.stride(0),
-            BLOCK_N=cfg.block_n, BLOCK_K=block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            BLOCK_N=cfg.block_n, BLOCK_K=block_k, FUSED_SUM=fused is not None,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
+    if fused is not None:
+        return final
     return out[0] if splits == 1 else _finish(out, x.dtype)
 
 
