@@ -102,6 +102,11 @@ def check_tensor_parallel_config(config: Config) -> None:
                             ("intermediate_size", hf.intermediate_size), ("vocab_size", hf.vocab_size)]
         if value % size
     ]
+    from aios.utils.moe_config import is_moe_config
+
+    if is_moe_config(hf) and hf.moe_intermediate_size % size:  # lesson 20: every expert is sliced by its width
+        problems.append(f"moe_intermediate_size ({hf.moe_intermediate_size}) is not divisible by "
+                        f"tensor_parallel_size ({size})")
     if not config.fused_layers:
         problems.append("tensor parallelism needs fused_layers=True (the tensor-parallel layers of lesson 10)")
     if config.device.startswith("cuda") and torch.cuda.device_count() < size:
