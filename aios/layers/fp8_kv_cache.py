@@ -111,7 +111,7 @@ def attend_fp8(cache, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch
     in q's dtype. ``cache.k_scales[layer_idx]`` / ``cache.v_scales[layer_idx]`` are the layer's scales;
     ``cache.backend`` picks lesson 7's attention ("torch") or lesson 9's kernels ("triton").
     """
-    # Hint: scores use k = k8 * s_k, so attend with scale * s_k; the output is a mix of v = v8 * s_v, so scale it by s_v.
+    # Hint: scores see k = k8 * s_k: attend with scale * s_k; the output mixes v = v8 * s_v: multiply it by s_v.
     raise NotImplementedError("Lesson 18: implement attend_fp8 in aios/layers/fp8_kv_cache.py — see exercises/lesson18/README.md, 'What to implement'")
 
 

@@ -23,13 +23,16 @@ from aios.utils.context import Context
 
 HELPERS = Path(__file__).with_name("l18_kv_helpers.py")
 FP8 = torch.float8_e4m3fn
-#: Triton kernels run compiled on a GPU, interpreted on the CPU: the attention test uses the GPU when there is one.
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 #: e4m3 keeps 3 mantissa bits: a normal value is off by at most half a step, 2**-4 of its size;
 #: below 2**-6 (subnormals) the step is 2**-9, so the error is at most 2**-10 (times the scale).
 REL_ERROR, ABS_ERROR = 2.0**-4, 2.0**-10
 #: FP8 KV cache against the float32 cache on 12 held-out fortunes (README, 'The FP8 KV cache').
 KV_QUALITY_BOUNDS = {"kl": 0.02, "top1": 0.90, "ppl_ratio": 1.02}
+
+
+def device_for(backend: str) -> str:
+    """Triton kernels run compiled on a GPU (interpreted on a CPU); the torch backend is tested on the CPU."""
+    return "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
 
 
 def assert_within_e4m3_error(stored, x, scale):
@@ -81,13 +84,14 @@ def test_store_kvcache_fp8_writes_each_token_into_its_slot():
 def one_sequence_context(cache, q_len, context_len, block_table, is_prefill=True):
     """The Context of one sequence whose last ``q_len`` of ``context_len`` tokens are new."""
     block_size = cache.block_size
+    device = cache.k_cache.device
     positions = torch.arange(context_len - q_len, context_len)
     table = torch.tensor(block_table, dtype=torch.int32)
     slots = table[positions // block_size].long() * block_size + positions % block_size
-    return Context(kv_cache=cache, positions=positions.to(DEVICE), is_prefill=is_prefill,
-                   cu_seqlens_q=torch.tensor([0, q_len], dtype=torch.int32, device=DEVICE),
-                   context_lens=torch.tensor([context_len], dtype=torch.int32, device=DEVICE),
-                   slot_mapping=slots.to(DEVICE), block_tables=table[None].to(DEVICE), max_seqlen_q=q_len,
+    return Context(kv_cache=cache, positions=positions.to(device), is_prefill=is_prefill,
+                   cu_seqlens_q=torch.tensor([0, q_len], dtype=torch.int32, device=device),
+                   context_lens=torch.tensor([context_len], dtype=torch.int32, device=device),
+                   slot_mapping=slots.to(device), block_tables=table[None].to(device), max_seqlen_q=q_len,
                    max_seqlen_k=context_len)
 
 
@@ -98,13 +102,14 @@ def test_attend_over_fp8_cache_equals_attention_over_dequantized_keys(backend):
     K and V, with per-layer scales k 0.05 / v 0.02 (the scales must be applied, and not twice)."""
     gen = torch.Generator().manual_seed(2)
     scales = ([1.0, 0.05], [1.0, 0.02])
-    cache = PagedKVCache(2, 4, 4, 2, 16, FP8, DEVICE, backend=backend, kv_scales=scales)
+    device = device_for(backend)
+    cache = PagedKVCache(2, 4, 4, 2, 16, FP8, device, backend=backend, kv_scales=scales)
     block_table = [2, 0, 3]
     q = torch.randn(9, 4, 16, generator=gen)
     k = torch.randn(9, 2, 16, generator=gen) * 0.3
     v = torch.randn(9, 2, 16, generator=gen) * 0.1
     scale = 16**-0.5
-    qd, kd, vd = q.to(DEVICE), k.to(DEVICE), v.to(DEVICE)
+    qd, kd, vd = q.to(device), k.to(device), v.to(device)
     out = cache.attend(1, qd[:8], kd[:8], vd[:8], one_sequence_context(cache, 8, 8, block_table), scale).cpu()
     out_decode = cache.attend(1, qd[8:], kd[8:], vd[8:], one_sequence_context(cache, 1, 9, block_table, False),
                               scale).cpu()

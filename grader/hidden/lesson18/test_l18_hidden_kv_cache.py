@@ -15,8 +15,12 @@ from aios.sampling_params import SamplingParams
 from aios.utils.context import Context
 
 FP8 = torch.float8_e4m3fn
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 HELPERS = Path(__file__).with_name("h18_kv_helpers.py")
+
+
+def device_for(backend: str) -> str:
+    """Triton kernels run compiled on a GPU (interpreted on a CPU); the torch backend is tested on the CPU."""
+    return "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
 
 
 def e4m3_grid() -> torch.Tensor:
@@ -67,7 +71,7 @@ def test_quantize_kv_keeps_small_values_and_half_precision_inputs():
 
 @pytest.mark.hint(8)
 def test_store_kvcache_fp8_takes_strided_views_and_skips_padding():
-    """K and V as strided views of a qkv row (as the attention layer passes them); an all-padding step writes nothing."""
+    """K and V as strided views of a qkv row (as attention passes them); an all-padding step writes nothing."""
     gen = torch.Generator().manual_seed(6)
     qkv = torch.randn(5, (4 + 2 + 2) * 8, generator=gen)
     k, v = qkv[:, 32:48].view(5, 2, 8), qkv[:, 48:].view(5, 2, 8)
@@ -85,6 +89,7 @@ def test_store_kvcache_fp8_takes_strided_views_and_skips_padding():
 
 def batch_context(cache, seqs, is_prefill):
     """Context for sequences given as (q_len, context_len, block table)."""
+    device = cache.k_cache.device
     positions, slots, cu, lens = [], [], [0], []
     width = max(len(table) for _, _, table in seqs)
     tables = torch.full((len(seqs), width), -1, dtype=torch.int32)
@@ -95,10 +100,10 @@ def batch_context(cache, seqs, is_prefill):
         slots.append(tables[i][pos // cache.block_size].long() * cache.block_size + pos % cache.block_size)
         cu.append(cu[-1] + q_len)
         lens.append(context_len)
-    return Context(kv_cache=cache, positions=torch.cat(positions).to(DEVICE), is_prefill=is_prefill,
-                   cu_seqlens_q=torch.tensor(cu, dtype=torch.int32, device=DEVICE),
-                   context_lens=torch.tensor(lens, dtype=torch.int32, device=DEVICE),
-                   slot_mapping=torch.cat(slots).to(DEVICE), block_tables=tables.to(DEVICE),
+    return Context(kv_cache=cache, positions=torch.cat(positions).to(device), is_prefill=is_prefill,
+                   cu_seqlens_q=torch.tensor(cu, dtype=torch.int32, device=device),
+                   context_lens=torch.tensor(lens, dtype=torch.int32, device=device),
+                   slot_mapping=torch.cat(slots).to(device), block_tables=tables.to(device),
                    max_seqlen_q=max(q for q, _, _ in seqs), max_seqlen_k=max(lens))
 
 
@@ -108,7 +113,8 @@ def test_batch_over_fp8_cache_prefix_prefill_then_decode(backend):
     """Two sequences: a prefill whose first tokens are already cached, then a decode step of both; each equals
     float32 attention over its own dequantized keys and values (layer scales k 0.1, v 0.3)."""
     gen = torch.Generator().manual_seed(7)
-    cache = PagedKVCache(1, 8, 4, 1, 8, FP8, DEVICE, backend=backend, kv_scales=([0.1], [0.3]))
+    device = device_for(backend)
+    cache = PagedKVCache(1, 8, 4, 1, 8, FP8, device, backend=backend, kv_scales=([0.1], [0.3]))
     tables = [[5, 1, 6], [0, 2]]
     lens = [10, 7]
     k = [torch.randn(n + 1, 1, 8, generator=gen) for n in lens]
@@ -116,14 +122,14 @@ def test_batch_over_fp8_cache_prefix_prefill_then_decode(backend):
     q = [torch.randn(n + 1, 2, 8, generator=gen) for n in lens]
     scale = 8**-0.5
     # the first 6 and 3 tokens come "from a prefix cache": stored by an earlier step
-    cache.attend(0, torch.cat([q[0][:6], q[1][:3]]).to(DEVICE), torch.cat([k[0][:6], k[1][:3]]).to(DEVICE),
-                 torch.cat([v[0][:6], v[1][:3]]).to(DEVICE),
+    cache.attend(0, torch.cat([q[0][:6], q[1][:3]]).to(device), torch.cat([k[0][:6], k[1][:3]]).to(device),
+                 torch.cat([v[0][:6], v[1][:3]]).to(device),
                  batch_context(cache, [(6, 6, tables[0]), (3, 3, tables[1])], True), scale)
-    prefill = cache.attend(0, torch.cat([q[0][6:10], q[1][3:7]]).to(DEVICE),
-                           torch.cat([k[0][6:10], k[1][3:7]]).to(DEVICE), torch.cat([v[0][6:10], v[1][3:7]]).to(DEVICE),
+    prefill = cache.attend(0, torch.cat([q[0][6:10], q[1][3:7]]).to(device),
+                           torch.cat([k[0][6:10], k[1][3:7]]).to(device), torch.cat([v[0][6:10], v[1][3:7]]).to(device),
                            batch_context(cache, [(4, 10, tables[0]), (4, 7, tables[1])], True), scale).cpu()
-    decode = cache.attend(0, torch.cat([q[0][10:], q[1][7:]]).to(DEVICE), torch.cat([k[0][10:], k[1][7:]]).to(DEVICE),
-                          torch.cat([v[0][10:], v[1][7:]]).to(DEVICE),
+    decode = cache.attend(0, torch.cat([q[0][10:], q[1][7:]]).to(device), torch.cat([k[0][10:], k[1][7:]]).to(device),
+                          torch.cat([v[0][10:], v[1][7:]]).to(device),
                           batch_context(cache, [(1, 11, tables[0]), (1, 8, tables[1])], False), scale).cpu()
     for i, (rows_prefill, rows_decode) in enumerate(((slice(0, 4), slice(0, 1)), (slice(4, 8), slice(1, 2)))):
         ks, vs = nearest_even(k[i] / 0.1) * 0.1, nearest_even(v[i] / 0.3) * 0.3

@@ -142,7 +142,7 @@ def attend_fp8(cache, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch
     ``cache.backend`` picks lesson 7's attention ("torch") or lesson 9's kernels ("triton").
     """
     # BEGIN SOLUTION lesson18
-    # Hint: scores use k = k8 * s_k, so attend with scale * s_k; the output is a mix of v = v8 * s_v, so scale it by s_v.
+    # Hint: scores see k = k8 * s_k: attend with scale * s_k; the output mixes v = v8 * s_v: multiply it by s_v.
     k_cache, v_cache = cache.k_cache[layer_idx], cache.v_cache[layer_idx]
     k_scale, v_scale = cache.k_scales[layer_idx], cache.v_scales[layer_idx]
     store_kvcache_fp8(k, v, k_cache, v_cache, context.slot_mapping, k_scale, v_scale)
