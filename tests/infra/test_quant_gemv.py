@@ -238,3 +238,34 @@ def test_gemv_at_8b_shapes_in_bf16(name, N, K, tokens):
         assert (out - ref8).abs().max() <= 1e-2 * ref8.abs().max(), cfg.label
     assert (quant_gemv.int4_linear(x, q4, z4, s4, 128).float() - ref4).abs().max() <= 1e-2 * ref4.abs().max()
     assert (quant_gemv.int8_linear(x, q8, s8).float() - ref8).abs().max() <= 1e-2 * ref8.abs().max()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fused", [False, True])
+def test_gemv_replays_in_a_cuda_graph(fused):
+    """A captured GEMV (split-K, partial sums added by a second kernel or by each tile's last program) gives the
+    eager result on every replay with new inputs, and leaves the tile counters at zero."""
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    w = torch.randn(4096, 4096, device="cuda", generator=gen) * 0.02
+    q4, z4, s4 = qz.quantize_int4(w, 128)
+    q8, s8 = qz.quantize_int8(w)
+    x = torch.randn(1, 4096, device="cuda", generator=gen).to(torch.bfloat16)
+    cfg4 = quant_gemv.GemvConfig(block_n=1024, block_k=16, splits=8, fused_sum=fused)
+    cfg8 = quant_gemv.GemvConfig(block_n=128, block_k=128, splits=8, fused_sum=fused)
+
+    def both():
+        return quant_gemv.int4_gemv(x, q4, z4, s4, 128, cfg4), quant_gemv.int8_gemv(x, q8, s8, cfg8)
+
+    both()  # compile, and allocate the counters outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out4, out8 = both()
+    for seed in range(3):
+        x.copy_(torch.randn(1, 4096, device="cuda", generator=gen.manual_seed(seed)).to(torch.bfloat16))
+        graph.replay()
+        torch.cuda.synchronize()
+        eager4, eager8 = both()
+        assert torch.equal(out4, eager4) and torch.equal(out8, eager8)
+    if fused:
+        assert quant_gemv._COUNTERS[str(x.device)].count_nonzero() == 0
