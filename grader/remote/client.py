@@ -170,6 +170,11 @@ class Worker:
         self.pinned.clear()  # handles the test dropped are released with this request, as unpinned ones
         message = {"k": "req", "op": op, "a": args}
         wanted = self._wanted()
+        target = args[0] if args else None
+        if isinstance(target, Remote) and target._aios_keep:  # scheduler.schedule(): its queues may change
+            for child in target._aios_keep.values():
+                if isinstance(child, Remote) and child._aios_snap is not None and child._aios_worker is self:
+                    wanted.setdefault(child._aios_id, child._aios_snap)
         if wanted:
             message["want"] = list(wanted)
         # Only what is not empty: the worker reads a missing entry as empty.

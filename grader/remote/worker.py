@@ -150,13 +150,28 @@ def _own_attributes(obj) -> dict | None:
         return None  # a metaclass of the learner's: even reading the class's attributes runs its code
     if issubclass(cls, (type, types.ModuleType)) or cls.__getattribute__ is not object.__getattribute__:
         return None
-    if threading.active_count() > 1:
+    if _other_threads():
         return None
     slot = next((k.__dict__["__dict__"] for k in cls.__mro__ if "__dict__" in k.__dict__), None)
     if type(slot) is not types.GetSetDescriptorType:
         return None
     attrs = object.__getattribute__(obj, "__dict__")
     return attrs if type(attrs) is dict else None
+
+
+def _other_threads() -> bool:
+    """Whether a thread other than the one serving requests runs, one that could change learner
+    objects between requests. tqdm's monitor (started by the first progress bar, then alive for
+    good) only watches its progress bars: it does not count."""
+    if threading.active_count() == 1:
+        return False
+    current = threading.current_thread()
+    return any(thread is not current and not _library_thread(thread) for thread in threading.enumerate())
+
+
+def _library_thread(thread) -> bool:
+    cls = type(thread)
+    return cls.__module__ == "tqdm._monitor" and cls.__qualname__ == "TMonitor"
 
 
 def _shadowed(cls: type, name: str) -> bool:
@@ -277,6 +292,18 @@ _PURE_SCALARS = frozenset({type(None), bool, int, float, str})
 _PURE_CONTAINERS = (list, tuple, set, frozenset, collections.deque)
 _PURE_CODE: dict[int, tuple] = {}  # id(code) -> (code, attribute names read, or None when not pure)
 _PURE_GETTERS: dict[int, tuple] = {}  # id(class) -> (class, [(name, defining class, descriptor, function)])
+#: The properties (and ``LEN``) the tests have read, by class: only those are computed into snapshots.
+DEMANDED: dict[type, set] = {}
+
+
+def note_demand(op: str, args: tuple) -> None:
+    """Remember that a test read a property of an object's class (``getattr``) or its length."""
+    if op == "getattr" and len(args) == 2 and type(args[1]) is str:
+        cls, name = type(args[0]), args[1]
+        if type(inspect.getattr_static(cls, name, None)) is property:
+            DEMANDED.setdefault(cls, set()).add(name)
+    elif op == "op" and args[0] == "len" and len(args[1]) == 1:
+        DEMANDED.setdefault(type(args[1][0]), set()).add(LEN)
 
 
 def _pure_code_attributes(function) -> tuple | None:
@@ -360,7 +387,12 @@ def _pure_getters(cls: type) -> list:
 def _pure_values(obj, attrs: dict, shadowed: set):
     """``(name, value)`` of ``obj``'s pure properties (and ``LEN``) whose inputs are plain attributes."""
     cls = type(obj)
+    demanded = DEMANDED.get(cls)
+    if not demanded:
+        return
     for name, klass, descriptor, getter in _pure_getters(cls):
+        if name not in demanded:
+            continue
         real = "__len__" if name == LEN else name
         if klass.__dict__.get(real) is not descriptor or next(k for k in cls.__mro__ if real in k.__dict__) is not klass:
             continue  # changed since the class was looked at
@@ -380,7 +412,7 @@ def _item_snapshot(container, handled=None) -> dict | None:
     learner objects the trusted side holds handles to (``scheduler.waiting``); None otherwise.
     Reading them runs no code of the learner's (a builtin container), unless another thread could
     change them meanwhile."""
-    if threading.active_count() > 1 or len(container) >= ITEM_SNAPSHOT_LIMIT:
+    if _other_threads() or len(container) >= ITEM_SNAPSHOT_LIMIT:
         return None
     items = list(container)
     encoded = _encoded_plain(items, ITEM_SNAPSHOT_LIMIT, handled)
@@ -834,6 +866,9 @@ class Worker:
             except Exception:  # noqa: BLE001 - an object too odd to tell: its read is not pure
                 read_from = None
             involved = self.involved(args) if read_from is None else ()
+            if read_from is None and message["op"] in ("getattr", "op"):
+                with contextlib.suppress(Exception):  # an object too odd to tell: nothing computed ahead
+                    note_demand(message["op"], args)
             try:
                 with grad_mode(message.get("mode", 0)), \
                         contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

@@ -503,8 +503,9 @@ def test_iterating_a_builtin_container_is_one_round_trip(worker, monkeypatch):
     """A deque held by a learner object is iterated in one request, not one per item."""
     counter = worker.request("call", worker.request("getattr", tricks(worker), "Counter"), (), {})
     queue = counter.queue
-    counter.bump()  # the items the deque's handle came with are checked again after this one (read lately)
-    counter.bump()  # and are stale after this one
+    bump = worker.request("getattr", tricks(worker), "bump_the_last_counter")
+    bump(1)  # the counter was read just before: it and the deque it holds are checked again after this
+    bump(1)  # the items the deque's handle came with are stale after this one
     sent = []
     monkeypatch.setattr(protocol, "send", lambda sock, header, buffers=(), _send=protocol.send:
                         sent.append(header) or _send(sock, header, buffers))
@@ -565,6 +566,8 @@ def test_identity_equality_pure_properties_and_enum_members_cost_no_round_trip(w
     module = tricks(worker)
     parts = worker.request("call", worker.request("getattr", module, "Counter"), (), {}).parts
     mood, sized_class = worker.request("getattr", module, "Mood"), worker.request("getattr", module, "Sized")
+    sized = worker.request("call", sized_class, (), {})
+    assert (len(sized), sized.half) == (3, 1)  # read once: from now on computed into Sized's snapshots
     sized = worker.request("call", sized_class, (), {})  # the last request: its snapshot is current
     sent = []
     monkeypatch.setattr(protocol, "send", lambda sock, header, buffers=(), _send=protocol.send:
@@ -581,8 +584,8 @@ def test_identity_equality_pure_properties_and_enum_members_cost_no_round_trip(w
 
 
 def test_a_pure_property_is_only_one_that_reads_plain_attributes():
-    """The bytecode check behind pure properties: stores, calls of learner code, attributes of other
-    objects, loops and non-plain inputs all keep the property a request."""
+    """The bytecode check behind pure properties (once a test has read them): stores, calls of learner
+    code, attributes of other objects, loops and non-plain inputs all keep the property a request."""
     worker_module = sys.modules.get("_aios_remote_worker_for_tests")
     if worker_module is None:
         import importlib.util
@@ -606,6 +609,7 @@ def test_a_pure_property_is_only_one_that_reads_plain_attributes():
         not_plain = property(lambda self: self.other)
         power = property(lambda self: self.n ** self.n)
 
+    worker_module.DEMANDED[Thing] = {"ok", "stores", "calls", "reaches", "loops", "not_plain", "power"}
     snap = worker_module.snapshot(Thing())
     assert snap["ok"] == 5
     assert not {"stores", "calls", "reaches", "loops", "not_plain", "power"} & snap.keys()
