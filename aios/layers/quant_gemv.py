@@ -92,17 +92,13 @@ class GemvConfig:
 #: INT8 tiles of 128 rows x 128 codes, about 5.2 instructions per code.
 INT4_DEFAULT = GemvConfig(block_n=1024, block_k=16, num_warps=4)
 INT8_DEFAULT = GemvConfig(block_n=128, block_k=128, num_warps=4)
-#: What the autotuner tries besides the default (and the tl.dot kernel) on the first call of a shape.
+#: What the first-call tuning tries besides the tl.dot kernel (each setting is compiled once per process).
 INT4_CANDIDATES = (
     INT4_DEFAULT,
     GemvConfig(block_n=512, block_k=16, num_warps=2),
     GemvConfig(block_n=2048, block_k=16, num_warps=8),
     GemvConfig(block_n=256, block_k=16, num_warps=4),
-    GemvConfig(block_n=1024, block_k=16, num_warps=4, programs_per_sm=4),
-    GemvConfig(block_n=256, block_k=32, num_warps=4, wide_loads=False),
-    GemvConfig(block_n=512, block_k=16, num_warps=2, magic=False),
     GemvConfig(block_n=1024, block_k=16, num_warps=4, fused_sum=True),
-    GemvConfig(block_n=512, block_k=16, num_warps=2, fused_sum=True),
     GemvConfig(block_n=256, block_k=16, num_warps=4, fused_sum=True),
 )
 INT8_CANDIDATES = (
@@ -110,11 +106,21 @@ INT8_CANDIDATES = (
     GemvConfig(block_n=64, block_k=256, num_warps=4),
     GemvConfig(block_n=128, block_k=256, num_warps=8),
     GemvConfig(block_n=256, block_k=64, num_warps=4),
-    GemvConfig(block_n=64, block_k=128, num_warps=2),
-    GemvConfig(block_n=128, block_k=128, num_warps=4, programs_per_sm=4),
-    GemvConfig(block_n=64, block_k=256, num_warps=4, magic=False),
     GemvConfig(block_n=128, block_k=128, num_warps=4, fused_sum=True),
     GemvConfig(block_n=64, block_k=256, num_warps=4, fused_sum=True),
+)
+#: Settings scripts/gpu/quant_sweep.py times on top of the candidates (what the choices above rest on:
+#: conversion instructions instead of the magic number, one word per load, more programs).
+INT4_SWEEP_EXTRA = (
+    GemvConfig(block_n=512, block_k=16, num_warps=2, magic=False),
+    GemvConfig(block_n=256, block_k=32, num_warps=4, wide_loads=False),
+    GemvConfig(block_n=1024, block_k=16, num_warps=4, programs_per_sm=4),
+    GemvConfig(block_n=512, block_k=16, num_warps=2, fused_sum=True),
+)
+INT8_SWEEP_EXTRA = (
+    GemvConfig(block_n=64, block_k=256, num_warps=4, magic=False),
+    GemvConfig(block_n=64, block_k=128, num_warps=2),
+    GemvConfig(block_n=128, block_k=128, num_warps=4, programs_per_sm=4),
 )
 
 

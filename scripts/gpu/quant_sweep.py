@@ -119,8 +119,8 @@ def gemv_sweep(M: int, all_candidates: bool) -> None:
         record(M, name, "int8", "tl.dot shipped", lambda: qk.int8_matmul(x, q8, s8), base, base_cold, bytes8, ref8)
         record(M, name, "int4", "tl.dot shipped", lambda: qk.int4_matmul(x, q4, z4, sc4, 128), base, base_cold,
                bytes4, ref4)
-        candidates8 = qg.INT8_CANDIDATES if all_candidates else (qg.INT8_DEFAULT,)
-        candidates4 = qg.INT4_CANDIDATES if all_candidates else (qg.INT4_DEFAULT,)
+        candidates8 = qg.INT8_CANDIDATES + qg.INT8_SWEEP_EXTRA if all_candidates else (qg.INT8_DEFAULT,)
+        candidates4 = qg.INT4_CANDIDATES + qg.INT4_SWEEP_EXTRA if all_candidates else (qg.INT4_DEFAULT,)
         for cfg in candidates8:
             record(M, name, "int8", "gemv " + cfg.label, lambda cfg=cfg: qg.int8_gemv(x, q8, s8, cfg), base, base_cold,
                    bytes8, ref8)

@@ -230,10 +230,10 @@ def test_gemv_at_8b_shapes_in_bf16(name, N, K, tokens):
     q8, s8 = qz.quantize_int8(w)
     ref4 = x.float() @ qz.dequantize_int4(q4, z4, s4, 128).T
     ref8 = x.float() @ qz.dequantize_int8(q8, s8).T
-    for cfg in quant_gemv.INT4_CANDIDATES:
+    for cfg in quant_gemv.INT4_CANDIDATES + quant_gemv.INT4_SWEEP_EXTRA:
         out = quant_gemv.int4_gemv(x, q4, z4, s4, 128, cfg).float()
         assert (out - ref4).abs().max() <= 1e-2 * ref4.abs().max(), cfg.label
-    for cfg in quant_gemv.INT8_CANDIDATES:
+    for cfg in quant_gemv.INT8_CANDIDATES + quant_gemv.INT8_SWEEP_EXTRA:
         out = quant_gemv.int8_gemv(x, q8, s8, cfg).float()
         assert (out - ref8).abs().max() <= 1e-2 * ref8.abs().max(), cfg.label
     assert (quant_gemv.int4_linear(x, q4, z4, s4, 128).float() - ref4).abs().max() <= 1e-2 * ref4.abs().max()
