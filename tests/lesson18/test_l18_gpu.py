@@ -176,7 +176,8 @@ def test_fp8_kv_engine_on_the_gpu_with_graphs_and_prefix_caching():
         # About 4 GB beyond what is in use now: a budget that binds, without millions of blocks of the tiny model.
         utilization = min(0.9, (total - free + 4e9) / total)
         llm = LLM(TRAINED, kv_cache_dtype=kv, dtype="bfloat16", max_num_seqs=8, max_model_len=256,
-                  gpu_memory_utilization=utilization, async_scheduling=False)  # lesson 18 needs lessons <= 15 only
+                  gpu_memory_utilization=utilization, compile_elementwise=False,  # graphs without compile time
+                  async_scheduling=False)  # lesson 18 needs lessons <= 15 only
         try:
             assert not llm.config.enforce_eager and llm.config.enable_prefix_caching
             blocks[kv] = llm.config.num_kvcache_blocks
