@@ -114,13 +114,13 @@ def test_batch_over_fp8_cache_prefix_prefill_then_decode(backend):
     float32 attention over its own dequantized keys and values (layer scales k 0.1, v 0.3)."""
     gen = torch.Generator().manual_seed(7)
     device = device_for(backend)
-    cache = PagedKVCache(1, 8, 4, 1, 8, FP8, device, backend=backend, kv_scales=([0.1], [0.3]))
+    cache = PagedKVCache(1, 8, 4, 1, 16, FP8, device, backend=backend, kv_scales=([0.1], [0.3]))
     tables = [[5, 1, 6], [0, 2]]
     lens = [10, 7]
-    k = [torch.randn(n + 1, 1, 8, generator=gen) for n in lens]
-    v = [torch.randn(n + 1, 1, 8, generator=gen) for n in lens]
-    q = [torch.randn(n + 1, 2, 8, generator=gen) for n in lens]
-    scale = 8**-0.5
+    k = [torch.randn(n + 1, 1, 16, generator=gen) for n in lens]  # head_dim 16: tl.dot's smallest on a GPU
+    v = [torch.randn(n + 1, 1, 16, generator=gen) for n in lens]
+    q = [torch.randn(n + 1, 2, 16, generator=gen) for n in lens]
+    scale = 16**-0.5
     # the first 6 and 3 tokens come "from a prefix cache": stored by an earlier step
     cache.attend(0, torch.cat([q[0][:6], q[1][:3]]).to(device), torch.cat([k[0][:6], k[1][:3]]).to(device),
                  torch.cat([v[0][:6], v[1][:3]]).to(device),
