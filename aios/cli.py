@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -353,6 +354,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except CliError as exc:
         print(f"python -m aios {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # the engine refusing an option or a checkpoint (its message names the README section)
+        if os.environ.get("AIOS_DEBUG"):
+            raise
+        print(f"python -m aios {args.command}: error: {exc}\n(AIOS_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 2
 
 

@@ -114,3 +114,17 @@ def test_serve_refuses_a_missing_model_folder(tmp_path):
 def test_cli_help_lists_serve_and_bench_serve():
     done = subprocess.run([sys.executable, "-m", "aios", "--help"], capture_output=True, text=True, timeout=60)
     assert "serve" in done.stdout and "bench-serve" in done.stdout
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--pipeline-parallel-size", "0"], "pipeline_parallel_size must be >= 1"),
+    (["--speculative-config", '{"method": "ngram", "num_speculative_tokens": 0}'], "num_speculative_tokens"),
+])
+def test_bench_refuses_a_bad_engine_option_without_a_traceback(tiny_model_dir, options, message):
+    """An option the engine refuses is one line naming the README section, exit status 2 (AIOS_DEBUG=1: traceback)."""
+    env = {key: value for key, value in os.environ.items() if key != "AIOS_DEBUG"}
+    done = subprocess.run([sys.executable, "-m", "aios", "bench", "--model", str(tiny_model_dir), "--num-requests", "1",
+                           "--no-progress", *options], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "README" in done.stderr
+    assert "Traceback" not in done.stderr
