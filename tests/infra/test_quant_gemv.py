@@ -220,7 +220,7 @@ SHAPES_8B = [("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 24576, 4096), (
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("name,N,K", SHAPES_8B)
-@pytest.mark.parametrize("tokens", [1, 3, 8])
+@pytest.mark.parametrize("tokens", [1, 8])
 def test_gemv_at_8b_shapes_in_bf16(name, N, K, tokens):
     """Every GEMV candidate setting (and the dispatcher, tuned) equals the float32 x @ dequantized(W).T within bf16 rounding."""
     gen = torch.Generator(device="cuda").manual_seed(0)
