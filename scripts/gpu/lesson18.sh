@@ -11,7 +11,7 @@
 #   4. the matmul sweep (sweep; scripts/gpu/quant_sweep.py): bf16, the tl.dot kernels and every GEMV
 #      setting at M = 1 and 4 on the 8B shapes, the tl.dot kernels at M = 256, FP8 W8A8.
 #
-#   bash scripts/gpu/lesson18.sh [all|tests|bench|kvfp8|sweep]   # results and logs under $OUT (default /tmp/aios_out)
+#   bash scripts/gpu/lesson18.sh [all|tests|bench|kvfp8|kvbench|sweep]   # kvbench: kvfp8's benchmark alone   # results and logs under $OUT (default /tmp/aios_out)
 #   (each step stays under 10 minutes; 'all' runs them one after the other)
 #
 # Files written to $OUT: gpu.txt, lesson18_tests.log, lesson18_benchmark.json (pytest-benchmark;
@@ -39,7 +39,8 @@ if [ "$MODE" = all ] || [ "$MODE" = bench ]; then
   [ $status = 0 ] && status=$bench_status
   grep -v "^$" "$OUT/lesson18_bench.log" | tail -20
 fi
-if [ "$MODE" = all ] || [ "$MODE" = kvfp8 ]; then
+if [ "$MODE" = all ] || [ "$MODE" = kvfp8 ] || [ "$MODE" = kvbench ]; then
+ if [ "$MODE" != kvbench ]; then
   section "FP8 KV cache: GPU tests (store kernel, attention kernels, engine with graphs and prefix caching)"
   # the two timeouts add up to under the device tool's 10 minutes per call
   timeout 200 python3 -m pytest tests/lesson18/test_l18_kv_cache.py tests/lesson18/test_l18_gpu.py -k "fp8_kv or fp8_store \
@@ -47,6 +48,7 @@ if [ "$MODE" = all ] || [ "$MODE" = kvfp8 ]; then
   kv_status=$?
   [ $status = 0 ] && status=$kv_status
   grep -E "passed|failed|^FAILED|^ERROR" "$OUT/lesson18_kvfp8_tests.log" | tail -20
+ fi
   section "FP8 KV cache: headline workload, Qwen3-0.6B shape, kv_cache_dtype fp8 vs auto (target x1.3)"
   timeout 360 python3 -m pytest tests/lesson18/test_l18_benchmark.py -m benchmark_gpu -k fp8_kv -q -rs -s \
     -p no:cacheprovider --benchmark-json "$OUT/lesson18_kvfp8_benchmark.json" > "$OUT/lesson18_kvfp8_bench.log" 2>&1

@@ -12,7 +12,7 @@
 #
 #   bash scripts/gpu/x2_advanced.sh pp      # lesson 21's NCCL tests, then PP=2 alone on the 14B and 32B shapes
 #   bash scripts/gpu/x2_advanced.sh quant   # GPU 0: lesson 18's batch-1 benchmark, the FP8 KV cache headline |
-#                                           # GPU 1: lesson 18's GPU tests, lesson 19's benchmark (short sweep)
+#                                           # GPU 1: lesson 19's benchmark (short sweep), lesson 18's GPU tests
 #
 # Every step's timeout is cut to what is left of DEADLINE seconds (default 570). Each script writes
 # under $OUT/<name>/ (its own gpu.txt, logs, JSON); $OUT/summary.txt collects the tails.
@@ -86,12 +86,14 @@ elif [ "$PART" = pp ]; then
   step l21_pp32b "$(left 5 150)" LAYOUTS=pp2 BENCH_TIMEOUT=100 BENCH_FLAGS="--num-requests 64" \
     -- bash scripts/gpu/lesson21.sh bench32b
 elif [ "$PART" = quant ]; then
-  say "side by side: GPU 0 lesson 18's batch-1 benchmark, then the FP8 KV cache headline | GPU 1 lesson 18's GPU tests, then lesson 19's benchmark (short sweep)"
-  ( step l18_bench "$(left 5 330)" CUDA_VISIBLE_DEVICES=0 -- bash scripts/gpu/lesson18.sh bench
+  say "side by side: GPU 0 lesson 18's batch-1 benchmark, then the FP8 KV cache headline | GPU 1 lesson 19's benchmark (short sweep), then lesson 18's GPU tests"
+  ( step l18_bench "$(left 60 210)" CUDA_VISIBLE_DEVICES=0 -- bash scripts/gpu/lesson18.sh bench
     step l18_kvbench "$(left 5)" CUDA_VISIBLE_DEVICES=0 -- bash scripts/gpu/lesson18.sh kvbench ) &
-  ( step l18_tests "$(left 5 200)" CUDA_VISIBLE_DEVICES=1 -- bash scripts/gpu/lesson18.sh tests
-    step l19_bench "$(left 5)" CUDA_VISIBLE_DEVICES=1 AIOS_SPEC_BATCHES=1,4 AIOS_SPEC_SIGMAS=0,0.02 \
-      -- bash scripts/gpu/lesson19.sh bench ) &
+  ( step l19_bench "$(left 90 170)" CUDA_VISIBLE_DEVICES=1 AIOS_SPEC_BATCHES=1,4 AIOS_SPEC_SIGMAS=0,0.02 \
+      -- bash scripts/gpu/lesson19.sh bench
+    step l18_gpu_tests "$(left 5)" CUDA_VISIBLE_DEVICES=1 AIOS_IMPL=reference PYTHONPATH="$PWD/solutions" \
+      PYTHONSAFEPATH=1 -- python3 -m pytest tests/lesson18/test_l18_gpu.py tests/lesson18/test_l18_kv_cache.py \
+      tests/infra/test_quant_gemv.py -m "not benchmark_gpu" -q -rs -p no:cacheprovider ) &
   wait
 fi
 say done
