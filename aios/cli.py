@@ -387,6 +387,9 @@ def _args_bench(parser: argparse.ArgumentParser) -> None:
                              "lookup is meaningful: aios.bench.speculative measures drafts at set acceptance rates")
     parser.add_argument("--kv-cache-dtype", choices=["auto", "fp8"], default="auto",
                         help="fp8: keys and values in float8 e4m3, a scale per layer (lesson 18; default: auto)")
+    parser.add_argument("--compare-hf", nargs="?", const=32, type=int, metavar="N",
+                        help="then both this engine and transformers' continuous batching on the first N requests "
+                             "(default 32), outputs fixed at their mean length; prints the ratio")
     parser.add_argument("--json", dest="json_path", type=Path, metavar="FILE", help="also write the result here")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
 

@@ -291,6 +291,11 @@ def run_command(args) -> int:
         batch = 1 if args.batch1 else min(256, llm.config.max_num_seqs)
         record["profile"] = profile_decode(llm, batch_size=batch)
         print(record["profile"], flush=True)
+    if getattr(args, "compare_hf", None):  # issue 15: the ratio to transformers' own continuous batching
+        from aios.bench.hf_compare import compare_with_transformers, summary
+
+        record["compare_hf"] = compare_with_transformers(llm, model_dir, args.compare_hf, args.seed)
+        print(summary(record["compare_hf"]), flush=True)
     if args.json_path:
         args.json_path.parent.mkdir(parents=True, exist_ok=True)
         args.json_path.write_text(json.dumps(record, indent=2))
