@@ -114,9 +114,9 @@ def check_pipeline_config(config: Config) -> None:
     if getattr(config, "quantization", None) or getattr(config, "kv_cache_dtype", "auto") != "auto":
         raise ValueError(f"pipeline parallelism does not load quantized weights or keep an FP8 KV cache (lesson 18): "
                          f"drop quantization / kv_cache_dtype ({PP_README}, 'What pipeline parallelism leaves out')")
+    check_moe_pipeline_config(config)  # first: its message names lesson 21's README section
     if config.tensor_parallel_size > 1:
         check_tensor_parallel_config(config)
-    check_moe_pipeline_config(config)
     if world is None and config.device.startswith("cuda"):
         needed = config.tensor_parallel_size * config.pipeline_parallel_size
         if torch.cuda.device_count() < needed:
