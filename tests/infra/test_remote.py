@@ -583,7 +583,7 @@ def test_identity_equality_pure_properties_and_enum_members_cost_no_round_trip(w
     assert always == parts[0] and sent  # its own __eq__ runs in the worker
 
 
-def test_a_pure_property_is_only_one_that_reads_plain_attributes():
+def test_a_pure_property_is_only_one_that_reads_plain_attributes(monkeypatch):
     """The bytecode check behind pure properties (once a test has read them): stores, calls of learner
     code, attributes of other objects, loops and non-plain inputs all keep the property a request."""
     worker_module = sys.modules.get("_aios_remote_worker_for_tests")
@@ -609,6 +609,8 @@ def test_a_pure_property_is_only_one_that_reads_plain_attributes():
         not_plain = property(lambda self: self.other)
         power = property(lambda self: self.n ** self.n)
 
+    # Threads other tests left in this pytest process would switch snapshots off (the worker has one thread).
+    monkeypatch.setattr(worker_module, "_other_threads", lambda: False)
     worker_module.DEMANDED[Thing] = {"ok", "stores", "calls", "reaches", "loops", "not_plain", "power"}
     snap = worker_module.snapshot(Thing())
     assert snap["ok"] == 5
