@@ -37,12 +37,10 @@ def engine_on(llm, prompts: list[list[int]], output_len: int) -> dict:
     from aios.sampling_params import SamplingParams
 
     params = SamplingParams(temperature=0.0, max_tokens=output_len, ignore_eos=True)
+    from aios.bench.throughput import timed_generate
+
     llm.generate(prompts[:2], SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True), use_tqdm=False)
-    synchronize(llm.config.device)
-    start = time.perf_counter()
-    outputs = llm.generate(prompts, params, use_tqdm=False)
-    synchronize(llm.config.device)
-    seconds = time.perf_counter() - start
+    outputs, seconds = timed_generate(llm, prompts, params)
     tokens = sum(len(out["token_ids"]) for out in outputs)
     return {"output_tokens": tokens, "seconds": round(seconds, 3), "output_tokens_per_second": round(tokens / seconds, 1)}
 

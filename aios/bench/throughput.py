@@ -102,6 +102,15 @@ def warm_up(llm) -> None:
     llm.generate(prompts, params, use_tqdm=False)
 
 
+def timed_generate(llm, prompts, params, use_tqdm: bool = False) -> tuple[list, float]:
+    """``llm.generate(prompts, params)`` between two device synchronisations: (outputs, seconds)."""
+    synchronize(llm.config.device)
+    start = time.perf_counter()
+    outputs = llm.generate(prompts, params, use_tqdm=use_tqdm)
+    synchronize(llm.config.device)
+    return outputs, time.perf_counter() - start
+
+
 def run_throughput(llm, num_requests: int, prompt_len, output_len, seed: int = 0, use_tqdm: bool = True,
                    mode: str = "throughput") -> BenchResult:
     """Time ``llm.generate`` on a random workload; every request produces exactly its output length."""
@@ -111,11 +120,7 @@ def run_throughput(llm, num_requests: int, prompt_len, output_len, seed: int = 0
     params = [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True) for n in workload.output_lens]
     prompts = [list(p) for p in workload.prompts]
     warm_up(llm)
-    synchronize(llm.config.device)
-    start = time.perf_counter()
-    outputs = llm.generate(prompts, params, use_tqdm=use_tqdm)
-    synchronize(llm.config.device)
-    seconds = time.perf_counter() - start
+    outputs, seconds = timed_generate(llm, prompts, params, use_tqdm)
     generated = sum(len(out["token_ids"]) for out in outputs)
     if generated != workload.num_output_tokens:
         print(f"note: {workload.num_output_tokens - generated} tokens fewer than asked for: some requests "

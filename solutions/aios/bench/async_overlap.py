@@ -53,12 +53,10 @@ def throughput(llm, workload: dict) -> dict:
     w = make_workload(workload["num_requests"], tuple(workload["prompt_len"]), tuple(workload["output_len"]),
                       llm.config.hf_config.vocab_size, workload["seed"])
     prompts, params = [list(p) for p in w.prompts], [greedy(n) for n in w.output_lens]
+    from aios.bench.throughput import timed_generate
+
     llm.generate(prompts[:4], [greedy(8)] * min(4, len(prompts)), use_tqdm=False)
-    synchronize(llm.config.device)
-    start = time.perf_counter()
-    outputs = llm.generate(prompts, params, use_tqdm=False)
-    synchronize(llm.config.device)
-    seconds = time.perf_counter() - start
+    outputs, seconds = timed_generate(llm, prompts, params)
     tokens = sum(len(o["token_ids"]) for o in outputs)
     return {"output_tokens": tokens, "seconds": round(seconds, 3), "tokens_per_second": round(tokens / seconds, 1)}
 
