@@ -10,6 +10,7 @@
 #
 #   bash scripts/gpu/lesson17.sh [all|tests|bench]     # results and logs under $OUT (default /tmp/aios_out)
 #   AIOS_BENCH_SMOKE=1 bash scripts/gpu/lesson17.sh    # on a CPU: tiny model, small workload
+#   BENCH_FLAGS="--profile" LADDER=0 bash scripts/gpu/lesson17.sh bench   # extra aios bench flags; no ladder
 #
 # Files written to $OUT: gpu.txt, lesson17_tests.log, lesson17_benchmark.json (pytest-benchmark; the figures
 # in extra_info), async_overlap.json (the same figures), timeline_sync.json / timeline_async.json (Perfetto),
@@ -51,11 +52,14 @@ if [ "$MODE" = all ] || [ "$MODE" = bench ]; then
   for mode in sync async; do
     flag=--no-async-scheduling; [ $mode = async ] && flag=--async-scheduling
     section "aios bench $flag (headline workload, 256 requests)"
-    timeout 300 python3 -m aios bench --model "$MODEL" $flag --no-progress --json "$OUT/bench_$mode.json" 2>&1 | tail -3
+    timeout 300 python3 -m aios bench --model "$MODEL" $flag --no-progress ${BENCH_FLAGS:-} \
+      --json "$OUT/bench_$mode.json" > "$OUT/bench_$mode.log" 2>&1; tail -3 "$OUT/bench_$mode.log"
     section "aios bench --batch1 $flag"
-    timeout 200 python3 -m aios bench --model "$MODEL" --batch1 $flag --no-progress --json "$OUT/bench1_$mode.json" 2>&1 | tail -2
+    timeout 200 python3 -m aios bench --model "$MODEL" --batch1 $flag --no-progress ${BENCH_FLAGS:-} \
+      --json "$OUT/bench1_$mode.json" > "$OUT/bench1_$mode.log" 2>&1; tail -2 "$OUT/bench1_$mode.log"
   done
 
+  [ "${LADDER:-1}" = 1 ] || { section done; exit $status; }
   section "ladder stages 16 and 17"
   timeout 400 python3 -m aios.bench.ladder --ladder --model "$MODEL" --stages 16,17 --out "$OUT/ladder17" 2>&1 | tail -8
 fi

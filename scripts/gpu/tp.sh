@@ -3,6 +3,7 @@
 #
 #   bash scripts/gpu/tp.sh [all|tests|gputest|bench|bench8b|bench14b]   # results and logs under $OUT (default /tmp/aios_out)
 #   TPS=1 CUDA_VISIBLE_DEVICES=0 bash scripts/gpu/tp.sh bench               # only the TP=1 runs, on one GPU
+#   BENCH_FLAGS="--profile" TPS=2 bash scripts/gpu/tp.sh bench14b           # extra `aios bench` flags
 #
 #   gputest   only tests/lesson14/test_l14_gpu.py (the NCCL check; the gloo tests run in CI)
 #   tests     the lesson 14 suites (visible + hidden; reference engine): the CPU gloo tests and
@@ -52,7 +53,7 @@ bench_shape() {
   model=$(shape_checkpoint "$preset") || { echo "could not write the $preset checkpoint"; return 1; }
   for tp in $TPS; do
     section "python -m aios bench, Qwen3-$preset shape, TP=$tp"
-    timeout "${BENCH_TIMEOUT:-280}" python3 -m aios bench --model "$model" --tensor-parallel-size "$tp" --no-progress \
+    timeout "${BENCH_TIMEOUT:-280}" python3 -m aios bench --model "$model" --tensor-parallel-size "$tp" --no-progress ${BENCH_FLAGS:-} \
       --json "$OUT/bench_${preset}_tp${tp}.json" > "$OUT/bench_${preset}_tp${tp}.log" 2>&1
     echo "exit code $?"; grep -E "engine ready|throughput|Error|error" "$OUT/bench_${preset}_tp${tp}.log" | tail -4
     pgrep -f "from multiprocessing.spawn import spawn_main" > /dev/null && echo "WARNING: a tensor-parallel worker outlived its driver"

@@ -11,6 +11,9 @@
 #                                           # 20's kernel benchmark, then lesson 19's benchmark
 #
 #   bash scripts/gpu/x2_advanced.sh pp      # lesson 21's NCCL tests, then PP=2 alone on the 14B and 32B shapes
+#   bash scripts/gpu/x2_advanced.sh profile15   # issue 15's measurements: GPU 0 lesson 17's benchmark, aios bench sync
+#                                           # and async with decode profiles | GPU 1 --compare-hf 32, TP=1 14B profiled;
+#                                           # then TP=2 on the 14B shape with a decode profile
 #   bash scripts/gpu/x2_advanced.sh quant   # GPU 0: lesson 18's batch-1 benchmark, the FP8 KV cache headline |
 #                                           # GPU 1: lesson 19's benchmark (short sweep), lesson 18's GPU tests
 #
@@ -85,6 +88,18 @@ elif [ "$PART" = pp ]; then
     -- bash scripts/gpu/lesson21.sh bench14b
   step l21_pp32b "$(left 5 150)" LAYOUTS=pp2 BENCH_TIMEOUT=100 BENCH_FLAGS="--num-requests 64" \
     -- bash scripts/gpu/lesson21.sh bench32b
+elif [ "$PART" = profile15 ]; then
+  say "phase A, side by side: GPU 0 lesson 17's benchmark test, aios bench sync/async with decode profiles | GPU 1 aios bench --compare-hf 32, then TP=1 on the 14B shape with a decode profile"
+  A=$(left 200 340)
+  step l17_bench "$A" CUDA_VISIBLE_DEVICES=0 LADDER=0 BENCH_FLAGS=--profile -- bash scripts/gpu/lesson17.sh bench &
+  ( step compare_hf 200 CUDA_VISIBLE_DEVICES=1 -- bash -c 'source scripts/gpu/common.sh; M=/tmp/aios_q06;
+      [ -f $M/config.json ] || python3 -m aios make-model 0.6b $M --force > /dev/null;
+      python3 -m aios bench --model $M --compare-hf 32 --no-progress --json "$OUT/bench_compare_hf.json"'
+    step tp1_14b "$(left 210 150)" CUDA_VISIBLE_DEVICES=1 TPS=1 BENCH_TIMEOUT=140 BENCH_FLAGS=--profile \
+      -- bash scripts/gpu/tp.sh bench14b ) &
+  wait
+  say "phase B: TP=2 on the 14B shape with a decode profile"
+  step tp2_14b "$(left 5 200)" TPS=2 BENCH_TIMEOUT="$(left 15 190)" BENCH_FLAGS=--profile -- bash scripts/gpu/tp.sh bench14b
 elif [ "$PART" = quant ]; then
   say "side by side: GPU 0 lesson 18's batch-1 benchmark, then the FP8 KV cache headline | GPU 1 lesson 19's benchmark (short sweep), then lesson 18's GPU tests"
   ( step l18_bench "$(left 60 210)" CUDA_VISIBLE_DEVICES=0 -- bash scripts/gpu/lesson18.sh bench
