@@ -6,16 +6,22 @@
 #   2. the GPU benchmark: batch-1 decode of the Qwen3-8B shape, INT8 and INT4 against bf16 (the
 #      engine's QuantizedLinear sends decode steps to quant_gemv's GEMV kernels, each shape tuned on
 #      its first call; the choices are in the benchmark JSON's extra_info);
+#      FP8 W8A8 on the throughput workload (8B shape; fp8bench runs it alone): each FP8 matmul shape's
+#      first call chooses between the Triton kernel ("dot") and cuBLAS's block-scaled FP8 matmul
+#      (aios/layers/fp8_scaled_mm.py); the choices and timings are printed and in the JSON;
 #   3. the FP8 KV cache (kvfp8): its GPU tests, then the headline workload on the Qwen3-0.6B shape
-#      with kv_cache_dtype="fp8" against "auto" (target x1.3; each step under its own timeout);
+#      with kv_cache_dtype="fp8" against "auto" (target x1.3), twice: with the caches sized from free
+#      memory (the workload fits either), and memory-bound (the same KV bytes for both, a quarter of
+#      what the workload needs at bf16; the e4m3 cache gets twice the blocks); each step under its own timeout;
 #   4. the matmul sweep (sweep; scripts/gpu/quant_sweep.py): bf16, the tl.dot kernels and every GEMV
 #      setting at M = 1 and 4 on the 8B shapes, the tl.dot kernels at M = 256, FP8 W8A8.
 #
-#   bash scripts/gpu/lesson18.sh [all|tests|bench|kvfp8|kvbench|sweep]   # kvbench: kvfp8's benchmark alone   # results and logs under $OUT (default /tmp/aios_out)
+#   bash scripts/gpu/lesson18.sh [all|tests|bench|fp8bench|kvfp8|kvbench|sweep]   # kvbench: kvfp8's benchmark alone   # results and logs under $OUT (default /tmp/aios_out)
 #   (each step stays under 10 minutes; 'all' runs them one after the other)
 #
 # Files written to $OUT: gpu.txt, lesson18_tests.log, lesson18_benchmark.json (pytest-benchmark;
-# the figures in extra_info), lesson18_bench.log, lesson18_kvfp8_tests.log, lesson18_kvfp8_bench.log,
+# the figures in extra_info), lesson18_bench.log, lesson18_fp8_cublas_tests.log, lesson18_fp8_bench.log,
+# lesson18_fp8_benchmark.json (fp8bench), lesson18_kvfp8_tests.log, lesson18_kvfp8_bench.log,
 # lesson18_kvfp8_benchmark.json, quant_sweep.json, quant_sweep.log.
 set -u -o pipefail
 source "$(dirname "$0")/common.sh"
@@ -26,7 +32,8 @@ status=0
 if [ "$MODE" = all ] || [ "$MODE" = tests ]; then
   section "tests of lesson 18 on the GPU (benchmark excluded)"
   timeout 540 python3 -m pytest tests/lesson18 grader/hidden/lesson18 tests/infra/test_quant_gemv.py \
-    tests/infra/test_fp8_w8a8.py -m "not benchmark_gpu" -q -rs -p no:cacheprovider > "$OUT/lesson18_tests.log" 2>&1
+    tests/infra/test_fp8_w8a8.py tests/infra/test_fp8_scaled_mm.py -m "not benchmark_gpu" -q -rs -p no:cacheprovider \
+    > "$OUT/lesson18_tests.log" 2>&1
   status=$?
   grep -E "passed|failed|^FAILED|^ERROR" "$OUT/lesson18_tests.log" | tail -20
 fi
@@ -37,7 +44,22 @@ if [ "$MODE" = all ] || [ "$MODE" = bench ]; then
     -p no:cacheprovider --benchmark-json "$OUT/lesson18_benchmark.json" > "$OUT/lesson18_bench.log" 2>&1
   bench_status=$?
   [ $status = 0 ] && status=$bench_status
-  grep -v "^$" "$OUT/lesson18_bench.log" | tail -20
+  grep -v "^$" "$OUT/lesson18_bench.log" | grep -v "FP8 W8A8 matmul" | tail -20
+  grep "FP8 W8A8 matmul" "$OUT/lesson18_bench.log"
+fi
+if [ "$MODE" = fp8bench ]; then
+  section "FP8 W8A8, throughput workload, Qwen3-8B shape: cuBLAS block-scaled path vs Triton, chosen per shape"
+  timeout 200 python3 -m pytest tests/infra/test_fp8_scaled_mm.py -q -rs -s -p no:cacheprovider \
+    > "$OUT/lesson18_fp8_cublas_tests.log" 2>&1
+  fp8_status=$?
+  [ $status = 0 ] && status=$fp8_status
+  grep -E "M=[0-9]+ N=|tuning:|passed|failed|^FAILED|^ERROR|^E  " "$OUT/lesson18_fp8_cublas_tests.log" | tail -25
+  timeout 380 python3 -m pytest tests/lesson18/test_l18_benchmark.py -m benchmark_gpu -k fp8_w8a8 -q -rs -s \
+    -p no:cacheprovider --benchmark-json "$OUT/lesson18_fp8_benchmark.json" > "$OUT/lesson18_fp8_bench.log" 2>&1
+  fp8_status=$?
+  [ $status = 0 ] && status=$fp8_status
+  grep -v "^$" "$OUT/lesson18_fp8_bench.log" | grep -v "FP8 W8A8 matmul" | tail -8
+  grep "FP8 W8A8 matmul" "$OUT/lesson18_fp8_bench.log"
 fi
 if [ "$MODE" = all ] || [ "$MODE" = kvfp8 ] || [ "$MODE" = kvbench ]; then
  if [ "$MODE" != kvbench ]; then
@@ -50,11 +72,14 @@ if [ "$MODE" = all ] || [ "$MODE" = kvfp8 ] || [ "$MODE" = kvbench ]; then
   grep -E "passed|failed|^FAILED|^ERROR" "$OUT/lesson18_kvfp8_tests.log" | tail -20
  fi
   section "FP8 KV cache: headline workload, Qwen3-0.6B shape, kv_cache_dtype fp8 vs auto (target x1.3)"
-  timeout 360 python3 -m pytest tests/lesson18/test_l18_benchmark.py -m benchmark_gpu -k fp8_kv -q -rs -s \
+  # kvbench alone gets 540 s (four 0.6B engines: free-memory and memory-bound, fp8 and auto); kvfp8 keeps 360 + 200
+  KV_TIMEOUT=360; [ "$MODE" = kvbench ] && KV_TIMEOUT=540
+  timeout $KV_TIMEOUT python3 -m pytest tests/lesson18/test_l18_benchmark.py -m benchmark_gpu -k fp8_kv -q -rs -s \
     -p no:cacheprovider --benchmark-json "$OUT/lesson18_kvfp8_benchmark.json" > "$OUT/lesson18_kvfp8_bench.log" 2>&1
   kv_status=$?
   [ $status = 0 ] && status=$kv_status
-  grep -v "^$" "$OUT/lesson18_kvfp8_bench.log" | tail -20
+  grep -v "^$" "$OUT/lesson18_kvfp8_bench.log" | grep -v "FP8 KV cache, memory-bound" | tail -20
+  grep "FP8 KV cache, memory-bound" "$OUT/lesson18_kvfp8_bench.log"
 fi
 if [ "$MODE" = all ] || [ "$MODE" = sweep ]; then
   section "lesson 18 matmul sweep (GEMV against bf16 and the tl.dot kernels, Qwen3-8B shapes)"

@@ -117,10 +117,26 @@ def test_fp8_w8a8_throughput_speedup(qwen3_8b_dir, benchmark):
                   "baseline_tokens_per_second": round(baseline.output_tokens_per_second, 1),
                   "speedup": round(speedup, 3), "min_speedup": MIN_FP8_THROUGHPUT_SPEEDUP,
                   "target_speedup": TARGET_FP8_THROUGHPUT_SPEEDUP, "target_met": speedup >= TARGET_FP8_THROUGHPUT_SPEEDUP,
-                  "device": runs[-1].device}
+                  "device": runs[-1].device, **fp8_matmul_report()}
     benchmark.extra_info.update(comparison)
     print(comparison)
+    for shape, choice in comparison["fp8_matmul_choices"].items():
+        print(f"FP8 W8A8 matmul, rows N K = {shape}: {choice}  (us: {comparison['fp8_matmul_us'][shape]})")
     assert speedup >= MIN_FP8_THROUGHPUT_SPEEDUP, comparison
+
+
+def fp8_matmul_report() -> dict:
+    """What fp8_scaled_mm's first-call tuning chose per (row class, N, K) ('dot': the Triton kernel, 'cublas-...':
+    cuBLAS's block-scaled matmul), each candidate's microseconds, and why cuBLAS was not tried where it was not."""
+    import torch
+
+    from aios.layers import fp8_scaled_mm, quant_gemv
+
+    entries = [entry for entry in quant_gemv.TUNING_LOG if entry["key"][0] == "fp8"]
+    probe = torch.zeros(64, 4096, dtype=torch.bfloat16, device="cuda")
+    return {"fp8_matmul_choices": fp8_scaled_mm.fp8_choices(),
+            "fp8_matmul_us": {" ".join(entry["key"][1:4]): entry["us"] for entry in entries},
+            "fp8_cublas_unavailable": fp8_scaled_mm.unavailable_reason(probe, 4096, 4096)}
 
 
 #: FP8 KV cache on the headline workload: decode attention, most of a decode step's time on the 0.6B shape,
@@ -181,3 +197,103 @@ def test_fp8_kv_cache_throughput_speedup(qwen3_0_6b_dir, benchmark):
     print(comparison)
     assert blocks >= MIN_FP8_KV_BLOCK_RATIO * baseline_blocks, comparison
     assert speedup >= MIN_FP8_KV_SPEEDUP, comparison
+
+
+#: The memory-bound run: the same KV bytes for both caches, a quarter of the blocks the headline workload would
+#: take at bf16 if every request ran at once (~17k), so the bf16 cache holds ~1/4 of the requests at a time and the
+#: e4m3 cache, twice the blocks, ~1/2. Each decode step then reads about the same KV bytes with twice the batch.
+#: Expected >= 1.3 (the issue's target): decode steps dominate a memory-bound run and make ~2x the tokens for
+#: the same KV read; the prefills (the same work for both) and the e4m3 conversion in attention (x0.96 when
+#: memory is not short) take part of it. Floor 1.2 until measured (run-to-run noise was ~5%).
+KV_BUDGET_FRACTION = 0.25
+MIN_FP8_KV_MEMORY_BOUND_SPEEDUP = 1.2
+
+
+def workload_kv_blocks(workload: dict, vocab_size: int, block_size: int) -> int:
+    """KV blocks the workload's requests would hold if all ran at once at full length (prompt + output)."""
+    from aios.bench.ladder import make_workload
+
+    requests = make_workload(workload["num_requests"], tuple(workload["prompt_len"]), tuple(workload["output_len"]),
+                             vocab_size, workload["seed"])
+    return sum(-(-(len(p) + n) // block_size) for p, n in zip(requests.prompts, requests.output_lens))
+
+
+def timed_run_with_batch_sizes(llm, workload: dict) -> dict:
+    """run_throughput's timed run, recording each decode step's batch size and the preemptions (warm-up excluded)."""
+    from aios.bench.ladder import make_workload
+    from aios.bench.throughput import timed_generate, warm_up
+    from aios.engine.model_runner import kv_block_bytes, kv_cache_dtype
+    from aios.sampling_params import SamplingParams
+
+    requests = make_workload(workload["num_requests"], tuple(workload["prompt_len"]), tuple(workload["output_len"]),
+                             llm.config.hf_config.vocab_size, workload["seed"])
+    params = [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True) for n in requests.output_lens]
+    warm_up(llm)
+    sizes, run = [], llm.model_runner.run
+
+    def recording_run(seqs, is_prefill):
+        if not is_prefill:
+            sizes.append(len(seqs))
+        return run(seqs, is_prefill)
+
+    llm.model_runner.run = recording_run
+    preempted_before = llm.scheduler.num_preemptions
+    try:
+        outputs, seconds = timed_generate(llm, [list(p) for p in requests.prompts], params)
+    finally:
+        llm.model_runner.run = run
+    config = llm.config
+    tokens = sum(len(out["token_ids"]) for out in outputs)
+    return {"tokens_per_second": round(tokens / seconds, 1), "output_tokens": tokens, "seconds": round(seconds, 2),
+            "kv_blocks": config.num_kvcache_blocks,
+            "kv_bytes": config.num_kvcache_blocks * kv_block_bytes(config.hf_config, config.kvcache_block_size,
+                                                                    kv_cache_dtype(config)),
+            "decode_steps": len(sizes), "max_decode_batch": max(sizes, default=0),
+            "mean_decode_batch": round(sum(sizes) / max(1, len(sizes)), 1),
+            "preemptions": llm.scheduler.num_preemptions - preempted_before}
+
+
+def test_fp8_kv_cache_memory_bound_speedup(qwen3_0_6b_dir, benchmark):
+    """With the same KV bytes (bf16: 1/4 of what the headline workload needs; e4m3: twice the blocks) the FP8 cache
+    runs ~2x the decode batch and reaches MIN_FP8_KV_MEMORY_BOUND_SPEEDUP x bf16 (0.6B shape; target in extra_info)."""
+    import torch
+
+    from aios.bench.throughput import HEADLINE_WORKLOAD, build_engine
+
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 needs compute capability >= 8.9")
+
+    def run(kv_cache_dtype, blocks):
+        llm = build_engine(qwen3_0_6b_dir, kv_cache_dtype=kv_cache_dtype, dtype="bfloat16", num_kvcache_blocks=blocks,
+                           async_scheduling=False)  # lesson 18 needs lessons <= 15 only
+        try:
+            return timed_run_with_batch_sizes(llm, HEADLINE_WORKLOAD)
+        finally:
+            llm.shutdown()
+
+    from aios.fixtures.presets import build_config
+
+    needed = workload_kv_blocks(HEADLINE_WORKLOAD, build_config("0.6b")["vocab_size"], 16)
+    bf16_blocks = int(needed * KV_BUDGET_FRACTION)
+    baseline = run("auto", bf16_blocks)
+    runs = []
+    benchmark.pedantic(lambda: runs.append(run("fp8", 2 * bf16_blocks)), rounds=1, iterations=1)
+    fp8 = runs[-1]
+    speedup = fp8["tokens_per_second"] / baseline["tokens_per_second"]
+    comparison = {"lesson": 18, "method": "fp8 KV cache, memory-bound", "workload": HEADLINE_WORKLOAD,
+                  "workload_kv_blocks_at_once": needed, "kv_budget_fraction": KV_BUDGET_FRACTION,
+                  "fp8": fp8, "bf16": baseline,
+                  "tokens_per_second": fp8["tokens_per_second"], "baseline_tokens_per_second": baseline["tokens_per_second"],
+                  "speedup": round(speedup, 3), "min_speedup": MIN_FP8_KV_MEMORY_BOUND_SPEEDUP,
+                  "target_speedup": TARGET_FP8_KV_SPEEDUP, "target_met": speedup >= TARGET_FP8_KV_SPEEDUP,
+                  "device": torch.cuda.get_device_name()}
+    benchmark.extra_info.update(comparison)
+    print(comparison)
+    print(f"FP8 KV cache, memory-bound (same {baseline['kv_bytes'] / 2**30:.2f} GiB of KV): "
+          f"{fp8['tokens_per_second']:,.0f} vs {baseline['tokens_per_second']:,.0f} output tok/s = x{speedup:.2f} "
+          f"(target x{TARGET_FP8_KV_SPEEDUP}); decode batch mean {fp8['mean_decode_batch']} vs "
+          f"{baseline['mean_decode_batch']}, max {fp8['max_decode_batch']} vs {baseline['max_decode_batch']}; "
+          f"preemptions {fp8['preemptions']} vs {baseline['preemptions']}")
+    assert fp8["kv_bytes"] <= baseline["kv_bytes"] * 1.001, comparison
+    assert fp8["mean_decode_batch"] > baseline["mean_decode_batch"], comparison
+    assert speedup >= MIN_FP8_KV_MEMORY_BOUND_SPEEDUP, comparison

@@ -223,19 +223,23 @@ def int4_matmul(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, sc
 
 
 @triton.jit
-def _fp8_quantize_rows_kernel(x_ptr, out_ptr, scale_ptr, K, stride_xm, stride_om, stride_sm,
+def _fp8_quantize_rows_kernel(x_ptr, out_ptr, scale_ptr, M, K, stride_xm, stride_om, stride_sm, stride_sg,
                               BLOCK: tl.constexpr, FP8_MAX: tl.constexpr):
-    """Program (row, group): out[row, g*B:(g+1)*B] = x / s in e4m3, s = max |x slice| / FP8_MAX (s = 1 for zeros)."""
+    """Program (row, group): out[row, g*B:(g+1)*B] = x / s in e4m3, s = max |x slice| / FP8_MAX (s = 1 for zeros).
+
+    Rows from M on (padding the grid may add: fp8_scaled_mm) read as zeros; the scale of (row, g) goes to
+    ``scale_ptr + row * stride_sm + g * stride_sg`` (row-major, or outer-dim-major for cuBLAS).
+    """
     row = tl.program_id(0)
     group = tl.program_id(1)
     ks = group * BLOCK + tl.arange(0, BLOCK)
     k_ok = ks < K
-    x = tl.load(x_ptr + row * stride_xm + ks, mask=k_ok, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + row * stride_xm + ks, mask=k_ok & (row < M), other=0.0).to(tl.float32)
     amax = tl.max(tl.abs(x), axis=0)
     scale = tl.where(amax > 0, amax / FP8_MAX, 1.0)
     q = tl.clamp(x / scale, -FP8_MAX, FP8_MAX)
     tl.store(out_ptr + row * stride_om + ks, q.to(out_ptr.dtype.element_ty), mask=k_ok)
-    tl.store(scale_ptr + row * stride_sm + group, scale)
+    tl.store(scale_ptr + row * stride_sm + group * stride_sg, scale)
 
 
 def quantize_fp8_rows(x: torch.Tensor, block: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
@@ -258,7 +262,7 @@ def quantize_fp8_rows(x: torch.Tensor, block: int = 128) -> tuple[torch.Tensor, 
     out = torch.empty(M, K, dtype=torch.float8_e4m3fn, device=x.device)
     scale = torch.empty(M, groups, dtype=torch.float32, device=x.device)
     if M:
-        _fp8_quantize_rows_kernel[(M, groups)](x, out, scale, K, x.stride(0), out.stride(0), scale.stride(0),
+        _fp8_quantize_rows_kernel[(M, groups)](x, out, scale, M, K, x.stride(0), out.stride(0), scale.stride(0), 1,
                                                BLOCK=block, FP8_MAX=torch.finfo(torch.float8_e4m3fn).max)
     return out, scale
 

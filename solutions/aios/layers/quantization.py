@@ -450,10 +450,10 @@ class QuantizedLinear(nn.Module):
                 y = quant_gemv.int4_linear(flat, self.qweight, self.qzeros, self.scales, self.spec.group_size)
             return y.reshape(*x.shape[:-1], self.out_per_rank)
         if self.backend == "triton" and self.method == "fp8":  # W8A8: activations quantized per token at run time
-            from aios.layers import quant_kernels
+            # Large inputs may take cuBLAS's block-scaled FP8 matmul (fp8_scaled_mm, tuned on the first call), else Triton.
+            from aios.layers import fp8_scaled_mm
 
-            y = quant_kernels.fp8_block_matmul(x.reshape(-1, x.shape[-1]), self.weight, self.weight_scale_inv,
-                                               self.spec.block)
+            y = fp8_scaled_mm.fp8_linear(x.reshape(-1, x.shape[-1]), self.weight, self.weight_scale_inv, self.spec.block)
             return y.reshape(*x.shape[:-1], self.out_per_rank)
         return F.linear(x, self.dequantized_weight(x.dtype))
 
