@@ -153,6 +153,54 @@ def test_fp8_linear_falls_back_to_triton_on_the_cpu():
     assert len(quant_gemv.TUNING_LOG) == before
 
 
+def test_dispatch_tunes_once_per_row_class_and_falls_back(monkeypatch):
+    """fp8_linear's wiring, on the CPU with cuBLAS emulated: the first call of a row class is tuned (on at most
+    TUNE_MAX_M rows, logged with key "fp8"), later calls of the class reuse the choice, a new class tunes again;
+    a call the chosen cuBLAS path refuses runs the Triton kernel and sends the class back to it for good."""
+    def emulated_cublas(x, weight, scale_inv, config=None):
+        xq, x_scale = fs.quantize_fp8_rows_outer_major(x)
+        out = fs.emulate_blockwise_scaled_mm(xq, weight.t(), x_scale, fs.weight_scales_for_cublas(scale_inv), x.dtype)
+        return out[:x.shape[0]]
+
+    tuned = []
+
+    def fake_tune(key, run_dot, run_gemv, candidates):
+        reference, chosen = run_dot(), run_gemv(candidates[0])
+        torch.testing.assert_close(chosen, reference, rtol=1e-3, atol=1e-3)
+        tuned.append((key, reference.shape[0]))
+        quant_gemv.TUNING_LOG.append({"key": [str(part) for part in key], "us": {}, "choice": candidates[0].label})
+        return candidates[0]
+
+    monkeypatch.setattr(fs, "_CHOICES", {})
+    monkeypatch.setattr(fs, "TUNE_MAX_M", 24)
+    monkeypatch.setattr(fs, "unavailable_reason", lambda *args: None)
+    monkeypatch.setattr(fs, "fp8_cublas_matmul", emulated_cublas)
+    monkeypatch.setattr(quant_gemv, "autotune_enabled", lambda x: True)
+    monkeypatch.setattr(quant_gemv, "_tune", fake_tune)
+    monkeypatch.setattr(quant_gemv, "TUNING_LOG", [])
+    w, x = uneven_weight_and_input(256, 512, 70, seed=7)
+    weight, scale_inv = qz.quantize_fp8_block(w)
+    expected = w8a8_reference(x, weight, scale_inv)
+
+    torch.testing.assert_close(fs.fp8_linear(x[:40], weight, scale_inv), expected[:40], rtol=1e-4, atol=1e-4)
+    assert tuned == [(("fp8", "17-64", 256, 512, torch.float32, "cpu"), 24)]
+    assert quant_gemv.TUNING_LOG[-1]["rows"] == 24
+    fs.fp8_linear(x[:20], weight, scale_inv)
+    assert len(tuned) == 1
+    fs.fp8_linear(x, weight, scale_inv)
+    assert [key[1] for key, _ in tuned] == ["17-64", "65-256"]
+    assert fs.fp8_choices() == {"17-64 256 512": "cublas-scaled_mm", "65-256 256 512": "cublas-scaled_mm"}
+    assert fs.fp8_linear(x[:8], weight, scale_inv).shape == (8, 256) and len(tuned) == 2  # <= 16 rows: Triton
+
+    def refusing(*args, **kwargs):
+        raise RuntimeError("CUBLAS_STATUS_NOT_SUPPORTED")
+
+    monkeypatch.setattr(fs, "fp8_cublas_matmul", refusing)
+    torch.testing.assert_close(fs.fp8_linear(x[:30], weight, scale_inv), quant_kernels.fp8_block_matmul(
+        x[:30], weight, scale_inv))
+    assert fs._CHOICES[("fp8", "17-64", 256, 512, torch.float32, "cpu")] == quant_gemv.DOT
+
+
 # ------------------------------------------------------------------ GPU (Hopper): cuBLAS itself
 
 # (N, K) of Qwen3-8B's qkv_proj, o_proj, gate_up_proj and down_proj.
