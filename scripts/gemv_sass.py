@@ -1,8 +1,9 @@
 """Compile lesson 18's decode GEMV kernels for an H100/H200 (sm_90) without a GPU and report their machine code.
 
-    python scripts/gemv_sass.py [--loop]
+    python scripts/gemv_sass.py [--loop] [--dense]
 
-For every setting of ``quant_gemv.INT4_CANDIDATES`` / ``INT8_CANDIDATES`` (and the sweep's extras):
+For every setting of ``quant_gemv.INT4_CANDIDATES`` / ``INT8_CANDIDATES`` and of the bf16 GEMV's
+``dense_gemv.DENSE_CANDIDATES`` at 1, 2, 4 and 8 rows (and the sweeps' extras; --dense: the bf16 ones only):
 registers per thread, spilled bytes, shared memory, and with --loop the instruction mix of the main
 loop (the largest backward branch in the SASS), to be read against the weights one loop iteration
 handles per thread. Triton ships ptxas, cuobjdump and nvdisasm, so this runs on any machine; the
@@ -25,6 +26,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler.compiler import ASTSource  # noqa: E402
 
+from aios.layers import dense_gemv as dg  # noqa: E402
 from aios.layers import quant_gemv as qg  # noqa: E402
 
 TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
@@ -63,6 +65,18 @@ def int8_kernel(cfg: qg.GemvConfig):
     return compile_kernel(fn, signature, constants, cfg), cfg.block_n * cfg.block_k // (32 * cfg.num_warps)
 
 
+def dense_kernel(cfg: qg.GemvConfig, rows: int = 1):
+    """The bf16 GEMV of ``dense_gemv`` for ``rows`` input rows (N and K multiples of the tile: no masks)."""
+    names = ["x_ptr", "w_ptr", "bias_ptr", "out_ptr", "final_ptr", "counter_ptr", "splits", "M", "N", "K",
+             "k_per_split", "stride_xm", "stride_wn", "stride_om", "stride_os"]
+    kinds = ["*bf16", "*bf16", "*bf16", "*fp32", "*bf16", "*i32"] + ["i32"] * 9
+    deferred = rows * cfg.block_n * cfg.block_k <= dg.DEFERRED_REGISTERS * 32 * cfg.num_warps
+    constants = {"ROWS": rows, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k, "DEFERRED": deferred,
+                 "ACC_K": cfg.block_k if deferred else 1, "EVEN": True, "HAS_BIAS": False, "FUSED_SUM": cfg.fused_sum}
+    signature = dict(zip(names, kinds)) | {name: "constexpr" for name in constants}
+    return compile_kernel(dg._dense_gemv_kernel, signature, constants, cfg), cfg.block_n * cfg.block_k // (32 * cfg.num_warps)
+
+
 def loop_mix(sass: str) -> collections.Counter:
     """Opcode counts of the largest loop: from a label to the furthest backward branch to it."""
     lines = sass.splitlines()
@@ -98,10 +112,16 @@ def report(label: str, kernel, weights: int, loop: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--loop", action="store_true", help="also the main loop's instruction mix")
+    parser.add_argument("--dense", action="store_true", help="only the bf16 GEMV of dense_gemv (M = 1, 2, 4, 8)")
     args = parser.parse_args()
     print(f"triton {triton.__version__}, sm_90, group {GROUP}")
-    for kind, build, configs in (("int4", int4_kernel, qg.INT4_CANDIDATES + qg.INT4_SWEEP_EXTRA),
-                                 ("int8", int8_kernel, qg.INT8_CANDIDATES + qg.INT8_SWEEP_EXTRA)):
+    dense = dg.DENSE_CANDIDATES + dg.DENSE_SWEEP_EXTRA
+    kinds = [("int4", int4_kernel, qg.INT4_CANDIDATES + qg.INT4_SWEEP_EXTRA),
+             ("int8", int8_kernel, qg.INT8_CANDIDATES + qg.INT8_SWEEP_EXTRA)]
+    kinds += [(f"bf16 M={rows}", lambda cfg, rows=rows: dense_kernel(cfg, rows), dense) for rows in (1, 2, 4, 8)]
+    if args.dense:
+        kinds = kinds[2:]
+    for kind, build, configs in kinds:
         for cfg in configs:
             try:
                 kernel, weights = build(cfg)

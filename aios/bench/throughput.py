@@ -78,7 +78,19 @@ def engine_summary(llm) -> dict:
         "kvcache_block_size": config.kvcache_block_size,
         "async_scheduling": getattr(config, "async_scheduling", False),
         "kv_cache_dtype": getattr(config, "kv_cache_dtype", "auto"),
+        "dense_gemv": dense_gemv_summary(),
     }
+
+
+def dense_gemv_summary() -> dict:
+    """Whether the dense linears' decode GEMV was on (``AIOS_DENSE_GEMV``) and, once shapes were tuned, what
+    each chose ('M N K' -> 'F.linear' or a GEMV setting)."""
+    import os
+    import sys
+
+    module = sys.modules.get("aios.layers.dense_gemv")  # imported on the first decode-sized linear on a GPU
+    return {"enabled": os.environ.get("AIOS_DENSE_GEMV", "1") != "0",
+            "choices": module.dense_choices() if module is not None else {}}
 
 
 def device_name(llm) -> str:

@@ -77,6 +77,24 @@ def default_weight_loader(param: nn.Parameter, loaded_weight, shard_id=None) -> 
     copy_into(param.data, read_all(loaded_weight))
 
 
+#: Inputs of at most this many rows (decode at small batch) may take the GEMV of ``dense_gemv`` on a GPU.
+GEMV_MAX_ROWS = 8
+
+
+def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``: x [tokens, in] -> [tokens, out].
+
+    Not part of the lessons: on a GPU, an input of at most ``GEMV_MAX_ROWS`` rows goes to
+    ``dense_gemv.dense_linear`` (reference code), which picks, once per shape, whichever of F.linear
+    and its bf16/fp16 GEMV kernel is faster (``AIOS_DENSE_GEMV=0``: always F.linear).
+    """
+    if x.is_cuda and x.dim() == 2 and x.shape[0] <= GEMV_MAX_ROWS:
+        from aios.layers import dense_gemv  # Triton, imported on first use on a GPU only
+
+        return dense_gemv.dense_linear(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
 class LinearBase(nn.Module):
     """``y = x @ W.T (+ b)`` where W holds this rank's slice: ``[out_per_rank, in_per_rank]``.
 
@@ -103,6 +121,8 @@ class LinearBase(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [tokens, in_per_rank] -> [tokens, out_per_rank]."""
+        if self.tp_size == 1:
+            return dense_linear(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
@@ -227,6 +247,6 @@ class RowParallelLinear(LinearBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [tokens, input_size / tp] -> [tokens, output_size], summed over the ranks."""
         if self.tp_size == 1:
-            return F.linear(x, self.weight, self.bias)
+            return dense_linear(x, self.weight, self.bias)
         # Hint: a bias added on every rank would be counted tp_size times by the sum.
         raise NotImplementedError("Lesson 14: implement RowParallelLinear.forward in aios/layers/linear.py — see exercises/lesson14/README.md, 'What to implement'")

@@ -512,6 +512,8 @@ _CHOICES: dict[tuple, GemvConfig | str] = {}
 FLUSH_BYTES = 128 * 1024 * 1024
 #: One record per tuned shape: the key, every candidate's microseconds (None: refused or wrong) and the choice.
 TUNING_LOG: list[dict] = []
+#: GPU clock cycles ``_time_us`` waits before the timed calls (~1.5 ms: more than the host takes to queue them).
+HOST_LEAD_CYCLES = 3_000_000
 
 
 def autotune_enabled(x: torch.Tensor) -> bool:
@@ -522,9 +524,12 @@ def autotune_enabled(x: torch.Tensor) -> bool:
 
 def _time_us(fn, flush: torch.Tensor, reps: int = 10) -> float:
     """Median microseconds of ``fn()``, each call after overwriting ``flush`` (so the weight is read from memory,
-    as in a decode step, not from the L2 cache)."""
+    as in a decode step, not from the L2 cache). The GPU first spins for ``HOST_LEAD_CYCLES`` so that the host has
+    queued every call before the first one runs: the time of a few-microsecond kernel then holds no launch gap."""
     fn()
     events = []
+    if hasattr(torch.cuda, "_sleep"):
+        torch.cuda._sleep(HOST_LEAD_CYCLES)
     for _ in range(reps):
         flush.zero_()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -537,17 +542,20 @@ def _time_us(fn, flush: torch.Tensor, reps: int = 10) -> float:
     return times[len(times) // 2] * 1e3
 
 
-def _tune(key: tuple, run_dot, run_gemv, candidates) -> GemvConfig | str:
-    """Time the tl.dot kernel and each GEMV candidate; keep the fastest whose output agrees with the tl.dot kernel's."""
+def _tune(key: tuple, run_dot, run_gemv, candidates, tolerance: float = TUNE_TOLERANCE,
+          baseline: str = DOT) -> GemvConfig | str:
+    """Time the tl.dot kernel (``run_dot``: or whichever kernel the caller compares against, named ``baseline`` in
+    TUNING_LOG) and each GEMV candidate; keep the fastest whose output agrees with the baseline's to ``tolerance``
+    of its largest value. Returns DOT when the baseline stays."""
     reference = run_dot().float()
     peak = reference.abs().max().clamp_min(1e-6)
     flush = torch.empty(FLUSH_BYTES // 4, dtype=torch.int32, device=reference.device)
-    timings: dict[str, float | None] = {DOT: _time_us(run_dot, flush)}
-    best, best_us = DOT, timings[DOT]
+    timings: dict[str, float | None] = {baseline: _time_us(run_dot, flush)}
+    best, best_us = DOT, timings[baseline]
     for cfg in candidates:
         try:
             error = ((run_gemv(cfg).float() - reference).abs().max() / peak).item()
-            us = _time_us(lambda: run_gemv(cfg), flush) if error <= TUNE_TOLERANCE else None
+            us = _time_us(lambda: run_gemv(cfg), flush) if error <= tolerance else None
         except Exception:  # a setting the compiler or the GPU refuses: not a candidate
             us = None
         timings[cfg.label] = us
@@ -555,12 +563,14 @@ def _tune(key: tuple, run_dot, run_gemv, candidates) -> GemvConfig | str:
             best, best_us = cfg, us
     del flush
     TUNING_LOG.append({"key": [str(part) for part in key], "us": timings,
-                       "choice": best if best == DOT else best.label})
+                       "choice": baseline if best == DOT else best.label})
     return best
 
 
-def _choose(kind: str, x: torch.Tensor, N: int, run_dot, run_gemv, candidates, default: GemvConfig):
-    """The kernel for this call: tuned once per shape on a GPU, else the GEMV up to UNTUNED_GEMV_MAX_M rows."""
+def _choose(kind: str, x: torch.Tensor, N: int, run_dot, run_gemv, candidates, default: GemvConfig | str,
+            **tuning):
+    """The kernel for this call: tuned once per shape on a GPU, else ``default`` (DOT: the baseline) up to
+    UNTUNED_GEMV_MAX_M rows. ``tuning``: ``_tune``'s tolerance and baseline name."""
     M, K = x.shape
     if M > GEMV_MAX_M or M == 0:
         return DOT
@@ -570,10 +580,11 @@ def _choose(kind: str, x: torch.Tensor, N: int, run_dot, run_gemv, candidates, d
         if not autotune_enabled(x):
             return default if M <= UNTUNED_GEMV_MAX_M else DOT
         try:
-            choice = _tune(key, run_dot, run_gemv, candidates)
+            choice = _tune(key, run_dot, run_gemv, candidates, **tuning)
         except Exception as exc:  # e.g. no memory left for the flush buffer: keep the untuned choice
             choice = default if M <= UNTUNED_GEMV_MAX_M else DOT
-            TUNING_LOG.append({"key": [str(part) for part in key], "us": {}, "choice": choice if choice == DOT else choice.label,
+            label = tuning.get("baseline", DOT) if choice == DOT else choice.label
+            TUNING_LOG.append({"key": [str(part) for part in key], "us": {}, "choice": label,
                                "error": f"{type(exc).__name__}: {exc}"[:200]})
         _CHOICES[key] = choice
     return choice

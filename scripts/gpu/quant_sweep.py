@@ -1,7 +1,7 @@
 """Lesson 18 on the GPU: where the time of a quantized decode goes.
 
     PYTHONPATH=solutions python3 scripts/gpu/quant_sweep.py [--json OUT.json] [--engine PRESET]
-                                                            [--no-sweep] [--no-gemv] [--old-grid]
+                                                            [--no-sweep] [--no-gemv] [--old-grid] [--dense]
 
 1. GEMV (``aios.layers.quant_gemv``) at M = 1 and M = 4 on the Qwen3-8B shapes: bf16 ``F.linear``,
    the lesson's tl.dot kernels (``quant_kernels.int8_matmul`` / ``int4_matmul``, shipped settings),
@@ -14,6 +14,11 @@
    BLOCK_N / BLOCK_K / split-K settings at M = 1), and FP8 W8A8.
 3. With --engine: batch-1 decode of the PRESET shape (random weights) with each method, and
    torch.profiler's kernel table for a few decode steps (is the time in the matmuls?).
+
+--dense instead: the bf16 GEMV of the dense linears (``aios.layers.dense_gemv``) against ``F.linear`` at
+M = 1 and 4 on the Qwen3-0.6B and 8B shapes: every setting and the tuned dispatcher, hot, cold and "seq"
+(calls on different copies of the weight back to back in one CUDA graph, > 200 MB in all: each call
+reads its weight from memory right after the previous kernel, as the layers of a decode step do).
 
 Every measurement that fails prints its error and the sweep goes on; the JSON file is rewritten
 after each shape, so a run cut short keeps what it measured.
@@ -30,12 +35,17 @@ import torch
 import torch.nn.functional as F
 import triton.testing
 
+from aios.layers import dense_gemv as dg
 from aios.layers import quant_gemv as qg
 from aios.layers import quant_kernels as qk
 from aios.layers import quantization as qz
 
 # (name, N, K): Qwen3-8B's per-layer projections (hidden 4096, 32/8 heads of 128, intermediate 12288).
 SHAPES = [("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 24576, 4096), ("down", 4096, 12288)]
+# Qwen3-0.6B's (hidden 1024, 16/8 heads of 128, intermediate 3072), for --dense.
+SHAPES_06B = [("qkv", 4096, 1024), ("o", 1024, 2048), ("gate_up", 6144, 1024), ("down", 1024, 3072)]
+#: Bytes of weight copies the "seq" timing cycles through (over four times the 50 MB L2 cache).
+SEQ_BYTES = 256 * 1024 * 1024
 ROWS: list = []
 JSON_PATH: str | None = None
 
@@ -137,6 +147,65 @@ def gemv_sweep(M: int, all_candidates: bool) -> None:
             except Exception as exc:
                 choice = f"{type(exc).__name__}: {exc}"[:120]
             record(M, name, method, f"dispatch -> {choice}", call, base, base_cold, nbytes, ref)
+        save()
+
+
+def bench_seq(call, weight: torch.Tensor) -> float:
+    """Microseconds per ``call(w)`` when calls on copies of ``weight`` (SEQ_BYTES in all, at least two) run back to
+    back in one CUDA-graph replay: no launch gaps, and each weight comes from memory."""
+    copies = max(2, -(-SEQ_BYTES // (weight.numel() * weight.element_size())))
+    weights = [weight.clone() for _ in range(copies)]
+    try:
+        return bench(lambda: [call(w) for w in weights]) / copies
+    finally:
+        del weights
+
+
+def dense_sweep(M: int) -> None:
+    """bf16 F.linear against every dense GEMV setting and the tuned dispatcher, at the 0.6B and 8B shapes."""
+    shapes = [("0.6b " + name, N, K) for name, N, K in SHAPES_06B] + [("8b " + name, N, K) for name, N, K in SHAPES]
+    for name, N, K in shapes:
+        print(f"\nM={M} {name} {K}->{N} (bf16)", flush=True)
+        try:
+            w, x = make_weights(N, K, M)
+            wb = w.to(torch.bfloat16)
+            del w
+            ref = F.linear(x.float(), wb.float())
+        except Exception:
+            traceback.print_exc()
+            continue
+        nbytes = N * K * 2
+        base, base_cold = bench(lambda: F.linear(x, wb)), bench_cold(lambda: F.linear(x, wb))
+        row = dict(M=M, shape=name, method="bf16", config="F.linear", us=round(base, 1), us_cold=round(base_cold, 1),
+                   tb_s_cold=round(nbytes / base_cold / 1e6, 2))
+        ROWS.append(row)
+        calls = [("F.linear", lambda w: F.linear(x, w), row)]
+        for cfg in dg.DENSE_CANDIDATES + dg.DENSE_SWEEP_EXTRA:
+            calls.append((f"gemv {cfg.label}", lambda w, cfg=cfg: dg.dense_gemv(x, w, None, cfg),
+                          record(M, name, "bf16", f"gemv {cfg.label}", lambda cfg=cfg: dg.dense_gemv(x, wb, None, cfg),
+                                 base, base_cold, nbytes, ref)))
+        tuned_before = len(qg.TUNING_LOG)
+        try:
+            dg.dense_linear(x, wb)  # the first call of a shape tunes
+            torch.cuda.synchronize()
+            choice = qg.TUNING_LOG[-1]["choice"] if len(qg.TUNING_LOG) > tuned_before else "untuned/cached"
+        except Exception as exc:
+            choice = f"{type(exc).__name__}: {exc}"[:120]
+        calls.append((f"dispatch -> {choice}", lambda w: dg.dense_linear(x, w),
+                      record(M, name, "bf16", f"dispatch -> {choice}", lambda: dg.dense_linear(x, wb), base, base_cold,
+                             nbytes, ref)))
+        base_seq = None
+        for label, call, row in calls:
+            if row is None:
+                continue
+            try:
+                seq = bench_seq(call, wb)
+            except Exception as exc:
+                print(f"  seq {label}: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
+                continue
+            base_seq = base_seq or seq
+            row.update(us_seq=round(seq, 2), tb_s_seq=round(nbytes / seq / 1e6, 2), speedup_seq=round(base_seq / seq, 2))
+            print(f"  seq   {label:34s} {seq:7.2f} us  {row['tb_s_seq']:5.2f} TB/s  x{row['speedup_seq']:.2f}", flush=True)
         save()
 
 
@@ -245,9 +314,17 @@ def main() -> None:
     parser.add_argument("--no-sweep", action="store_true", help="skip the tl.dot kernels' part")
     parser.add_argument("--no-gemv", action="store_true", help="skip the GEMV part")
     parser.add_argument("--old-grid", action="store_true", help="also a grid of tl.dot settings at M = 1")
+    parser.add_argument("--dense", action="store_true", help="only the bf16 GEMV of the dense linears against F.linear")
     args = parser.parse_args()
     JSON_PATH = args.json
     start = time.time()
+    if args.dense:
+        for M in (1, 4):
+            dense_sweep(M)
+        print("\ndense choices:", json.dumps(dg.dense_choices()), flush=True)
+        save()
+        print(f"\nsweep took {time.time() - start:.0f} s", flush=True)
+        return
     if not args.no_gemv:
         gemv_sweep(1, all_candidates=True)
         gemv_sweep(4, all_candidates=False)
