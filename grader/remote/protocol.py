@@ -22,10 +22,12 @@ so it imports nothing from the grader.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import socket
 import struct
 import sys
+import time
 import weakref
 
 HEAD = struct.Struct("!II")
@@ -54,12 +56,37 @@ def _fill(sock: socket.socket, pending: bytearray, size: int) -> None:
     """Read until ``pending`` holds at least ``size`` bytes (WireError when the socket closes first).
 
     Small frames come whole with the first read (read-ahead): one system call, not one per part.
+    The wait for a new frame polls briefly before it sleeps (``_spin_recv``).
     """
     while len(pending) < size:
-        chunk = sock.recv(max(size - len(pending), READ_AHEAD))
+        want = max(size - len(pending), READ_AHEAD)
+        chunk = _spin_recv(sock, want) if not pending and SPIN_SECONDS > 0 else None
+        if chunk is None:
+            chunk = sock.recv(want)
         if not chunk:
             raise WireError("the other side closed the connection")
         pending += chunk
+
+
+#: How long a reader polls the socket before it sleeps in ``recv`` (seconds). The other side
+#: usually answers within tens of microseconds (a request of a Hypothesis state machine, the
+#: next request after a reply); a process put to sleep and woken for each message costs more
+#: than that on an idle machine. Between polls the reader yields its CPU, so a busy machine
+#: runs the other side (or anything else) meanwhile. ``AIOS_WIRE_SPIN_US`` (a measurement) changes it.
+SPIN_SECONDS = float(os.environ.get("AIOS_WIRE_SPIN_US", "200")) / 1e6
+
+
+def _spin_recv(sock: socket.socket, size: int) -> bytes | None:
+    """What arrives on ``sock`` within ``SPIN_SECONDS`` (up to ``size`` bytes), polled without
+    sleeping; None when nothing came (the caller then waits in ``recv``)."""
+    deadline = time.perf_counter() + SPIN_SECONDS
+    while True:
+        try:
+            return sock.recv(size, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            if time.perf_counter() > deadline:
+                return None
+            os.sched_yield()
 
 
 def _read_large(sock: socket.socket, pending: bytearray, size: int) -> bytes:

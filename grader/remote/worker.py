@@ -252,10 +252,15 @@ def snapshot(obj, handled=None) -> dict | None:
     found, left = {}, SNAPSHOT_ITEMS
     shadowed = _all_shadowed(type(obj), attrs)
     for name, value in attrs.items():
-        if type(name) is str and name not in shadowed:
-            encoded = _encoded_plain(value, min(left, SNAPSHOT_ATTRIBUTE_ITEMS), handled)
-            if encoded is not None:
-                found[name], left = encoded[0], left - encoded[1]
+        if type(name) is not str or name in shadowed:
+            continue
+        if type(value) in _AS_THEMSELVES:  # what most attributes hold: as _encoded_plain would do it
+            if left >= 1:
+                found[name], left = value, left - 1
+            continue
+        encoded = _encoded_plain(value, min(left, SNAPSHOT_ATTRIBUTE_ITEMS), handled)
+        if encoded is not None:
+            found[name], left = encoded[0], left - encoded[1]
     for name, value in _pure_values(obj, attrs, shadowed):
         encoded = _encoded_plain(value, min(left, SNAPSHOT_ATTRIBUTE_ITEMS))
         if encoded is not None:
@@ -306,39 +311,80 @@ def note_demand(op: str, args: tuple) -> None:
         DEMANDED.setdefault(type(args[1][0]), set()).add(LEN)
 
 
-def _pure_code_attributes(function) -> tuple | None:
-    """The ``self`` attributes a getter reads when its code is pure (see above); None otherwise."""
+class PureCode(collections.namedtuple("PureCode", "names plain members builtins")):
+    """What a pure getter reads: ``names`` (attributes of ``self``, all from its ``__dict__``),
+    ``plain`` (those that must hold plain data: all but the ones only compared with ``is``),
+    ``members`` (``(global, name)`` pairs: Enum members it compares with ``is``) and ``builtins``
+    (the builtins it calls, which its module must not redefine)."""
+
+
+def _pure_code(function) -> PureCode | None:
+    """What a getter reads when its code is pure (see above); None otherwise."""
     if type(function) is not types.FunctionType:
         return None
     code = function.__code__
     cached = _PURE_CODE.get(id(code))
-    if cached is not None and cached[0] is code:
-        names = cached[1]
-    else:
-        names = _analyse(code)
-        _PURE_CODE[id(code)] = (code, names)
-    if names is None or function.__closure__ or getattr(function, "__builtins__", None) is not builtins.__dict__:
+    if cached is None or cached[0] is not code:
+        cached = _PURE_CODE[id(code)] = (code, _analyse(code))
+    pure = cached[1]
+    if pure is None or function.__closure__ or getattr(function, "__builtins__", None) is not builtins.__dict__:
         return None
-    if any(name in function.__globals__ for name in code.co_names if name in PURE_BUILTINS):
+    if pure.builtins and any(name in function.__globals__ for name in pure.builtins):
         return None  # ``len`` redefined in the learner's module
-    return names
+    return pure
 
 
-def _analyse(code) -> tuple | None:
+def _is_member_patterns(instructions: list) -> dict[int, tuple]:
+    """``{index of an IS_OP: (self attribute, (global, member name))}`` for each ``self.a is G.M`` (or
+    ``G.M is self.a``, ``is not`` alike) made of five instructions in a row that no jump lands inside:
+    the two values loaded go straight to the ``is``, which runs no code whatever they are."""
+    found = {}
+    for j, instruction in enumerate(instructions):
+        if instruction.opname != "IS_OP" or j < 4:
+            continue
+        window = instructions[j - 4:j]
+        if any(getattr(i, "is_jump_target", True) for i in (*window[1:], instruction)):
+            continue
+        for own, member in ((window[:2], window[2:]), (window[2:], window[:2])):
+            if own[0].opname in ("LOAD_FAST", "LOAD_FAST_CHECK") and own[0].arg == 0 and _attribute_load(own[1]) \
+                    and member[0].opname == "LOAD_GLOBAL" and not (sys.version_info >= (3, 11) and member[0].arg & 1) \
+                    and member[0].argval not in PURE_BUILTINS and _attribute_load(member[1]):
+                found[j] = (own[1].argval, (member[0].argval, member[1].argval))
+                break
+    return found
+
+
+def _attribute_load(instruction) -> bool:
+    """A LOAD_ATTR of a value (not the method-loading form of Python 3.12 on)."""
+    return instruction.opname == "LOAD_ATTR" and type(instruction.argval) is str \
+        and not (sys.version_info >= (3, 12) and instruction.arg & 1)
+
+
+def _analyse(code) -> PureCode | None:
     if code.co_argcount != 1 or code.co_kwonlyargcount or code.co_flags & (inspect.CO_GENERATOR | inspect.CO_COROUTINE
                                                                          | inspect.CO_ASYNC_GENERATOR
                                                                          | inspect.CO_VARARGS | inspect.CO_VARKEYWORDS):
         return None
-    names, previous = [], None
-    for instruction in dis.get_instructions(code):
+    instructions = [i for i in dis.get_instructions(code) if i.opname != "CACHE"]
+    patterns = _is_member_patterns(instructions)
+    in_pattern = {j - k for j in patterns for k in range(5)}
+    names, plain, members, previous = [], [], [], None
+    for index, instruction in enumerate(instructions):
         op = instruction.opname
         if op not in PURE_OPCODES:
             return None
-        if op == "LOAD_ATTR":
+        if index in patterns:
+            attribute, member = patterns[index]
+            names.append(attribute)
+            members.append(member)
+        elif index in in_pattern:
+            pass  # checked by _is_member_patterns
+        elif op == "LOAD_ATTR":
             if previous is None or previous.opname not in ("LOAD_FAST", "LOAD_FAST_CHECK") or previous.arg != 0 \
                     or sys.version_info >= (3, 12) and instruction.arg & 1:
                 return None  # only ``self.name``, never a method load or an attribute of something else
             names.append(instruction.argval)
+            plain.append(instruction.argval)
         elif op == "LOAD_GLOBAL" and instruction.argval not in PURE_BUILTINS:
             return None
         elif op == "STORE_FAST" and instruction.arg == 0:
@@ -348,7 +394,8 @@ def _analyse(code) -> tuple | None:
         elif op == "BINARY_OP" and instruction.argrepr in COSTLY_BINARY_OPS:
             return None
         previous = instruction
-    return tuple(dict.fromkeys(names))
+    used = tuple(name for name in dict.fromkeys(code.co_names) if name in PURE_BUILTINS)
+    return PureCode(tuple(dict.fromkeys(names)), tuple(dict.fromkeys(plain)), tuple(dict.fromkeys(members)), used)
 
 
 def _pure_value(value) -> bool:
@@ -359,27 +406,42 @@ def _pure_value(value) -> bool:
     if kind in _PURE_CONTAINERS:
         return len(value) <= PURE_VALUE_LIMIT and _PURE_SCALARS.issuperset(map(type, value))
     if kind is dict:
-        return len(value) <= PURE_VALUE_LIMIT and _PURE_SCALARS.issuperset(map(type, value)) \
-            and _PURE_SCALARS.issuperset(map(type, value.values()))
+        return len(value) <= PURE_VALUE_LIMIT and _PURE_SCALARS.issuperset(map(type, value.values())) \
+            and _PURE_SCALARS.issuperset(map(type, value))
     return False
 
 
+def _plain_enum_member(namespace: dict, name: str, member: str) -> bool:
+    """Whether reading ``name.member`` in a getter of module ``namespace`` runs no code: ``name`` is a
+    global there holding an Enum class (the standard metaclass, nothing of it named ``member``) whose
+    own ``__dict__`` holds ``member`` as one of its members, of a class without ``__get__``."""
+    cls = namespace.get(name)
+    if type(cls) is not enum.EnumType or any(member in k.__dict__ for k in type(cls).__mro__):
+        return False
+    found = cls.__dict__.get(member)
+    members = cls.__dict__.get("_member_map_")
+    if type(found) is not cls or type(members) is not dict or members.get(member) is not found:
+        return False
+    return not any("__get__" in k.__dict__ for k in cls.__mro__)
+
+
 def _pure_getters(cls: type) -> list:
-    """``[(name, defining class, descriptor, getter)]``: the properties of ``cls`` (and ``__len__``,
-    as ``LEN``) whose getters are pure functions, each as found first along the MRO."""
+    """``[(name, defining class, descriptor, getter, classes before it in the MRO)]``: the properties of
+    ``cls`` (and ``__len__``, as ``LEN``) whose getters are plain functions, each as found first along
+    the MRO."""
     cached = _PURE_GETTERS.get(id(cls))
     if cached is not None and cached[0] is cls:
         return cached[1]
-    getters, seen = [], set()
-    for klass in cls.__mro__[:-1]:
+    getters, seen, mro = [], set(), cls.__mro__
+    for index, klass in enumerate(mro[:-1]):
         for name, value in list(vars(klass).items()):
             if name in seen:
                 continue
             seen.add(name)
             if type(value) is property and value.fset is None and value.fdel is None:
-                getters.append((name, klass, value, value.fget))
+                getters.append((name, klass, value, value.fget, mro[:index]))
             elif name == "__len__" and type(value) is types.FunctionType:
-                getters.append((LEN, klass, value, value))
+                getters.append((LEN, klass, value, value, mro[:index]))
     _PURE_GETTERS[id(cls)] = (cls, getters)
     return getters
 
@@ -390,14 +452,14 @@ def _pure_values(obj, attrs: dict, shadowed: set):
     demanded = DEMANDED.get(cls)
     if not demanded:
         return
-    for name, klass, descriptor, getter in _pure_getters(cls):
+    for name, klass, descriptor, getter, before in _pure_getters(cls):
         if name not in demanded:
             continue
         real = "__len__" if name == LEN else name
-        if klass.__dict__.get(real) is not descriptor or next(k for k in cls.__mro__ if real in k.__dict__) is not klass:
+        if klass.__dict__.get(real) is not descriptor or before and any(real in k.__dict__ for k in before):
             continue  # changed since the class was looked at
-        names = _pure_code_attributes(getter)
-        if names is None or not all(n in attrs and n not in shadowed and _pure_value(attrs[n]) for n in names):
+        pure = _pure_code(getter)
+        if pure is None or not _pure_inputs(pure, attrs, shadowed, getter.__globals__):
             continue
         try:
             value = getter(obj)
@@ -405,6 +467,23 @@ def _pure_values(obj, attrs: dict, shadowed: set):
             continue
         if name != LEN or type(value) is int and value >= 0:
             yield name, value
+
+
+def _pure_inputs(pure: PureCode, attrs: dict, shadowed: set, namespace: dict) -> bool:
+    """Whether what a pure getter reads is there and runs no code: its attributes in ``attrs`` (not
+    shadowed by the class), plain data where it does more than compare them with ``is``, and
+    its Enum members plain ones."""
+    for name in pure.names:
+        if name not in attrs or name in shadowed:
+            return False
+    for name in pure.plain:
+        value = attrs[name]
+        if type(value) not in _PURE_SCALARS and not _pure_value(value):
+            return False
+    for name, member in pure.members:
+        if not _plain_enum_member(namespace, name, member):
+            return False
+    return True
 
 
 def _item_snapshot(container, handled=None) -> dict | None:

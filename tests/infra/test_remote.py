@@ -133,6 +133,33 @@ LEARNER = {
             def grow(self):
                 self.items.append(len(self.items) + 1)
                 self.mood = Mood.BUSY
+
+
+        class Moody:
+            """Properties comparing an attribute with an Enum member by ``is`` (pure), and by ``==``
+            or through the member's value (requests)."""
+
+            def __init__(self):
+                self.mood = Mood.CALM
+
+            @property
+            def calm(self):
+                return self.mood is Mood.CALM
+
+            @property
+            def not_busy(self):
+                return Mood.BUSY is not self.mood
+
+            @property
+            def equal_calm(self):
+                return self.mood == Mood.CALM
+
+            @property
+            def level(self):
+                return self.mood.value
+
+            def fret(self):
+                self.mood = Mood.BUSY
     ''',
 }
 
@@ -615,3 +642,97 @@ def test_a_pure_property_is_only_one_that_reads_plain_attributes(monkeypatch):
     snap = worker_module.snapshot(Thing())
     assert snap["ok"] == 5
     assert not {"stores", "calls", "reaches", "loops", "not_plain", "power"} & snap.keys()
+
+
+def test_a_property_comparing_with_an_enum_member_by_identity_costs_no_round_trip(worker, monkeypatch):
+    """``self.mood is Mood.CALM`` (a global Enum class's member, compared by ``is``) is read from the
+    snapshot once a test has read it, and follows a call that changes it; ``==`` and the member's
+    value stay requests."""
+    moody_class = worker.request("getattr", tricks(worker), "Moody")
+    moody = worker.request("call", moody_class, (), {})
+    assert (moody.calm, moody.not_busy, moody.equal_calm, moody.level) == (True, True, True, 1)
+    moody = worker.request("call", moody_class, (), {})  # its snapshot now holds the pure ones
+    sent = []
+    monkeypatch.setattr(protocol, "send", lambda sock, header, buffers=(), _send=protocol.send:
+                        sent.append(header) or _send(sock, header, buffers))
+    assert (moody.calm, moody.not_busy) == (True, True) and not sent
+    assert (moody.equal_calm, moody.level) == (True, 1) and len(sent) == 2
+    moody.fret()
+    sent.clear()
+    assert (moody.calm, moody.not_busy) == (False, False) and not sent
+
+
+class _Light(__import__("enum").Enum):
+    RED = 1
+    GREEN = 2
+
+
+class _Sticky(__import__("enum").Enum):
+    """An Enum whose members are descriptors: reading one off the class runs code."""
+
+    ON = 1
+
+    def __get__(self, obj, owner=None):
+        return self
+
+
+_NOT_AN_ENUM = type("_NotAnEnum", (), {"RED": 1})
+
+
+def test_only_an_is_between_an_attribute_and_a_plain_enum_member_is_pure(monkeypatch):
+    """The bytecode check: ``self.x is Enum.MEMBER`` (either side, ``is not`` too) is pure, whatever
+    ``self.x`` holds; a member of an Enum with ``__get__``, a global that is no Enum class, ``==``,
+    or the member used any other way keep the property a request."""
+    worker_module = _worker_module()
+
+    class Lamp:
+        def __init__(self):
+            self.light, self.n = _Light.RED, 2
+
+        red = property(lambda self: self.light is _Light.RED)
+        not_green = property(lambda self: _Light.GREEN is not self.light)
+        mixed = property(lambda self: self.n + 1 if self.light is _Light.RED else 0)
+        equal = property(lambda self: self.light == _Light.RED)
+        value = property(lambda self: self.light.value)
+        member = property(lambda self: _Light.RED)
+        sticky = property(lambda self: self.light is _Sticky.ON)
+        not_enum = property(lambda self: self.light is _NOT_AN_ENUM.RED)
+
+    monkeypatch.setattr(worker_module, "_other_threads", lambda: False)
+    worker_module.DEMANDED[Lamp] = {"red", "not_green", "mixed", "equal", "value", "member", "sticky", "not_enum"}
+    snap = worker_module.snapshot(Lamp())
+    assert (snap["red"], snap["not_green"], snap["mixed"]) == (True, True, 3)
+    assert not {"equal", "value", "member", "sticky", "not_enum"} & snap.keys()
+    lamp = Lamp()
+    lamp.light = object()  # anything: ``is`` runs no code
+    assert worker_module.snapshot(lamp)["red"] is False
+
+
+def _worker_module():
+    """worker.py loaded in this process (as the worker loads itself, outside the grader package)."""
+    worker_module = sys.modules.get("_aios_remote_worker_for_tests")
+    if worker_module is None:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("_aios_remote_worker_for_tests", client.WORKER_FILE)
+        worker_module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(worker_module)
+    return worker_module
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.01])
+def test_a_frame_is_read_whether_it_comes_while_the_reader_polls_or_after(delay):
+    """The reader polls the socket for ``protocol.SPIN_SECONDS`` before sleeping in ``recv``: a frame
+    sent at once and one sent after that window both arrive whole."""
+    import socket
+    import threading
+
+    ours, theirs = socket.socketpair()
+    sender = threading.Timer(delay, protocol.send, (theirs, {"k": "ret", "v": [1, 2]}, [b"raw"]))
+    sender.start()
+    try:
+        assert protocol.recv(ours) == ({"k": "ret", "v": [1, 2]}, [b"raw"])
+    finally:
+        sender.join()
+        ours.close()
+        theirs.close()
