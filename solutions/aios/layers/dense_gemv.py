@@ -68,6 +68,7 @@ DENSE_CANDIDATES = (
     GemvConfig(block_n=2, block_k=1024, num_warps=4, programs_per_sm=8, fused_sum=True),
     GemvConfig(block_n=4, block_k=512, num_warps=2, programs_per_sm=8, fused_sum=True),
     GemvConfig(block_n=8, block_k=512, num_warps=2, programs_per_sm=4, fused_sum=True),
+    GemvConfig(block_n=2, block_k=1024, num_warps=4, splits=1),
 )
 #: Settings scripts/gpu/quant_sweep.py --dense times on top: a second kernel for the sums, fewer programs,
 #: a tile whose x row needs a shared-memory trip, a taller tile.
