@@ -284,7 +284,9 @@ def resolve_tokens(engine, pending: dict[int, Pending], token_ids: list[int]) ->
 def sample_on_device(runner, logits: torch.Tensor, items: list) -> torch.Tensor:
     """Next token per row, left on the device ([rows] int64): argmax when every row is greedy, else the sampler.
 
-    Top-k / top-p are passed only when some row uses them (lesson 12's sampler checks them with a host sync).
+    Nothing here waits for the GPU: ``sampling_tensors`` copies the per-row settings without blocking and
+    passes their host copies, from which the sampler decides (top-k / top-p, the candidate count, seeded
+    rows). Top-k / top-p are passed only when some row uses them.
     """
     if all(item.sampling_params.is_greedy for item in items):
         return greedy_sample(logits)

@@ -54,13 +54,13 @@ MUTANTS = [
            bug="top-p measures exp(logits) without normalising them: the masses do not sum to 1, so the "
                "nucleus is too small or too large"),
     Mutant(12, "top-p-before-top-k", SAMPLER,
-           find="        if top_ks is not None and bool(((top_ks > 0) & (top_ks < scaled.shape[-1])).any()):\n"
+           find="        if limits_top_k(top_ks, scaled.shape[-1], host):\n"
                 "            scaled = apply_top_k(scaled, top_ks)\n"
-                "        if top_ps is not None and bool((top_ps < 1).any()):\n"
+                "        if limits_top_p(top_ps, host):\n"
                 "            scaled = apply_top_p(scaled, top_ps)\n",
-           replace="        if top_ps is not None and bool((top_ps < 1).any()):\n"
+           replace="        if limits_top_p(top_ps, host):\n"
                    "            scaled = apply_top_p(scaled, top_ps)\n"
-                   "        if top_ks is not None and bool(((top_ks > 0) & (top_ks < scaled.shape[-1])).any()):\n"
+                   "        if limits_top_k(top_ks, scaled.shape[-1], host):\n"
                    "            scaled = apply_top_k(scaled, top_ks)\n",
            bug="top-p runs before top-k, so the nucleus is measured on the full distribution instead of the "
                "renormalised top-k"),
@@ -72,7 +72,7 @@ MUTANTS = [
     Mutant(12, "one-generator-for-seeded-rows", SAMPLER,
            find="        uniform = seeded_uniform([seeds[row] for row in seeded_rows], [steps[row] for row in seeded_rows],\n"
                 "                                 vocab_size, device)\n"
-                "        noise[seeded_rows] = -torch.log(uniform)\n",
+                "        noise.index_copy_(0, to_device(seeded_rows, torch.int64, device), -torch.log(uniform))\n",
            replace="        first = seeded_rows[0]\n"
                    "        generator = torch.Generator(device).manual_seed((seeds[first] + steps[first]) % 2**63)\n"
                    "        noise[seeded_rows] = torch.empty(len(seeded_rows), vocab_size, device=device).exponential_(\n"

@@ -13,7 +13,7 @@ import torch
 
 from aios import LLM, SamplingParams
 from aios.config import features_up_to
-from aios.layers.sampler import Sampler, apply_top_k, apply_top_p, seeded_uniform
+from aios.layers.sampler import Sampler, apply_top_k, apply_top_p, sampling_tensors, seeded_uniform
 
 ALPHA = 1e-4
 # The lesson's mechanisms up to 12; attention stays on the PyTorch path (lesson 7), which is
@@ -179,6 +179,42 @@ def test_a_seeded_top_k_row_draws_the_same_token_whether_the_batch_narrows_the_v
                           seeds=seeds, steps=steps)
         assert narrowed[:3].tolist() == whole[:3].tolist()
         assert logits[2].topk(3).indices.tolist().count(narrowed[2].item()) == 1
+
+
+#: Batches of settings for the host-settings test: (vocabulary size, one SamplingParams keyword dict per row).
+HOST_SETTINGS_BATCHES = {
+    "every-sampled-row-has-top-k": (300, [dict(temperature=0.0, top_k=3), dict(temperature=0.8, top_k=20, seed=0),
+                                          dict(temperature=1.0, top_k=5, top_p=0.9),
+                                          dict(temperature=0.7, top_k=50, top_p=0.95, seed=7)]),
+    "an-unlimited-sampled-row": (300, [dict(temperature=0.8, top_k=20, seed=1), dict(temperature=1.0, top_p=0.9),
+                                       dict(temperature=0.0), dict(temperature=1.3, top_k=4, seed=2)]),
+    "temperature-only": (300, [dict(temperature=1.0), dict(temperature=0.5, seed=3), dict(temperature=0.0)]),
+    "limits-that-limit-nothing": (200, [dict(temperature=1.0, top_k=200), dict(temperature=0.9, top_k=10**6, seed=4),
+                                        dict(temperature=1.0, top_p=1 - 1e-9)]),  # top_p is 1.0 in float32
+    "greedy-rows-with-top-k": (300, [dict(temperature=0.0, top_k=5), dict(temperature=1.0, seed=5)]),
+}
+
+
+@pytest.mark.hint(6)
+@pytest.mark.parametrize("batch", list(HOST_SETTINGS_BATCHES))
+def test_host_settings_and_device_tensors_give_the_same_tokens(batch):
+    """sampling_tensors passes the settings' host copies (``host``) so the sampler decides without reading the
+    device; with them and without them (the sampler then reads its tensors), the same torch seed gives the same
+    tokens, seeded or not, on top-k candidates or the whole vocabulary."""
+    vocab_size, rows = HOST_SETTINGS_BATCHES[batch]
+    params = [SamplingParams(**row) for row in rows] * 16  # many draws per call: a wrong decision shows
+    torch.manual_seed(12)
+    for step in range(6):
+        logits = torch.randn(len(params), vocab_size) * 3
+        tensors = sampling_tensors(params, [step + row for row in range(len(params))], "cpu")
+        assert "host" in tensors, "sampling_tensors should pass the host copies of the settings as `host`"
+        fallback = {name: value.clone() if isinstance(value, torch.Tensor) else value
+                    for name, value in tensors.items() if name != "host"}
+        torch.manual_seed(100 + step)
+        with_host = Sampler()(logits, **tensors)
+        torch.manual_seed(100 + step)
+        without_host = Sampler()(logits, **fallback)
+        assert with_host.tolist() == without_host.tolist(), f"step {step}"
 
 
 @pytest.mark.hint(5)

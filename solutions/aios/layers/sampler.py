@@ -11,7 +11,16 @@ Reproducible seeds: a seeded request's noise is a pure function of
 state. Nothing about a row's noise depends on which row it sits in, on how many
 other rows there are, or on what they drew, so the same seed gives the same
 tokens alone, in any batch, after a preemption, and on any device.
+
+No waiting for the GPU (lesson 17): the host knows every row's settings, so the
+sampler takes its decisions (is there a top-k or top-p to apply, how many top-k
+candidates, which rows are seeded) from host memory, and the per-row values reach
+the device through pinned memory with non-blocking copies. ``torch.tensor(values,
+device="cuda")`` or ``bool(device_tensor)`` would instead wait until the GPU has
+run everything queued before them, the model's forward included.
 """
+
+from dataclasses import dataclass
 
 import torch
 
@@ -23,6 +32,55 @@ UNIFORM_BITS = 24  # float32 holds 24-bit integers exactly
 def greedy_sample(logits: torch.Tensor) -> torch.Tensor:
     """logits: [num_seqs, vocab] -> [num_seqs] token ids of the largest logit."""
     return logits.argmax(dim=-1)
+
+
+def host_tensor(values: list, dtype: torch.dtype, device) -> torch.Tensor:
+    """``values`` as a CPU tensor, in pinned (page-locked) memory when ``device`` is a GPU."""
+    return torch.tensor(values, dtype=dtype, pin_memory=torch.device(device).type == "cuda")
+
+
+def to_device(values: list, dtype: torch.dtype, device) -> torch.Tensor:
+    """A host list as a tensor on ``device``, without waiting for the GPU.
+
+    On a GPU the values go through pinned memory with a non-blocking copy, queued behind the
+    work already launched; ``torch.tensor(values, device="cuda")`` copies from pageable memory
+    instead, which makes the host wait until the GPU has finished everything queued before it.
+    """
+    return host_tensor(values, dtype, device).to(device, non_blocking=True)
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    """A batch's per-row sampling settings in host memory: the source of the device copies that
+    ``sampling_tensors`` makes. Decisions taken from these (``limits_top_k``, ``limits_top_p``,
+    ``top_k_candidates``) need no read of the device, which would wait for the GPU.
+
+    temperatures: [rows] float32 (0: greedy); top_ks: [rows] int64; top_ps: [rows] float32 (CPU tensors).
+    """
+
+    temperatures: torch.Tensor
+    top_ks: torch.Tensor
+    top_ps: torch.Tensor
+
+
+def limits_top_k(top_ks: torch.Tensor | None, width: int, host: HostSettings | None = None) -> bool:
+    """Whether some row keeps fewer than ``width`` tokens with top-k (0 < k < width): apply_top_k has work to do.
+
+    top_ks: [rows] or None (no row limits). With ``host`` the answer comes from host memory; without it,
+    from ``top_ks`` itself (on a GPU, ``bool()`` of a device tensor waits for the GPU).
+    """
+    if top_ks is None:
+        return False
+    ks = top_ks if host is None else host.top_ks
+    return bool(((ks > 0) & (ks < width)).any())
+
+
+def limits_top_p(top_ps: torch.Tensor | None, host: HostSettings | None = None) -> bool:
+    """Whether some row has a top-p below 1: apply_top_p has work to do. top_ps: [rows] or None; host: as above."""
+    if top_ps is None:
+        return False
+    ps = top_ps if host is None else host.top_ps
+    return bool((ps < 1).any())
 
 
 def mix32(x: torch.Tensor) -> torch.Tensor:
@@ -48,9 +106,9 @@ def seeded_uniform(seeds: list[int], steps: list[int], vocab_size: int, device="
     """
     # BEGIN SOLUTION lesson12
     # Hint: fold the seed's low and high 32 bits and the step into one 32-bit key per row with hash_combine.
-    seed_low = torch.tensor([seed & MASK32 for seed in seeds], dtype=torch.int64, device=device)
-    seed_high = torch.tensor([(seed >> 32) & MASK32 for seed in seeds], dtype=torch.int64, device=device)
-    step = torch.tensor(steps, dtype=torch.int64, device=device)
+    # (to_device copies without waiting for the GPU; torch.tensor(..., device=device) gives the same values.)
+    seed_low, seed_high, step = to_device(
+        [[seed & MASK32 for seed in seeds], [(seed >> 32) & MASK32 for seed in seeds], list(steps)], torch.int64, device)
     row_key = hash_combine(hash_combine(mix32(seed_high), seed_low), step)
     # Hint: then hash each token id with its row's key, keep the top 24 bits and centre them in (0, 1).
     token_ids = torch.arange(vocab_size, dtype=torch.int64, device=device)
@@ -76,7 +134,7 @@ def exponential_noise(
     if seeded_rows:
         uniform = seeded_uniform([seeds[row] for row in seeded_rows], [steps[row] for row in seeded_rows],
                                  vocab_size, device)
-        noise[seeded_rows] = -torch.log(uniform)
+        noise.index_copy_(0, to_device(seeded_rows, torch.int64, device), -torch.log(uniform))
     return noise
     # END SOLUTION
 
@@ -118,7 +176,7 @@ def apply_top_p(logits: torch.Tensor, top_ps: torch.Tensor) -> torch.Tensor:
 
 
 def top_k_candidates(
-    scaled: torch.Tensor, top_ks: torch.Tensor, sampled_rows: torch.Tensor
+    scaled: torch.Tensor, top_ks: torch.Tensor, sampled_rows: torch.Tensor, host: HostSettings | None = None
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Narrow the vocabulary to each row's K best tokens when no sampled row can draw beyond them.
 
@@ -126,8 +184,12 @@ def top_k_candidates(
     Returns (values [rows, K] in descending order, their token ids [rows, K]) with K the
     largest top-k of the sampled rows, or None when some sampled row has no top-k limit.
     Top-k and top-p then work on K columns instead of sorting the whole vocabulary.
+    With ``host`` the decision and K come from host memory (top-k, and temperature > 0 for
+    the sampled rows), without waiting for the GPU.
     """
     vocab_size = scaled.shape[-1]
+    if host is not None:
+        top_ks, sampled_rows = host.top_ks, host.temperatures > 0
     limited = (top_ks > 0) & (top_ks < vocab_size)
     if not bool((limited | ~sampled_rows).all()):
         return None
@@ -142,7 +204,8 @@ class Sampler:
     temperatures [rows] float (0: greedy argmax), top_ks [rows] int (-1: no limit),
     top_ps [rows] float (1.0: no limit), seeds [rows] int or None (None: torch's
     global generator), steps [rows] int (tokens each request has generated so far;
-    with the seed it names the noise). Returns [rows] int64 token ids.
+    with the seed it names the noise), host: the same settings in host memory
+    (``sampling_tensors`` passes them) or None. Returns [rows] int64 token ids.
     """
 
     def __call__(
@@ -153,6 +216,7 @@ class Sampler:
         top_ps: torch.Tensor | None = None,
         seeds: list[int | None] | None = None,
         steps: list[int] | None = None,
+        host: HostSettings | None = None,
     ) -> torch.Tensor:
         # BEGIN SOLUTION lesson12
         # Hint: order matters: divide by the temperature, then top-k, then top-p (on the renormalised rest).
@@ -163,13 +227,14 @@ class Sampler:
         scaled = logits / safe_temperatures.float().unsqueeze(1)
         num_rows, vocab_size = scaled.shape
         # Hint: when every sampled row has a top-k, top_k_candidates narrows the rows to K columns first.
-        candidates = top_k_candidates(scaled, top_ks, sampled_rows) if top_ks is not None else None
+        # Hint: pass `host` on to the helpers: their decisions then need no wait for the GPU.
+        candidates = top_k_candidates(scaled, top_ks, sampled_rows, host) if top_ks is not None else None
         token_ids = None
         if candidates is not None:
             scaled, token_ids = candidates
-        if top_ks is not None and bool(((top_ks > 0) & (top_ks < scaled.shape[-1])).any()):
+        if limits_top_k(top_ks, scaled.shape[-1], host):
             scaled = apply_top_k(scaled, top_ks)
-        if top_ps is not None and bool((top_ps < 1).any()):
+        if limits_top_p(top_ps, host):
             scaled = apply_top_p(scaled, top_ps)
         # Hint: the exponential race in log space: argmax(scaled - log(E)) with E ~ Exponential(1).
         noise = exponential_noise(num_rows, vocab_size, seeds, steps, scaled.device)
@@ -186,13 +251,19 @@ def sampling_tensors(params: list, steps: list[int], device) -> dict:
     """The keyword arguments of ``Sampler.__call__`` for a batch of SamplingParams (one per row).
 
     A greedy request's temperature is sent as 0 (``SamplingParams.is_greedy`` also counts temperatures
-    too small to divide by).
+    too small to divide by). The per-row tensors are built in host memory (pinned for a GPU) and copied
+    without waiting; the host copies go along as ``host`` (a HostSettings) for the sampler's decisions.
     """
+    host = HostSettings(
+        temperatures=host_tensor([0.0 if p.is_greedy else p.temperature for p in params], torch.float32, device),
+        top_ks=host_tensor([p.top_k for p in params], torch.int64, device),
+        top_ps=host_tensor([p.top_p for p in params], torch.float32, device),
+    )
     return {
-        "temperatures": torch.tensor([0.0 if p.is_greedy else p.temperature for p in params],
-                                     dtype=torch.float32, device=device),
-        "top_ks": torch.tensor([p.top_k for p in params], dtype=torch.int64, device=device),
-        "top_ps": torch.tensor([p.top_p for p in params], dtype=torch.float32, device=device),
+        "temperatures": host.temperatures.to(device, non_blocking=True),
+        "top_ks": host.top_ks.to(device, non_blocking=True),
+        "top_ps": host.top_ps.to(device, non_blocking=True),
         "seeds": [p.seed for p in params],
         "steps": list(steps),
+        "host": host,
     }
