@@ -14,6 +14,8 @@
 #   bash scripts/gpu/x2_advanced.sh profile15   # issue 15's measurements: GPU 0 lesson 17's benchmark, aios bench sync
 #                                           # and async with decode profiles | GPU 1 --compare-hf 32, TP=1 14B profiled;
 #                                           # then TP=2 on the 14B shape with a decode profile
+#   bash scripts/gpu/x2_advanced.sh quant2      # GPU 0: lesson 18's fp8bench | GPU 1: kvbench, then lesson 16's
+#                                           # mixed-step profile (scripts/gpu/mixed_step_profile.py)
 #   bash scripts/gpu/x2_advanced.sh quant   # GPU 0: lesson 18's batch-1 benchmark, the FP8 KV cache headline |
 #                                           # GPU 1: lesson 19's benchmark (short sweep), lesson 18's GPU tests
 #
@@ -100,6 +102,14 @@ elif [ "$PART" = profile15 ]; then
   wait
   say "phase B: TP=2 on the 14B shape with a decode profile"
   step tp2_14b "$(left 5 200)" TPS=2 BENCH_TIMEOUT="$(left 15 190)" BENCH_FLAGS=--profile -- bash scripts/gpu/tp.sh bench14b
+elif [ "$PART" = quant2 ]; then
+  say "side by side: GPU 0 lesson 18's fp8bench (cuBLAS FP8 tests, W8A8 throughput) | GPU 1 kvbench (free and memory-bound FP8 KV), then lesson 16's mixed-step profile"
+  step l18_fp8bench "$(left 5)" CUDA_VISIBLE_DEVICES=0 -- bash scripts/gpu/lesson18.sh fp8bench &
+  ( step l18_kvbench "$(left 110)" CUDA_VISIBLE_DEVICES=1 -- bash scripts/gpu/lesson18.sh kvbench
+    step mixed_step "$(left 5)" CUDA_VISIBLE_DEVICES=1 -- bash -c 'source scripts/gpu/common.sh; M=/tmp/aios_q06;
+      [ -f $M/config.json ] || python3 -m aios make-model 0.6b $M --force > /dev/null;
+      python3 scripts/gpu/mixed_step_profile.py --model $M --json "$OUT/mixed_step.json"' ) &
+  wait
 elif [ "$PART" = quant ]; then
   say "side by side: GPU 0 lesson 18's batch-1 benchmark, then the FP8 KV cache headline | GPU 1 lesson 19's benchmark (short sweep), then lesson 18's GPU tests"
   ( step l18_bench "$(left 60 210)" CUDA_VISIBLE_DEVICES=0 -- bash scripts/gpu/lesson18.sh bench
