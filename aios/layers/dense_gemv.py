@@ -28,7 +28,9 @@ output within bf16 rounding; so it is never slower than ``F.linear`` on what it 
 tuning (during capture of a shape it has not seen, ``AIOS_GEMV_AUTOTUNE=0``) it calls ``F.linear``.
 ``AIOS_DENSE_GEMV=0`` turns the GEMV off altogether (benchmarks compare both). The engine runs each
 decode graph's batch size eagerly before it captures it (``capture_decode_graphs``), so the decode
-shapes are tuned by then and the graphs record the chosen kernels.
+shapes are tuned by then and the graphs record the chosen kernels. Eager calls keep ``F.linear``
+(``gemv_runs_here``; ``AIOS_DENSE_GEMV=eager`` runs the tuned GEMV there too): eager decode at small
+batch waits on the host's launches, and a Triton launch from Python costs the host more than cuBLAS's.
 """
 
 from __future__ import annotations
@@ -226,6 +228,16 @@ def enabled() -> bool:
     return os.environ.get(SWITCH, "1") != "0"
 
 
+def gemv_runs_here(x: torch.Tensor) -> bool:
+    """Whether a tuned GEMV setting runs for this call: while a CUDA graph is being captured (the decode graphs),
+    or on every call with ``AIOS_DENSE_GEMV=eager``. An eager call keeps F.linear by default: eager decode at
+    batch 1 is bound by the host's launches, and launching the GEMV from Python costs the host more than
+    cuBLAS does; a graph replay launches nothing."""
+    if os.environ.get(SWITCH) == "eager":
+        return True
+    return x.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
 def gemv_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Whether ``dense_linear`` may consider the GEMV: switched on, 1-8 rows of a half-precision x whose dtype
     the weight (and bias) share, a 2-D weight big enough to matter (``MIN_WEIGHTS``) and small enough for
@@ -237,7 +249,8 @@ def gemv_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 
 
 def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` [M, N], or the GEMV where the first-call tuning of this shape chose it."""
+    """``F.linear(x, weight, bias)`` [M, N], or the GEMV where the first-call tuning of this shape chose it and
+    ``gemv_runs_here`` (in a CUDA graph). The first eager call of a shape tunes it."""
     if not gemv_applies(x, weight, bias):
         return F.linear(x, weight, bias)
 
@@ -250,7 +263,7 @@ def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     kind = "dense" if bias is None else "dense+bias"
     choice = quant_gemv._choose(kind, x, weight.shape[0], run_baseline, run_gemv, DENSE_CANDIDATES, quant_gemv.DOT,
                                 tolerance=TUNE_TOLERANCE, baseline=BASELINE)
-    return run_baseline() if choice == quant_gemv.DOT else run_gemv(choice)
+    return run_baseline() if choice == quant_gemv.DOT or not gemv_runs_here(x) else run_gemv(choice)
 
 
 def dense_choices() -> dict[str, str]:

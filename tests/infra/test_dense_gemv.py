@@ -2,8 +2,8 @@
 
 ``dense_gemv`` equals ``F.linear`` for any shape, row count (1-8), tile, split count and split-K summing;
 ``dense_linear`` (what ``linear.dense_linear`` calls on a GPU for at most 8 rows) keeps ``F.linear`` unless
-the first-call tuning of the shape chose a GEMV setting, never tunes during CUDA-graph capture, and can be
-switched off. On the CPU the kernel runs in Triton's interpreter, so the shapes stay small; the GPU tests
+the first-call tuning of the shape chose a GEMV setting and the call is being captured in a CUDA graph (or
+AIOS_DENSE_GEMV=eager), never tunes during capture, and can be switched off. On the CPU the kernel runs in Triton's interpreter, so the shapes stay small; the GPU tests
 run the Qwen3-0.6B and 8B shapes in bf16, eagerly and replayed from a CUDA graph.
 """
 
@@ -124,8 +124,9 @@ def test_untuned_dispatch_keeps_f_linear(monkeypatch, fresh_tuning):
 
 
 def test_tuned_choice_is_used_and_reused(monkeypatch, fresh_tuning):
-    """A shape whose tuning chose a GEMV setting runs that setting on every later call (no second tuning);
-    another row count of the same matrix is a shape of its own."""
+    """A shape whose tuning chose a GEMV setting runs that setting on every later call where the GEMV runs
+    (AIOS_DENSE_GEMV=eager here), with no second tuning; another row count is a shape of its own."""
+    monkeypatch.setenv(dense_gemv.SWITCH, "eager")
     calls = count_calls(monkeypatch)
     x, w, _ = layer(32, 64, 1, seed=5, dtype=torch.bfloat16)
     cfg = GemvConfig(block_n=8, block_k=32)
@@ -146,6 +147,25 @@ def test_tuned_choice_is_used_and_reused(monkeypatch, fresh_tuning):
     assert tuning == {"tolerance": dense_gemv.TUNE_TOLERANCE, "baseline": dense_gemv.BASELINE}
     dense_gemv.dense_linear(x.repeat(3, 1), w)
     assert len(tuned) == 2 and tuned[1][0][1] == 3
+
+
+def test_eager_calls_keep_f_linear_by_default(monkeypatch, fresh_tuning):
+    """By default the tuned GEMV runs only where a CUDA graph is being captured: an eager call of a tuned shape
+    is F.linear (the host's launch cost decides eager decode); AIOS_DENSE_GEMV=eager runs the GEMV there too."""
+    x, w, _ = layer(32, 64, 1, seed=7, dtype=torch.bfloat16)
+    runs_here = dense_gemv.gemv_runs_here
+    monkeypatch.setattr(quant_gemv, "_tune", lambda *a, **k: GemvConfig(block_n=8, block_k=32))
+    monkeypatch.setattr(quant_gemv, "autotune_enabled", lambda x: True)
+    calls = count_calls(monkeypatch)
+    dense_gemv.dense_linear(x, w)
+    assert calls == ["F.linear"] and len(quant_gemv._CHOICES) == 1  # tuned, not run
+    monkeypatch.setattr(dense_gemv, "gemv_runs_here", lambda x: True)  # as during a capture
+    dense_gemv.dense_linear(x, w)
+    assert calls == ["F.linear", "gemv"]
+    monkeypatch.setattr(dense_gemv, "gemv_runs_here", runs_here)
+    assert not dense_gemv.gemv_runs_here(x)
+    monkeypatch.setenv(dense_gemv.SWITCH, "eager")
+    assert dense_gemv.gemv_runs_here(x)
 
 
 @pytest.mark.parametrize("case", ["switched_off", "too_small", "float32", "too_many_rows", "grad"])
@@ -232,9 +252,10 @@ def assert_within_bf16(out, x, w, label):
 @pytest.mark.gpu
 @pytest.mark.parametrize("name,N,K", SHAPES)
 @pytest.mark.parametrize("tokens", [1, 3, 8])
-def test_every_setting_at_model_shapes(name, N, K, tokens):
-    """Every candidate and sweep setting, and the tuned dispatcher, equal the float32 F.linear within bf16
-    rounding at the 0.6B and 8B projections (3 rows: padded to 4)."""
+def test_every_setting_at_model_shapes(monkeypatch, name, N, K, tokens):
+    """Every candidate and sweep setting, and the tuned dispatcher (run eagerly), equal the float32 F.linear
+    within bf16 rounding at the 0.6B and 8B projections (3 rows: padded to 4)."""
+    monkeypatch.setenv(dense_gemv.SWITCH, "eager")
     x, w = gpu_layer(N, K, tokens, seed=0)
     for cfg in dense_gemv.DENSE_CANDIDATES + dense_gemv.DENSE_SWEEP_EXTRA:
         assert_within_bf16(dense_gemv.dense_gemv(x, w, None, cfg), x, w, f"{name} {cfg.label}")
@@ -243,10 +264,11 @@ def test_every_setting_at_model_shapes(name, N, K, tokens):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("tokens", [1, 4])
-def test_tuned_linears_replay_in_a_cuda_graph(tokens):
-    """The 0.6B layer's four projections through LinearBase (tuned on an eager call, as the engine's warm-up does)
-    captured in one CUDA graph: every replay with new inputs equals the eager result bit for bit, within bf16
-    rounding of F.linear; nothing is tuned during the capture; the tile counters are back at zero."""
+def test_tuned_linears_replay_in_a_cuda_graph(monkeypatch, tokens):
+    """The 0.6B layer's four projections through LinearBase, tuned on an eager call (which itself runs F.linear),
+    as the engine's warm-up does, then captured in one CUDA graph: every replay with new inputs equals the chosen
+    kernels run eagerly (AIOS_DENSE_GEMV=eager) bit for bit, and F.linear within bf16 rounding; nothing is tuned
+    during the capture; the tile counters are back at zero."""
     from aios.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 
     torch.manual_seed(0)
@@ -264,7 +286,8 @@ def test_tuned_linears_replay_in_a_cuda_graph(tokens):
 
     for x in inputs:
         x.normal_()
-    forward()  # tunes each shape (eager), as capture_decode_graphs' warm-up run does
+    for lin, x, out in zip(layers, inputs, forward()):  # tunes each shape, as capture_decode_graphs' warm-up does
+        assert torch.equal(out, F.linear(x, lin.weight))  # eager: F.linear by default
     torch.cuda.synchronize()
     tuned = len(quant_gemv.TUNING_LOG)
     graph = torch.cuda.CUDAGraph()
@@ -277,7 +300,9 @@ def test_tuned_linears_replay_in_a_cuda_graph(tokens):
             x.normal_()
         graph.replay()
         torch.cuda.synchronize()
+        monkeypatch.setenv(dense_gemv.SWITCH, "eager")
         eager = forward()
+        monkeypatch.delenv(dense_gemv.SWITCH)
         for lin, x, out, ref in zip(layers, inputs, outs, eager):
             assert torch.equal(out, ref)
             assert_within_bf16(out, x, lin.weight, str(lin))

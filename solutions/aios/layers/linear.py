@@ -92,7 +92,8 @@ def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 
     Not part of the lessons: on a GPU, an input of at most ``GEMV_MAX_ROWS`` rows goes to
     ``dense_gemv.dense_linear`` (reference code), which picks, once per shape, whichever of F.linear
-    and its bf16/fp16 GEMV kernel is faster (``AIOS_DENSE_GEMV=0``: always F.linear).
+    and its bf16/fp16 GEMV kernel is faster, for the CUDA graphs of decode (``AIOS_DENSE_GEMV=0``:
+    always F.linear).
     """
     if x.is_cuda and x.dim() == 2 and x.shape[0] <= GEMV_MAX_ROWS:
         from aios.layers import dense_gemv  # Triton, imported on first use on a GPU only
