@@ -169,7 +169,9 @@ class Worker:
             raise WorkerDied("the learner worker was stopped")
         self.pinned.clear()  # handles the test dropped are released with this request, as unpinned ones
         message = {"k": "req", "op": op, "a": args}
-        wanted = self._wanted()
+        wanted = self._named(args)
+        for hid, snap in self._wanted().items():
+            wanted.setdefault(hid, snap)
         target = args[0] if args else None
         if isinstance(target, Remote) and target._aios_keep:  # scheduler.schedule(): its queues may change
             for child in target._aios_keep.values():
@@ -328,6 +330,23 @@ class Worker:
                     if len(wanted) >= RECENT_SNAPSHOTS:
                         break
         return wanted
+
+    def _named(self, args: tuple) -> dict:
+        """{handle id: its snapshot now} of the handles a request names (its target and arguments, a
+        few levels deep, as the worker looks for them: ``Worker.involved``): the worker sends their
+        snapshots anew after it, or says which ones are unchanged (then nothing more crosses)."""
+        found, todo = {}, [(value, 0) for value in args]
+        while todo and len(found) < NAMED_SNAPSHOTS:
+            value, depth = todo.pop()
+            kind = type(value)
+            if kind is Remote:
+                if value._aios_snap is not None and value._aios_worker is self:
+                    found[value._aios_id] = value._aios_snap
+            elif kind in (list, tuple) and depth < 2:
+                todo.extend((v, depth + 1) for v in value[:32])
+            elif kind is dict and depth < 2:
+                todo.extend((v, depth + 1) for v in list(value.values())[:32])
+        return found
 
     def _handle_list(self, data: dict):
         """A snapshot's list (or tuple) of learner objects named by handle id: the handles held here
@@ -659,6 +678,8 @@ ITEMS = "$items"  # a snapshot's entry holding a builtin container's items (work
 LEN = "$len"  # a snapshot's entry holding what a pure ``__len__`` answers (worker.py: LEN)
 #: At most this many handles whose snapshots were read lately are remembered (see Worker._wanted).
 RECENT_SNAPSHOTS = 32
+#: At most this many handles a request names are asked to be checked rather than sent anew (see Worker._named).
+NAMED_SNAPSHOTS = 8
 
 
 def _no_handles(record):

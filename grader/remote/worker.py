@@ -25,6 +25,7 @@ import importlib
 import importlib.util
 import inspect
 import io
+import marshal
 import operator
 import os
 import pickle
@@ -140,20 +141,51 @@ def _iterate(value):
     return iter(value)
 
 
+class Layout(collections.namedtuple("Layout", "cls mro sizes readable names getters")):
+    """What ``snapshot`` needs to know of a class, worked out once: ``readable`` (reading an
+    attribute found in an instance's ``__dict__`` runs no code of the learner's: no
+    ``__getattribute__`` of its class's or metaclass's own, the usual ``__dict__``), ``names``
+    (every name a class in its MRO defines: an instance attribute of such a name is shadowed, a
+    property would win) and ``getters`` (those of ``_pure_getters`` whose code is pure, as ``(name,
+    attribute, defining class, descriptor, getter, its code, PureCode)``). ``mro`` and ``sizes`` (the sizes of
+    the ``__dict__`` of each class in the MRO and of its metaclass's) tell when it is out of date:
+    a name added to or removed from one of those classes changes a size."""
+
+
+_LAYOUTS: dict[int, Layout] = {}  # id(class) -> its Layout
+
+
+def _layout(cls: type) -> Layout:
+    """``cls``'s Layout, worked out again when a class of its MRO (or metaclass) gained or lost a name."""
+    layout = _LAYOUTS.get(id(cls))
+    if layout is not None and layout.cls is cls and layout.mro is cls.__mro__ and layout.sizes == _sizes(cls):
+        return layout
+    meta = type(cls)
+    readable = not (meta is not type and any("__getattribute__" in m.__dict__ for m in meta.__mro__
+                                             if m not in (type, object)))  # reading its attributes runs its code
+    readable = readable and not issubclass(cls, (type, types.ModuleType)) \
+        and cls.__getattribute__ is object.__getattribute__
+    slot = next((k.__dict__["__dict__"] for k in cls.__mro__ if "__dict__" in k.__dict__), None)
+    readable = readable and type(slot) is types.GetSetDescriptorType
+    names = frozenset().union(*(k.__dict__.keys() for k in cls.__mro__))
+    getters = []
+    for name, klass, descriptor, getter, _ in _pure_getters(cls):
+        pure = _pure_code(getter)
+        if pure is not None:
+            getters.append((name, "__len__" if name == LEN else name, klass, descriptor, getter, getter.__code__, pure))
+    layout = _LAYOUTS[id(cls)] = Layout(cls, cls.__mro__, _sizes(cls), readable, names, tuple(getters))
+    return layout
+
+
+def _sizes(cls: type) -> tuple:
+    return (*map(len, map(vars, cls.__mro__)), *map(len, map(vars, type(cls).__mro__)))
+
+
 def _own_attributes(obj) -> dict | None:
     """``obj``'s instance ``__dict__`` when reading an attribute found there runs no code of the
     learner's (no ``__getattribute__`` or ``__dict__`` of its class's own) and no other thread
     of the learner's could change it between requests; None otherwise."""
-    cls = type(obj)
-    meta = type(cls)
-    if meta is not type and any("__getattribute__" in m.__dict__ for m in meta.__mro__ if m not in (type, object)):
-        return None  # a metaclass of the learner's: even reading the class's attributes runs its code
-    if issubclass(cls, (type, types.ModuleType)) or cls.__getattribute__ is not object.__getattribute__:
-        return None
-    if _other_threads():
-        return None
-    slot = next((k.__dict__["__dict__"] for k in cls.__mro__ if "__dict__" in k.__dict__), None)
-    if type(slot) is not types.GetSetDescriptorType:
+    if not _layout(type(obj)).readable or _other_threads():
         return None
     attrs = object.__getattribute__(obj, "__dict__")
     return attrs if type(attrs) is dict else None
@@ -176,15 +208,7 @@ def _library_thread(thread) -> bool:
 
 def _shadowed(cls: type, name: str) -> bool:
     """Whether a class in ``cls``'s MRO defines ``name`` (a property would win over the instance's value)."""
-    return any(name in k.__dict__ for k in cls.__mro__)
-
-
-def _all_shadowed(cls: type, attrs: dict) -> set:
-    """The names in ``attrs`` that a class in ``cls``'s MRO defines too (``_shadowed``, all at once)."""
-    names, found = attrs.keys(), set()
-    for klass in cls.__mro__:
-        found |= names & klass.__dict__.keys()
-    return found
+    return name in _layout(cls).names
 
 
 def _plain_left(value, left: int, depth: int = 0) -> int:
@@ -246,25 +270,32 @@ def snapshot(obj, handled=None) -> dict | None:
     them could run learner code (see ``_own_attributes``). ``handled``: see ``_encoded_plain``."""
     if type(obj) in ITEM_SNAPSHOT_TYPES:
         return _item_snapshot(obj, handled)
-    attrs = _own_attributes(obj)
-    if attrs is None:
+    layout = _layout(type(obj))
+    if not layout.readable or _other_threads():
         return None
-    found, left = {}, SNAPSHOT_ITEMS
-    shadowed = _all_shadowed(type(obj), attrs)
+    attrs = object.__getattribute__(obj, "__dict__")
+    if type(attrs) is not dict:
+        return None
+    found, left, shadowed = {}, SNAPSHOT_ITEMS, layout.names
     for name, value in attrs.items():
         if type(name) is not str or name in shadowed:
             continue
-        if type(value) in _AS_THEMSELVES:  # what most attributes hold: as _encoded_plain would do it
+        kind = type(value)
+        if kind in _AS_THEMSELVES:  # what most attributes hold: as _encoded_plain would do it
             if left >= 1:
                 found[name], left = value, left - 1
+            continue
+        tag = _FLAT_CONTAINERS.get(kind)
+        if tag is not None and len(value) < min(left, SNAPSHOT_ATTRIBUTE_ITEMS) \
+                and _AS_THEMSELVES.issuperset(map(type, value)):  # a block table: as _encoded_plain
+            found[name], left = {"$": tag, "v": list(value)}, left - len(value) - 1
             continue
         encoded = _encoded_plain(value, min(left, SNAPSHOT_ATTRIBUTE_ITEMS), handled)
         if encoded is not None:
             found[name], left = encoded[0], left - encoded[1]
-    for name, value in _pure_values(obj, attrs, shadowed):
-        encoded = _encoded_plain(value, min(left, SNAPSHOT_ATTRIBUTE_ITEMS))
-        if encoded is not None:
-            found[name], left = encoded[0], left - encoded[1]
+    demanded = DEMANDED.get(type(obj))
+    if demanded and layout.getters:
+        _add_pure_values(found, left, obj, attrs, layout, demanded)
     return found
 
 
@@ -446,27 +477,32 @@ def _pure_getters(cls: type) -> list:
     return getters
 
 
-def _pure_values(obj, attrs: dict, shadowed: set):
-    """``(name, value)`` of ``obj``'s pure properties (and ``LEN``) whose inputs are plain attributes."""
-    cls = type(obj)
-    demanded = DEMANDED.get(cls)
-    if not demanded:
-        return
-    for name, klass, descriptor, getter, before in _pure_getters(cls):
+def _add_pure_values(found: dict, left: int, obj, attrs: dict, layout: Layout, demanded: set) -> None:
+    """Put the encoded values of ``obj``'s pure properties (and ``LEN``) that the tests read
+    (``demanded``) and whose inputs are plain attributes into ``found`` (``left``: see ``snapshot``)."""
+    shadowed = layout.names
+    for name, real, klass, descriptor, getter, code, pure in layout.getters:
         if name not in demanded:
             continue
-        real = "__len__" if name == LEN else name
-        if klass.__dict__.get(real) is not descriptor or before and any(real in k.__dict__ for k in before):
+        if klass.__dict__.get(real) is not descriptor or getter.__code__ is not code:
             continue  # changed since the class was looked at
-        pure = _pure_code(getter)
-        if pure is None or not _pure_inputs(pure, attrs, shadowed, getter.__globals__):
+        if pure.builtins and any(n in getter.__globals__ for n in pure.builtins):
+            continue  # ``len`` redefined in the learner's module
+        if not _pure_inputs(pure, attrs, shadowed, getter.__globals__):
             continue
         try:
             value = getter(obj)
         except Exception:  # noqa: BLE001 - the test's own read raises it, in a request
             continue
-        if name != LEN or type(value) is int and value >= 0:
-            yield name, value
+        if name == LEN and not (type(value) is int and value >= 0):
+            continue
+        if type(value) in _AS_THEMSELVES:
+            if left >= 1:
+                found[name], left = value, left - 1
+            continue
+        encoded = _encoded_plain(value, min(left, SNAPSHOT_ATTRIBUTE_ITEMS))
+        if encoded is not None:
+            found[name], left = encoded[0], left - encoded[1]
 
 
 def _pure_inputs(pure: PureCode, attrs: dict, shadowed: set, namespace: dict) -> bool:
@@ -525,6 +561,12 @@ def _qualname(obj) -> str:
 
 def _raw(tensor) -> bytes:
     return protocol.reduce_tensor(tensor)[1][0]
+
+
+def _exact(snap) -> bytes:
+    """A snapshot as bytes that tell apart values ``==`` takes as equal (``1``, ``1.0``, ``True``):
+    marshal's format 2, which writes each value whole (no back-references to equal objects)."""
+    return marshal.dumps(snap, 2)
 
 
 def _printed(out: io.StringIO, err: io.StringIO) -> dict:
@@ -707,38 +749,36 @@ class Worker:
             return None
         return {name: self.handle(member) for name, member in members.items()}
 
-    def sent_snapshot(self, hid: int, snap: dict | None, text: str | None = None) -> None:
-        """Remember the snapshot of ``hid`` the trusted side holds now (see ``still_valid``)."""
+    def sent_snapshot(self, hid: int, snap: dict | None, exact: bytes | None = None) -> None:
+        """Remember the snapshot of ``hid`` the trusted side holds now (see ``refresh``)."""
         if snap is None:
             self.last_snaps.pop(hid, None)
         else:
-            self.last_snaps[hid] = (snap, text)
+            self.last_snaps[hid] = (snap, exact)
 
-    def still_valid(self, wanted, done: set, snaps: list) -> list[int]:
-        """After a request: for each handle id in ``wanted`` (objects whose snapshots the trusted
-        side is reading), a fresh snapshot appended to ``snaps``, or, when it is exactly the last
-        one sent (compared as text, so that ``1``, ``1.0`` and ``True`` differ), its id in the list
-        returned: the trusted side's copy is then still valid."""
-        kept = []
-        for hid in wanted[:WANTED_SNAPSHOTS] if type(wanted) is list else ():
-            if type(hid) is not int or hid in done or hid not in self.objects:
-                continue
-            done.add(hid)
-            try:
-                snap = snapshot(self.objects[hid], self.handled)
-            except Exception:  # noqa: BLE001 - as in handle()
-                snap = None
+    def refresh(self, hid: int, obj, snaps: list, kept: list | None) -> None:
+        """After a request: a fresh snapshot of ``obj`` (handle id ``hid``) appended to ``snaps`` as
+        ``[hid, snapshot]``; or, with ``kept`` (the trusted side holds the last one sent and asked
+        for it to be checked), ``hid`` appended to ``kept`` when the new one is exactly that one
+        (equal, then compared as marshal's bytes, so that ``1``, ``1.0`` and ``True`` differ): the
+        trusted side's copy is then still valid."""
+        try:
+            snap = snapshot(obj, self.handled)
+        except Exception:  # noqa: BLE001 - as in handle()
+            snap = None
+        if snap is None:
+            self.last_snaps.pop(hid, None)
+            return
+        if kept is not None:
             last = self.last_snaps.get(hid)
-            if snap is None:
-                self.last_snaps.pop(hid, None)
-                continue
-            text = repr(snap)
-            if last is not None and (last[1] if last[1] is not None else repr(last[0])) == text:
-                kept.append(hid)
-            else:
-                snaps.append([hid, snap])
-                self.sent_snapshot(hid, snap, text)
-        return kept
+            if last is not None and last[0] == snap:
+                exact = _exact(snap)
+                if (last[1] if last[1] is not None else _exact(last[0])) == exact:
+                    self.last_snaps[hid] = (last[0], exact)
+                    kept.append(hid)
+                    return
+        snaps.append([hid, snap])
+        self.sent_snapshot(hid, snap)
 
     def _record(self, obj, hid: int) -> dict:
         """What the trusted side is told of a new handle (kept with it: the same each time it is sent)."""
@@ -829,21 +869,22 @@ class Worker:
         protocol.send(self.sock, header, buffers)
 
     def attach_snapshots(self, header: dict, involved, wanted) -> None:
-        """Fresh snapshots of the objects in ``involved`` and ``wanted`` (see ``reply``)."""
-        snaps, done = [], set()
+        """Fresh snapshots of the objects in ``involved`` and ``wanted`` (see ``reply``); those in
+        ``wanted`` (at most WANTED_SNAPSHOTS, handle ids whose snapshots the trusted side holds),
+        just their ids when unchanged (see ``refresh``)."""
+        snaps, done, kept = [], set(), []
+        asked = [hid for hid in wanted[:WANTED_SNAPSHOTS] if type(hid) is int] if type(wanted) is list else []
+        checked = set(asked)
         for obj in involved:
             hid = self.ids.get(id(obj))
             if hid is None or hid in done:
                 continue
             done.add(hid)
-            try:
-                snap = snapshot(obj, self.handled)
-            except Exception:  # noqa: BLE001 - as in handle()
-                snap = None
-            self.sent_snapshot(hid, snap)
-            if snap is not None:
-                snaps.append([hid, snap])
-        kept = self.still_valid(wanted, done, snaps)
+            self.refresh(hid, obj, snaps, kept if hid in checked else None)
+        for hid in asked:
+            if hid not in done and hid in self.objects:
+                done.add(hid)
+                self.refresh(hid, self.objects[hid], snaps, kept)
         if kept:
             header["kept"] = kept
         if snaps:
