@@ -262,20 +262,26 @@ def test_every_setting_at_model_shapes(monkeypatch, name, N, K, tokens):
     assert_within_bf16(dense_gemv.dense_linear(x, w), x, w, f"{name} dispatch")
 
 
+# Qwen3 layer shapes: (hidden, head_dim, heads, kv heads, intermediate).
+LAYERS = {"0.6b": (1024, 128, 16, 8, 3072), "8b": (4096, 128, 32, 8, 12288)}
+
+
 @pytest.mark.gpu
+@pytest.mark.parametrize("model", sorted(LAYERS))
 @pytest.mark.parametrize("tokens", [1, 4])
-def test_tuned_linears_replay_in_a_cuda_graph(monkeypatch, tokens):
-    """The 0.6B layer's four projections through LinearBase, tuned on an eager call (which itself runs F.linear),
+def test_tuned_linears_replay_in_a_cuda_graph(monkeypatch, model, tokens):
+    """A decoder layer's four projections through LinearBase, tuned on an eager call (which itself runs F.linear),
     as the engine's warm-up does, then captured in one CUDA graph: every replay with new inputs equals the chosen
     kernels run eagerly (AIOS_DENSE_GEMV=eager) bit for bit, and F.linear within bf16 rounding; nothing is tuned
     during the capture; the tile counters are back at zero."""
     from aios.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 
+    hidden, head_dim, heads, kv_heads, inter = LAYERS[model]
     torch.manual_seed(0)
-    layers = [QKVParallelLinear(1024, 128, 16, 8, tp_rank=0, tp_size=1),
-              RowParallelLinear(2048, 1024, tp_rank=0, tp_size=1),
-              MergedColumnParallelLinear(1024, [3072, 3072], tp_rank=0, tp_size=1),
-              RowParallelLinear(3072, 1024, tp_rank=0, tp_size=1)]
+    layers = [QKVParallelLinear(hidden, head_dim, heads, kv_heads, tp_rank=0, tp_size=1),
+              RowParallelLinear(heads * head_dim, hidden, tp_rank=0, tp_size=1),
+              MergedColumnParallelLinear(hidden, [inter, inter], tp_rank=0, tp_size=1),
+              RowParallelLinear(inter, hidden, tp_rank=0, tp_size=1)]
     for lin in layers:
         lin.to(device="cuda", dtype=torch.bfloat16)
         lin.weight.data.normal_(0, 0.02)
