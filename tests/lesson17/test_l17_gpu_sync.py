@@ -42,20 +42,28 @@ def sampled_workload(rows: list[dict], n: int = 12):
     return prompts, settings
 
 
-@pytest.mark.parametrize("rows", [CANDIDATE_ROWS, FULL_VOCABULARY_ROWS], ids=["top-k-candidates", "full-vocabulary"])
-def test_sampled_decode_steps_wait_only_for_the_previous_tokens(tiny_model_dir, learner_helper, rows):
-    """Sampled decode steps (temperature, top-k, top-p, seeded and unseeded rows) with CUDA graphs: no
-    synchronisation torch reports, and one event wait per step, for step t-1's tokens only (lesson 12's
-    sampler must decide from the host settings sampling_tensors passes; see lesson 12's README)."""
+@pytest.fixture(scope="module")
+def overlapped_llm(tiny_model_dir):
+    """One overlapped engine on the GPU (CUDA graphs, Triton attention), shared by this file's tests."""
     from aios import LLM
     from aios.config import features_up_to
 
     llm = LLM(str(tiny_model_dir), **{**features_up_to(17), "async_scheduling": True, "max_num_seqs": 16,
                                       "max_model_len": 512, "num_kvcache_blocks": 256})
+    yield llm
+    llm.shutdown()
+
+
+@pytest.mark.parametrize("rows", [CANDIDATE_ROWS, FULL_VOCABULARY_ROWS], ids=["top-k-candidates", "full-vocabulary"])
+def test_sampled_decode_steps_wait_only_for_the_previous_tokens(overlapped_llm, learner_helper, rows):
+    """Sampled decode steps (temperature, top-k, top-p, seeded and unseeded rows) with CUDA graphs: no
+    synchronisation torch reports, and one event wait per step, for step t-1's tokens only (lesson 12's
+    sampler must decide from the host settings sampling_tensors passes; see lesson 12's README)."""
+    llm = overlapped_llm
     assert llm.model_runner.graphs, "the GPU check expects CUDA graphs on"
+    assert llm.is_finished(), "the engine should start idle (did an earlier test leave requests behind?)"
     prompts, settings = sampled_workload(rows)
     result = learner_helper(HELPERS).decode_synchronisations(llm, prompts, settings, warmup=3, window=24)
-    llm.shutdown()
     assert result["error"] is None, (
         "a decode step of the overlapped loop made the host wait for the GPU (torch.cuda.set_sync_debug_mode "
         "'error'): the call below. With sampled requests this is usually the sampler reading a device tensor "
