@@ -3,8 +3,9 @@
 ``dense_gemv`` equals ``F.linear`` for any shape, row count (1-8), tile, split count and split-K summing;
 ``dense_linear`` (what ``linear.dense_linear`` calls on a GPU for at most 8 rows) keeps ``F.linear`` unless
 the first-call tuning of the shape chose a GEMV setting and the call is being captured in a CUDA graph (or
-AIOS_DENSE_GEMV=eager), never tunes during capture, and can be switched off. On the CPU the kernel runs in Triton's interpreter, so the shapes stay small; the GPU tests
-run the Qwen3-0.6B and 8B shapes in bf16, eagerly and replayed from a CUDA graph.
+AIOS_DENSE_GEMV=eager), never tunes during capture, and can be switched off. On the CPU the kernel runs in
+Triton's interpreter, so the shapes stay small; the GPU tests run the Qwen3-0.6B and 8B shapes in bf16,
+eagerly and replayed from a CUDA graph.
 """
 
 import pytest
