@@ -50,8 +50,10 @@ import triton.language as tl  # noqa: E402
 SWITCH = "AIOS_DENSE_GEMV"
 #: Weights smaller than this (elements) keep F.linear: launch-bound either way, and not worth compiling for.
 MIN_WEIGHTS = 1 << 20
-#: A tuned setting must agree with F.linear to this fraction of the output's largest value (bf16 rounding).
-TUNE_TOLERANCE = 1e-2
+#: A tuned setting must agree with F.linear to this fraction of the output's largest value: two bf16 roundings
+#: differ by at most one unit in the last place (2**-7 = 0.8% of the largest value), and cuBLAS may add its
+#: split-K partial sums in bf16 (torch's default allow_bf16_reduced_precision_reduction); a wrong kernel is far off.
+TUNE_TOLERANCE = 2e-2
 #: Each program streams at least this many weights (so it has enough bytes in flight).
 MIN_PROGRAM_WEIGHTS = 4096
 #: Per-thread float32 partial sums a program may keep across the K loop (DEFERRED) before it sums per step.

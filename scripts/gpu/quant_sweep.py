@@ -46,6 +46,8 @@ SHAPES = [("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 24576, 4096), ("do
 SHAPES_06B = [("qkv", 4096, 1024), ("o", 1024, 2048), ("gate_up", 6144, 1024), ("down", 1024, 3072)]
 #: Bytes of weight copies the "seq" timing cycles through (over four times the 50 MB L2 cache).
 SEQ_BYTES = 256 * 1024 * 1024
+#: Milliseconds of calls per --dense timing (the default 50 would take over ten minutes for all the settings).
+DENSE_REP = 10
 ROWS: list = []
 JSON_PATH: str | None = None
 
@@ -55,15 +57,15 @@ def save() -> None:
         Path(JSON_PATH).write_text(json.dumps({"rows": ROWS, "tuning": qg.TUNING_LOG}, indent=1))
 
 
-def bench(fn) -> float:
-    """Microseconds per call, CUDA-graph replayed (no launch overhead)."""
-    return triton.testing.do_bench_cudagraph(fn, rep=50) * 1e3
+def bench(fn, rep: int = 50) -> float:
+    """Microseconds per call, CUDA-graph replayed (no launch overhead; ``rep``: milliseconds of calls per timing)."""
+    return triton.testing.do_bench_cudagraph(fn, rep=rep) * 1e3
 
 
 _FLUSH = {}
 
 
-def bench_cold(fn) -> float:
+def bench_cold(fn, rep: int = 50) -> float:
     """Microseconds per call with the L2 cache overwritten before each call (graph of flush + call, minus flush)."""
     if "buf" not in _FLUSH:
         _FLUSH["buf"] = torch.empty(32 * 1024 * 1024, dtype=torch.int32, device="cuda")
@@ -74,17 +76,17 @@ def bench_cold(fn) -> float:
         buf.zero_()
         fn()
 
-    return max(bench(both) - _FLUSH["us"], 0.0)
+    return max(bench(both, rep) - _FLUSH["us"], 0.0)
 
 
-def record(M, shape, method, config, fn, base, base_cold, nbytes, ref=None) -> dict | None:
+def record(M, shape, method, config, fn, base, base_cold, nbytes, ref=None, rep: int = 50) -> dict | None:
     """Time ``fn`` (hot and cold), check it against ``ref``, append a row; None when it fails."""
     try:
         err = None
         if ref is not None:
             out = fn().float()
             err = float(f"{((out - ref).abs().max() / ref.abs().max()).item():.2e}")
-        us, cold = bench(fn), bench_cold(fn)
+        us, cold = bench(fn, rep), bench_cold(fn, rep)
     except Exception as exc:  # a setting the compiler or the GPU refuses
         print(f"  {method} {config}: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
         return None
@@ -156,7 +158,7 @@ def bench_seq(call, weight: torch.Tensor) -> float:
     copies = max(2, -(-SEQ_BYTES // (weight.numel() * weight.element_size())))
     weights = [weight.clone() for _ in range(copies)]
     try:
-        return bench(lambda: [call(w) for w in weights]) / copies
+        return bench(lambda: [call(w) for w in weights], DENSE_REP) / copies
     finally:
         del weights
 
@@ -175,7 +177,7 @@ def dense_sweep(M: int) -> None:
             traceback.print_exc()
             continue
         nbytes = N * K * 2
-        base, base_cold = bench(lambda: F.linear(x, wb)), bench_cold(lambda: F.linear(x, wb))
+        base, base_cold = bench(lambda: F.linear(x, wb), DENSE_REP), bench_cold(lambda: F.linear(x, wb), DENSE_REP)
         row = dict(M=M, shape=name, method="bf16", config="F.linear", us=round(base, 1), us_cold=round(base_cold, 1),
                    tb_s_cold=round(nbytes / base_cold / 1e6, 2))
         ROWS.append(row)
@@ -183,7 +185,7 @@ def dense_sweep(M: int) -> None:
         for cfg in dg.DENSE_CANDIDATES + dg.DENSE_SWEEP_EXTRA:
             calls.append((f"gemv {cfg.label}", lambda w, cfg=cfg: dg.dense_gemv(x, w, None, cfg),
                           record(M, name, "bf16", f"gemv {cfg.label}", lambda cfg=cfg: dg.dense_gemv(x, wb, None, cfg),
-                                 base, base_cold, nbytes, ref)))
+                                 base, base_cold, nbytes, ref, DENSE_REP)))
         tuned_before = len(qg.TUNING_LOG)
         try:
             dg.dense_linear(x, wb)  # the first call of a shape tunes
@@ -193,7 +195,7 @@ def dense_sweep(M: int) -> None:
             choice = f"{type(exc).__name__}: {exc}"[:120]
         calls.append((f"dispatch -> {choice}", lambda w: dg.dense_linear(x, w),
                       record(M, name, "bf16", f"dispatch -> {choice}", lambda: dg.dense_linear(x, wb), base, base_cold,
-                             nbytes, ref)))
+                             nbytes, ref, DENSE_REP)))
         base_seq = None
         for label, call, row in calls:
             if row is None:

@@ -191,7 +191,8 @@ def test_dense_linear_falls_back_to_f_linear(monkeypatch, fresh_tuning, case):
 
 def test_tuning_keeps_f_linear_unless_a_setting_is_faster_and_agrees(monkeypatch, fresh_tuning):
     """quant_gemv's tuner with the dense baseline: F.linear is timed and logged as "F.linear"; a setting that is
-    off by more than bf16 rounding (1e-2 of the largest output) is never timed; the fastest agreeing one wins."""
+    off by more than bf16 rounding allows (TUNE_TOLERANCE of the largest output) is never timed; the fastest
+    agreeing one wins."""
     good, off = GemvConfig(block_n=4), GemvConfig(block_n=8)
     fake_us = {dense_gemv.BASELINE: 10.0, good.label: 6.0, off.label: 1.0}
 
@@ -206,7 +207,7 @@ def test_tuning_keeps_f_linear_unless_a_setting_is_faster_and_agrees(monkeypatch
     monkeypatch.setattr(quant_gemv, "_time_us", fake_time)
     monkeypatch.setattr(torch, "empty", lambda *a, **k: torch.zeros(1))  # no flush buffer on the CPU
     choice = quant_gemv._tune(("dense", 1, 8, 4), lambda: output(dense_gemv.BASELINE, 1.0),
-                              lambda cfg: output(cfg.label, 1.02 if cfg is off else 1.005), (good, off),
+                              lambda cfg: output(cfg.label, 1.05 if cfg is off else 1.008), (good, off),
                               tolerance=dense_gemv.TUNE_TOLERANCE, baseline=dense_gemv.BASELINE)
     assert choice is good
     (entry,) = quant_gemv.TUNING_LOG
