@@ -10,6 +10,7 @@
 #      headline throughput with it on (must not lose against lesson 17's figures: batches above 8 rows keep cuBLAS).
 #
 #   bash scripts/gpu/dense_gemv.sh [all|tests|sweep|bench]   # results and logs under $OUT (default /tmp/aios_out)
+#   (each of tests, sweep and bench fits in 10 minutes; all three together do not)
 #   BENCH_FLAGS="--no-async-scheduling" HEADLINE=0 bash scripts/gpu/dense_gemv.sh bench
 #
 # Files written to $OUT: gpu.txt, dense_gemv_tests.log, quant_gemv_tests.log, gemv_sweep.{json,log},
@@ -23,12 +24,12 @@ record_environment triton
 status=0
 if [ "$MODE" = all ] || [ "$MODE" = tests ]; then
   section "dense GEMV tests on the GPU"
-  timeout 400 python3 -m pytest tests/infra/test_dense_gemv.py -q -rs -s -p no:cacheprovider \
+  timeout 300 python3 -m pytest tests/infra/test_dense_gemv.py -q -rs -s -p no:cacheprovider \
     > "$OUT/dense_gemv_tests.log" 2>&1
   status=$?
   grep -E "passed|failed|^FAILED|^ERROR|dense choices" "$OUT/dense_gemv_tests.log" | tail -20
   section "lesson 18's GEMV tests (the shared tuner)"
-  timeout 500 python3 -m pytest tests/infra/test_quant_gemv.py -q -rs -p no:cacheprovider \
+  timeout 250 python3 -m pytest tests/infra/test_quant_gemv.py -q -rs -p no:cacheprovider \
     > "$OUT/quant_gemv_tests.log" 2>&1
   quant_status=$?
   [ $status = 0 ] && status=$quant_status
@@ -49,7 +50,7 @@ if [ "$MODE" = all ] || [ "$MODE" = bench ]; then
   [ -f "$MODEL/config.json" ] || python3 -m aios make-model 0.6b "$MODEL" --force
   for gemv in 0 1; do
     section "aios bench --batch1 --profile, AIOS_DENSE_GEMV=$gemv"
-    AIOS_DENSE_GEMV=$gemv timeout 300 python3 -m aios bench --model "$MODEL" --batch1 --profile --no-progress \
+    AIOS_DENSE_GEMV=$gemv timeout 200 python3 -m aios bench --model "$MODEL" --batch1 --profile --no-progress \
       ${BENCH_FLAGS:-} --json "$OUT/bench1_gemv$gemv.json" > "$OUT/bench1_gemv$gemv.log" 2>&1
     grep -E "tok/s|engine ready" "$OUT/bench1_gemv$gemv.log" | tail -3
     grep -E "decode profile|Self CUDA time total|gemm|gemv|nvjet|cutlass|sm90" "$OUT/bench1_gemv$gemv.log" | head -10
@@ -68,7 +69,7 @@ if len(runs) == 2:
 PY
   if [ "${HEADLINE:-1}" = 1 ]; then
     section "aios bench (headline workload) with the GEMV on"
-    timeout 300 python3 -m aios bench --model "$MODEL" --no-progress ${BENCH_FLAGS:-} --json "$OUT/bench_gemv1.json" \
+    timeout 150 python3 -m aios bench --model "$MODEL" --no-progress ${BENCH_FLAGS:-} --json "$OUT/bench_gemv1.json" \
       > "$OUT/bench_gemv1.log" 2>&1
     tail -2 "$OUT/bench_gemv1.log"
   fi
