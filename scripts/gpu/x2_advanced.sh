@@ -49,12 +49,12 @@ step() {
   # its own process group, and a spawned rank must not outlive the step and hold a GPU while the next one measures.
   env OUT="$FINAL/$name" "${envs[@]}" "$@" > "$FINAL/$name.log" 2>&1 &
   local pid=$!
-  ( sleep "$limit"; kill_tree TERM "$pid"; sleep 10; kill_tree KILL "$pid" ) &
+  # The watchdog writes nowhere: a sleep left holding the call's stdout would keep the device call open.
+  ( sleep "$limit"; kill_tree TERM "$pid"; sleep 10; kill_tree KILL "$pid" ) > /dev/null 2>&1 < /dev/null &
   local watchdog=$!
   wait "$pid"
   local rc=$?
-  kill "$watchdog" 2> /dev/null
-  kill "$watchdog" 2> /dev/null
+  kill_tree KILL "$watchdog"
   pkill -KILL -g "$pid" 2> /dev/null
   { echo "--- $name: exit code $rc"; grep -vE "^\s*$" "$FINAL/$name.log" | tail -12; } >> "$FINAL/summary.txt"
   return $rc

@@ -153,6 +153,8 @@ def test_fp8_linear_falls_back_to_triton_on_the_cpu():
     assert len(quant_gemv.TUNING_LOG) == before
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU wiring check (emulated cuBLAS, CPU tensors); "
+                    "on a GPU the dispatch tests above run the real kernels")
 def test_dispatch_tunes_once_per_row_class_and_falls_back(monkeypatch):
     """fp8_linear's wiring, on the CPU with cuBLAS emulated: the first call of a row class is tuned (on at most
     TUNE_MAX_M rows, logged with key "fp8"), later calls of the class reuse the choice, a new class tunes again;
