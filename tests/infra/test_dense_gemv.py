@@ -102,6 +102,7 @@ def fresh_tuning(monkeypatch):
     """Empty tuning state, weights of any size considered, the switch on."""
     monkeypatch.setattr(quant_gemv, "_CHOICES", {})
     monkeypatch.setattr(quant_gemv, "TUNING_LOG", [])
+    monkeypatch.setattr(dense_gemv, "_EAGER_DONE", set())
     monkeypatch.setattr(dense_gemv, "MIN_WEIGHTS", 1)
     monkeypatch.delenv(dense_gemv.SWITCH, raising=False)
 
@@ -160,9 +161,13 @@ def test_eager_calls_keep_f_linear_by_default(monkeypatch, fresh_tuning):
     calls = count_calls(monkeypatch)
     dense_gemv.dense_linear(x, w)
     assert calls == ["F.linear"] and len(quant_gemv._CHOICES) == 1  # tuned, not run
+    monkeypatch.setattr(dense_gemv, "gemv_applies", lambda *a: pytest.fail("a tuned shape's eager call is a lookup"))
+    dense_gemv.dense_linear(x, w)
+    assert calls == ["F.linear"] * 2
+    monkeypatch.setattr(dense_gemv, "gemv_applies", lambda *a: True)
     monkeypatch.setattr(dense_gemv, "gemv_runs_here", lambda x: True)  # as during a capture
     dense_gemv.dense_linear(x, w)
-    assert calls == ["F.linear", "gemv"]
+    assert calls == ["F.linear"] * 2 + ["gemv"]
     monkeypatch.setattr(dense_gemv, "gemv_runs_here", runs_here)
     assert not dense_gemv.gemv_runs_here(x)
     monkeypatch.setenv(dense_gemv.SWITCH, "eager")

@@ -250,10 +250,19 @@ def gemv_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
             and (bias is None or bias.dtype == x.dtype) and not (torch.is_grad_enabled() and x.requires_grad))
 
 
+#: Shapes (M, N, K, dtype, device, bias?) tuned by an eager call: later eager calls go straight to F.linear.
+_EAGER_DONE: set[tuple] = set()
+
+
 def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` [M, N], or the GEMV where the first-call tuning of this shape chose it and
-    ``gemv_runs_here`` (in a CUDA graph). The first eager call of a shape tunes it."""
-    if not gemv_applies(x, weight, bias):
+    ``gemv_runs_here`` (in a CUDA graph). The first eager call of a shape tunes it; the later ones cost the host
+    only a set lookup more than F.linear."""
+    if x.dim() != 2:
+        return F.linear(x, weight, bias)
+    runs = gemv_runs_here(x)
+    eager_key = (x.shape[0], weight.shape[0], x.shape[1], x.dtype, x.get_device(), bias is None)
+    if (not runs and eager_key in _EAGER_DONE) or not gemv_applies(x, weight, bias):
         return F.linear(x, weight, bias)
 
     def run_baseline():
@@ -265,7 +274,11 @@ def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     kind = "dense" if bias is None else "dense+bias"
     choice = quant_gemv._choose(kind, x, weight.shape[0], run_baseline, run_gemv, DENSE_CANDIDATES, quant_gemv.DOT,
                                 tolerance=TUNE_TOLERANCE, baseline=BASELINE)
-    return run_baseline() if choice == quant_gemv.DOT or not gemv_runs_here(x) else run_gemv(choice)
+    if not runs:
+        if quant_gemv.choice_key(kind, x, weight.shape[0]) in quant_gemv._CHOICES:  # tuned (not only untuned)
+            _EAGER_DONE.add(eager_key)
+        return run_baseline()
+    return run_baseline() if choice == quant_gemv.DOT else run_gemv(choice)
 
 
 def dense_choices() -> dict[str, str]:

@@ -567,14 +567,20 @@ def _tune(key: tuple, run_dot, run_gemv, candidates, tolerance: float = TUNE_TOL
     return best
 
 
+def choice_key(kind: str, x: torch.Tensor, N: int) -> tuple:
+    """The tuning key of an input x [M, K] to a matrix of N outputs: (kind, M, N, K, dtype, device)."""
+    M, K = x.shape
+    return (kind, M, N, K, x.dtype, str(x.device))
+
+
 def _choose(kind: str, x: torch.Tensor, N: int, run_dot, run_gemv, candidates, default: GemvConfig | str,
             **tuning):
     """The kernel for this call: tuned once per shape on a GPU, else ``default`` (DOT: the baseline) up to
     UNTUNED_GEMV_MAX_M rows. ``tuning``: ``_tune``'s tolerance and baseline name."""
-    M, K = x.shape
+    M = x.shape[0]
     if M > GEMV_MAX_M or M == 0:
         return DOT
-    key = (kind, M, N, K, x.dtype, str(x.device))
+    key = choice_key(kind, x, N)
     choice = _CHOICES.get(key)
     if choice is None:
         if not autotune_enabled(x):
