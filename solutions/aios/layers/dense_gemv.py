@@ -9,8 +9,8 @@ The kernel here is built for that case, on ``quant_gemv``'s machinery (launch se
 
 * no ``tl.dot``: a program loads a [BLOCK_N, BLOCK_K] tile of W (contiguous along K: each thread
   reads 8 bf16 = 16 bytes per load), multiplies it by the broadcast input rows in float32 and
-  sums over K: into per-thread partial sums reduced once after the loop (``DEFERRED``, when the
-  registers allow: M = 1, 2) or per step;
+  sums over K: into per-thread partial sums reduced once after the loop (``DEFERRED``, when the rows
+  times the thread's weights per step fit ``DEFERRED_REGISTERS``) or per step (shuffles: costly);
 * every row of x (M <= 8) is handled by the same program, so each weight tile is read once;
 * split-K: program (n, s) covers output rows n of W and the K slice s, so that the 1024-output
   matrices (Qwen3-0.6B's o_proj and down_proj) still give every multiprocessor a few programs; the
