@@ -14,6 +14,8 @@
 #   bash scripts/gpu/x2_advanced.sh profile15   # issue 15's measurements: GPU 0 lesson 17's benchmark, aios bench sync
 #                                           # and async with decode profiles | GPU 1 --compare-hf 32, TP=1 14B profiled;
 #                                           # then TP=2 on the 14B shape with a decode profile
+#   bash scripts/gpu/x2_advanced.sh final15     # GPU 0: lesson 17's sync test, ladder 16 vs 17 | GPU 1: the dense
+#                                           # GEMV's tests, batch-1 with it off and on, the headline
 #   bash scripts/gpu/x2_advanced.sh quant2      # GPU 0: lesson 18's fp8bench | GPU 1: kvbench, then lesson 16's
 #                                           # mixed-step profile (scripts/gpu/mixed_step_profile.py)
 #   bash scripts/gpu/x2_advanced.sh quant   # GPU 0: lesson 18's batch-1 benchmark, the FP8 KV cache headline |
@@ -102,6 +104,16 @@ elif [ "$PART" = profile15 ]; then
   wait
   say "phase B: TP=2 on the 14B shape with a decode profile"
   step tp2_14b "$(left 5 200)" TPS=2 BENCH_TIMEOUT="$(left 15 190)" BENCH_FLAGS=--profile -- bash scripts/gpu/tp.sh bench14b
+elif [ "$PART" = final15 ]; then
+  say "side by side: GPU 0 lesson 17's no-sync test of sampled steps, then the ladder's stages 16 and 17 | GPU 1 the dense GEMV's GPU tests, then batch-1 with it off and on and the headline"
+  ( step l17_sync "$(left 380 150)" CUDA_VISIBLE_DEVICES=0 AIOS_IMPL=reference PYTHONPATH="$PWD/solutions" \
+      PYTHONSAFEPATH=1 -- python3 -m pytest tests/lesson17/test_l17_gpu_sync.py -q -rs -p no:cacheprovider
+    step ladder17 "$(left 5)" CUDA_VISIBLE_DEVICES=0 -- bash -c 'source scripts/gpu/common.sh; M=/tmp/aios_q06;
+      [ -f $M/config.json ] || python3 -m aios make-model 0.6b $M --force > /dev/null;
+      python3 -m aios.bench.ladder --ladder --model $M --stages 16,17 --out "$OUT/ladder17"' ) &
+  ( step gemv_tests "$(left 330 200)" CUDA_VISIBLE_DEVICES=1 -- bash scripts/gpu/dense_gemv.sh tests
+    step gemv_bench "$(left 5)" CUDA_VISIBLE_DEVICES=1 -- bash scripts/gpu/dense_gemv.sh bench ) &
+  wait
 elif [ "$PART" = quant2 ]; then
   say "side by side: GPU 0 lesson 18's fp8bench (cuBLAS FP8 tests, W8A8 throughput) | GPU 1 kvbench (free and memory-bound FP8 KV), then lesson 16's mixed-step profile"
   step l18_fp8bench "$(left 5)" CUDA_VISIBLE_DEVICES=0 -- bash scripts/gpu/lesson18.sh fp8bench &
