@@ -563,6 +563,65 @@ def _raw(tensor) -> bytes:
     return protocol.reduce_tensor(tensor)[1][0]
 
 
+#: Requests that set or deleted an attribute (a test patching a learner module or class): part of
+#: every ``_state``, since a pure getter reads a module's globals (an Enum class).
+PATCHES = [0]
+
+
+def _state(obj, ids: dict) -> tuple | None:
+    """``(layout, what a snapshot of obj is made of)``, to tell cheaply that a snapshot taken again
+    would be the same one (``_same_state``): its class's Layout, the number of its properties the
+    tests read, ``PATCHES``, and each entry of its ``__dict__`` as builtin values only: a scalar
+    with its type (a float as its ``hex()``, which tells ``-0.0`` from ``0.0``), a flat builtin
+    container of scalars (not floats) as a tuple of them and one of their types, a learner object
+    by ``id`` with the handle id it has here (its entry in a snapshot names that handle), a
+    container of learner objects likewise. None (compare snapshots instead) for anything else, or
+    when a snapshot could not be taken. Comparing two states runs no code of the learner's."""
+    cls = type(obj)
+    if cls in ITEM_SNAPSHOT_TYPES:
+        return None
+    layout = _layout(cls)
+    if not layout.readable or _other_threads():
+        return None
+    attrs = object.__getattribute__(obj, "__dict__")
+    if type(attrs) is not dict:
+        return None
+    demanded = DEMANDED.get(cls)
+    parts = [len(demanded) if demanded else 0, PATCHES[0]]
+    for name, value in attrs.items():
+        kind = type(value)
+        if type(name) is not str:
+            return None
+        if kind in _AS_THEMSELVES:
+            parts += (name, kind, value)
+        elif kind is float:
+            parts += (name, kind, value.hex())
+        elif kind in _STATE_CONTAINERS:
+            if len(value) > PURE_VALUE_LIMIT:
+                return None
+            items = tuple(value.items()) if kind is dict else tuple(value)
+            kinds = frozenset(map(type, value)) | (frozenset(map(type, value.values())) if kind is dict else frozenset())
+            if _AS_THEMSELVES.issuperset(kinds):
+                parts += (name, kind, items, tuple(map(type, items)) if kind is not dict else
+                          tuple(type(v) for pair in items for v in pair))
+            elif kind in (list, tuple, collections.deque) and not kinds & _NOT_HANDLES:
+                parts += (name, kind, tuple(map(id, items)), tuple(ids.get(id(item)) for item in items))
+            else:
+                return None
+        elif kind in _NOT_HANDLES:
+            return None
+        else:  # a learner object (or a tensor: never in a snapshot)
+            parts += (name, id(value), ids.get(id(value)))
+    return layout, tuple(parts)
+
+
+_STATE_CONTAINERS = frozenset({list, tuple, set, frozenset, dict, collections.deque})
+
+
+def _same_state(state, last) -> bool:
+    return state is not None and state[0] is last[0] and state[1] == last[1]
+
+
 def _exact(snap) -> bytes:
     """A snapshot as bytes that tell apart values ``==`` takes as equal (``1``, ``1.0``, ``True``):
     marshal's format 2, which writes each value whole (no back-references to equal objects)."""
@@ -687,7 +746,7 @@ class Worker:
         self.sock = sock
         self.objects: dict[int, object] = {}
         self.records: dict[int, dict] = {}  # handle id -> its record (see _record)
-        self.last_snaps: dict[int, tuple] = {}  # handle id -> (snapshot last sent, its repr or None)
+        self.last_snaps: dict[int, tuple] = {}  # handle id -> (snapshot last sent, _exact of it or None, _state)
         self.ids: dict[int, int] = {}
         self.sent: dict[int, int] = {}
         self.types_sent: set[int] = set()
@@ -726,7 +785,7 @@ class Worker:
                 snap = snapshot(obj, self.handled)
             except Exception:  # noqa: BLE001 - an object too odd to tell: no snapshot
                 snap = None
-            self.sent_snapshot(hid, snap)
+            self.sent_snapshot(hid, snap, obj)
             if snap is not None:
                 record["snap"] = snap
         elif record["kind"] == "class":
@@ -749,12 +808,13 @@ class Worker:
             return None
         return {name: self.handle(member) for name, member in members.items()}
 
-    def sent_snapshot(self, hid: int, snap: dict | None, exact: bytes | None = None) -> None:
-        """Remember the snapshot of ``hid`` the trusted side holds now (see ``refresh``)."""
+    def sent_snapshot(self, hid: int, snap: dict | None, obj=None) -> None:
+        """Remember the snapshot of ``hid`` the trusted side holds now (see ``refresh``), with the
+        state of ``obj`` it was taken from (see ``_state``)."""
         if snap is None:
             self.last_snaps.pop(hid, None)
         else:
-            self.last_snaps[hid] = (snap, exact)
+            self.last_snaps[hid] = (snap, None, _state(obj, self.ids) if obj is not None else None)
 
     def refresh(self, hid: int, obj, snaps: list, kept: list | None) -> None:
         """After a request: a fresh snapshot of ``obj`` (handle id ``hid``) appended to ``snaps`` as
@@ -762,6 +822,10 @@ class Worker:
         for it to be checked), ``hid`` appended to ``kept`` when the new one is exactly that one
         (equal, then compared as marshal's bytes, so that ``1``, ``1.0`` and ``True`` differ): the
         trusted side's copy is then still valid."""
+        last = self.last_snaps.get(hid) if kept is not None else None
+        if last is not None and last[2] is not None and _same_state(_state(obj, self.ids), last[2]):
+            kept.append(hid)  # nothing it was taken from changed: the same snapshot, not taken again
+            return
         try:
             snap = snapshot(obj, self.handled)
         except Exception:  # noqa: BLE001 - as in handle()
@@ -769,16 +833,14 @@ class Worker:
         if snap is None:
             self.last_snaps.pop(hid, None)
             return
-        if kept is not None:
-            last = self.last_snaps.get(hid)
-            if last is not None and last[0] == snap:
-                exact = _exact(snap)
-                if (last[1] if last[1] is not None else _exact(last[0])) == exact:
-                    self.last_snaps[hid] = (last[0], exact)
-                    kept.append(hid)
-                    return
+        if last is not None and last[0] == snap:
+            exact = _exact(snap)
+            if (last[1] if last[1] is not None else _exact(last[0])) == exact:
+                self.last_snaps[hid] = (last[0], exact, _state(obj, self.ids))
+                kept.append(hid)
+                return
         snaps.append([hid, snap])
-        self.sent_snapshot(hid, snap)
+        self.sent_snapshot(hid, snap, obj)
 
     def _record(self, obj, hid: int) -> dict:
         """What the trusted side is told of a new handle (kept with it: the same each time it is sent)."""
@@ -1008,8 +1070,10 @@ class Worker:
         if op == "getattr":
             return getattr(args[0], args[1])
         if op == "setattr":
+            PATCHES[0] += 1
             return setattr(args[0], args[1], args[2])
         if op == "delattr":
+            PATCHES[0] += 1
             return delattr(args[0], args[1])
         if op == "call":
             return args[0](*args[1], **args[2])
