@@ -16,6 +16,7 @@
 #                                           # then TP=2 on the 14B shape with a decode profile
 #   bash scripts/gpu/x2_advanced.sh final15     # GPU 0: lesson 17's sync test, ladder 16 vs 17 | GPU 1: the dense
 #                                           # GEMV's tests, batch-1 with it off and on, the headline
+#   bash scripts/gpu/x2_advanced.sh check15     # GPU 0: lesson 18's batch-1 benchmark | GPU 1: lessons 12, 13, 17 suites
 #   bash scripts/gpu/x2_advanced.sh quant2      # GPU 0: lesson 18's fp8bench | GPU 1: kvbench, then lesson 16's
 #                                           # mixed-step profile (scripts/gpu/mixed_step_profile.py)
 #   bash scripts/gpu/x2_advanced.sh quant   # GPU 0: lesson 18's batch-1 benchmark, the FP8 KV cache headline |
@@ -113,6 +114,14 @@ elif [ "$PART" = final15 ]; then
       python3 -m aios.bench.ladder --ladder --model $M --stages 16,17 --out "$OUT/ladder17"' ) &
   ( step gemv_tests "$(left 330 200)" CUDA_VISIBLE_DEVICES=1 -- bash scripts/gpu/dense_gemv.sh tests
     step gemv_bench "$(left 5)" CUDA_VISIBLE_DEVICES=1 -- bash scripts/gpu/dense_gemv.sh bench ) &
+  wait
+elif [ "$PART" = check15 ]; then
+  say "side by side: GPU 0 lesson 18's batch-1 benchmark (INT8/INT4 against bf16, now with the dense GEMV) | GPU 1 the GPU suites of lessons 12, 13 and 17 (sampler, graphs, overlap)"
+  step l18_batch1 "$(left 5)" CUDA_VISIBLE_DEVICES=0 AIOS_IMPL=reference PYTHONPATH="$PWD/solutions" PYTHONSAFEPATH=1 \
+    -- python3 -m pytest tests/lesson18/test_l18_benchmark.py -m benchmark_gpu -k batch1 -q -rs -s -p no:cacheprovider &
+  step suites_12_13_17 "$(left 5)" CUDA_VISIBLE_DEVICES=1 AIOS_IMPL=reference PYTHONPATH="$PWD/solutions" \
+    PYTHONSAFEPATH=1 -- python3 -m pytest tests/lesson12 grader/hidden/lesson12 tests/lesson13 grader/hidden/lesson13 \
+    tests/lesson17 grader/hidden/lesson17 -m "not benchmark_gpu" -q -rs -p no:cacheprovider -x &
   wait
 elif [ "$PART" = quant2 ]; then
   say "side by side: GPU 0 lesson 18's fp8bench (cuBLAS FP8 tests, W8A8 throughput) | GPU 1 kvbench (free and memory-bound FP8 KV), then lesson 16's mixed-step profile"
