@@ -579,7 +579,7 @@ def _state(obj, ids: dict) -> tuple | None:
     when a snapshot could not be taken. Comparing two states runs no code of the learner's."""
     cls = type(obj)
     if cls in ITEM_SNAPSHOT_TYPES:
-        return None
+        return _items_state(obj, ids)
     layout = _layout(cls)
     if not layout.readable or _other_threads():
         return None
@@ -616,6 +616,19 @@ def _state(obj, ids: dict) -> tuple | None:
 
 
 _STATE_CONTAINERS = frozenset({list, tuple, set, frozenset, dict, collections.deque})
+
+
+def _items_state(container, ids: dict) -> tuple | None:
+    """``_state`` of a builtin container whose snapshot holds its items (a deque): its items by
+    ``id`` and handle id, when each is an immutable scalar or a learner object (the same objects in
+    the same order give the same snapshot); None otherwise."""
+    if _other_threads() or len(container) >= ITEM_SNAPSHOT_LIMIT:
+        return None
+    items = tuple(container)
+    kinds = frozenset(map(type, items))
+    if kinds & _NOT_HANDLES and not _AS_THEMSELVES.issuperset(kinds):
+        return None
+    return type(container), (tuple(map(id, items)), tuple(ids.get(id(item)) for item in items))
 
 
 def _same_state(state, last) -> bool:

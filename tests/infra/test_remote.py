@@ -736,3 +736,37 @@ def test_a_frame_is_read_whether_it_comes_while_the_reader_polls_or_after(delay)
         sender.join()
         ours.close()
         theirs.close()
+
+
+def test_an_unchanged_state_stands_for_an_unchanged_snapshot(monkeypatch):
+    """The worker skips taking a snapshot again when the object's state (its ``__dict__`` as builtin
+    values, handle ids, class layout) is the same: values ``==`` takes as equal but a snapshot tells
+    apart (``1``/``True``/``1.0``, ``0.0``/``-0.0``, ``[1]``/``[True]``), another object in an
+    attribute or in a deque, a handle given to an attribute's object, all count as changes."""
+    import collections
+
+    worker_module = _worker_module()
+    monkeypatch.setattr(worker_module, "_other_threads", lambda: False)
+
+    class Box:
+        def __init__(self):
+            self.n, self.x, self.items, self.part = 1, 0.0, [1, 2], object()
+
+    box, ids = Box(), {}
+    before = worker_module._state(box, ids)
+    assert worker_module._same_state(worker_module._state(box, ids), before)
+    for name, value in (("n", True), ("n", 1.0), ("x", -0.0), ("items", [True, 2]), ("part", object())):
+        old = getattr(box, name)
+        setattr(box, name, value)
+        assert not worker_module._same_state(worker_module._state(box, ids), before), (name, value)
+        setattr(box, name, old)
+    assert worker_module._same_state(worker_module._state(box, ids), before)
+    ids[id(box.part)] = 7  # the trusted side now holds a handle to it: the snapshot would name it
+    assert not worker_module._same_state(worker_module._state(box, ids), before)
+    queue = collections.deque([box.part])
+    held = worker_module._state(queue, ids)
+    assert worker_module._same_state(worker_module._state(queue, ids), held)
+    queue.append(box.part)
+    assert not worker_module._same_state(worker_module._state(queue, ids), held)
+    box.items = [[1]]  # a container of containers: no state, the snapshot is compared instead
+    assert worker_module._state(box, ids) is None
