@@ -17,9 +17,10 @@ import pytest
 
 pytestmark = [pytest.mark.gpu, pytest.mark.benchmark_gpu]
 
-#: Issue 16's batch-1 targets, and the floors asserted (H200 2026-11-30: INT8 x1.32 twice, INT4 x0.89 / x0.90).
+#: Issue 16's batch-1 targets, and the floors asserted (H200 2026-11-30: INT8 x1.32 twice, INT4 x0.89 / x0.90
+#: against cuBLAS bf16; INT8 x1.21, INT4 x0.89 once bf16's M = 1 projections ran on the dense GEMV).
 TARGET_SPEEDUP = {"int8": 1.6, "int4": 2.5}
-MIN_SPEEDUP = {"int8": 1.2, "int4": 0.8}
+MIN_SPEEDUP = {"int8": 1.1, "int4": 0.8}
 #: FP8 W8A8 on the throughput workload: the batch is large, so the matmuls run on the tensor cores in FP8 and
 #: read half the weight bytes. Target 1.3 (issue 16). H200: x0.78 and x0.77 with the Triton kernel alone, x1.14
 #: with cuBLAS's block-scaled matmul chosen per shape (2026-11-30, 4c19eeb); the floor: no loss against bf16.
