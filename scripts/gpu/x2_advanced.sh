@@ -17,6 +17,7 @@
 #   bash scripts/gpu/x2_advanced.sh final15     # GPU 0: lesson 17's sync test, ladder 16 vs 17 | GPU 1: the dense
 #                                           # GEMV's tests, batch-1 with it off and on, the headline
 #   bash scripts/gpu/x2_advanced.sh check15     # GPU 0: lesson 18's batch-1 benchmark | GPU 1: lessons 12, 13, 17 suites
+#   bash scripts/gpu/x2_advanced.sh check18     # GPU 0: lesson 18's GPU tests | GPU 1: lesson 16's suites
 #   bash scripts/gpu/x2_advanced.sh quant2      # GPU 0: lesson 18's fp8bench | GPU 1: kvbench, then lesson 16's
 #                                           # mixed-step profile (scripts/gpu/mixed_step_profile.py)
 #   bash scripts/gpu/x2_advanced.sh quant   # GPU 0: lesson 18's batch-1 benchmark, the FP8 KV cache headline |
@@ -122,6 +123,13 @@ elif [ "$PART" = check15 ]; then
   step suites_12_13_17 "$(left 5)" CUDA_VISIBLE_DEVICES=1 AIOS_IMPL=reference PYTHONPATH="$PWD/solutions" \
     PYTHONSAFEPATH=1 -- python3 -m pytest tests/lesson12 grader/hidden/lesson12 tests/lesson13 grader/hidden/lesson13 \
     tests/lesson17 grader/hidden/lesson17 -m "not benchmark_gpu" -q -rs -p no:cacheprovider -x &
+  wait
+elif [ "$PART" = check18 ]; then
+  say "side by side: GPU 0 lesson 18's GPU tests (FP8 on cuBLAS, GEMV, FP8 KV) | GPU 1 lesson 16's suites on the GPU"
+  step l18_gpu "$(left 5)" CUDA_VISIBLE_DEVICES=0 AIOS_IMPL=reference PYTHONPATH="$PWD/solutions" PYTHONSAFEPATH=1 \
+    -- python3 -m pytest tests/lesson18 grader/hidden/lesson18 -m "gpu and not benchmark_gpu" -q -rs -p no:cacheprovider &
+  step l16_suites "$(left 5)" CUDA_VISIBLE_DEVICES=1 AIOS_IMPL=reference PYTHONPATH="$PWD/solutions" PYTHONSAFEPATH=1 \
+    -- python3 -m pytest tests/lesson16 grader/hidden/lesson16 -m "not benchmark_gpu" -q -rs -p no:cacheprovider &
   wait
 elif [ "$PART" = quant2 ]; then
   say "side by side: GPU 0 lesson 18's fp8bench (cuBLAS FP8 tests, W8A8 throughput) | GPU 1 kvbench (free and memory-bound FP8 KV), then lesson 16's mixed-step profile"
