@@ -310,25 +310,15 @@ class Worker:
         now}: those read since the last request, and, after a read found a stale one, every stale
         one of the same class read lately (``seq.block_table`` over all sequences: one request, not
         one per sequence). Only ids are kept, so that no handle lives longer for it."""
-        wanted, kinds = {}, set()
+        wanted = {}
         for hid in self.hot:
             proxy = self.proxies.get(hid)
             if proxy is not None and proxy._aios_snap is not None:
                 wanted[hid] = proxy._aios_snap
-                kinds.add(proxy._aios_record.get("tkey"))
                 for child in proxy._aios_keep.values():  # scheduler.running: its items too
                     if isinstance(child, Remote) and child._aios_snap is not None and child._aios_worker is self:
                         wanted.setdefault(child._aios_id, child._aios_snap)
         self.hot.clear()
-        if len(kinds) == 1:  # ``for seq in held: len(seq); slot_mapping(...)``: the other sequences too
-            for hid in reversed(self.recent):
-                if len(wanted) >= VALID_SNAPSHOTS:
-                    break
-                proxy = self.proxies.get(hid)
-                snap = proxy._aios_snap if proxy is not None else None
-                if snap is not None and snap[0] == self.epoch and hid not in wanted \
-                        and proxy._aios_record.get("tkey") in kinds:
-                    wanted[hid] = snap
         if self.stale_read is not None:
             kind, self.stale_read = self.stale_read, None
             for hid in reversed(self.recent):
@@ -688,9 +678,6 @@ ITEMS = "$items"  # a snapshot's entry holding a builtin container's items (work
 LEN = "$len"  # a snapshot's entry holding what a pure ``__len__`` answers (worker.py: LEN)
 #: At most this many handles whose snapshots were read lately are remembered (see Worker._wanted).
 RECENT_SNAPSHOTS = 32
-#: At most this many handles are asked to be checked when the snapshots read since the last request
-#: were of one class: those of that class read lately and still valid come along (see Worker._wanted).
-VALID_SNAPSHOTS = 16
 #: At most this many handles a request names are asked to be checked rather than sent anew (see Worker._named).
 NAMED_SNAPSHOTS = 8
 
