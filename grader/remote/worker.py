@@ -601,6 +601,8 @@ def _state(obj, ids: dict) -> tuple | None:
                 return None
             items = tuple(value.items()) if kind is dict else tuple(value)
             kinds = frozenset(map(type, value)) | (frozenset(map(type, value.values())) if kind is dict else frozenset())
+            if kind is collections.deque:  # in a snapshot as the handle the trusted side holds to it, if any
+                parts += (id(value), ids.get(id(value)))
             if _AS_THEMSELVES.issuperset(kinds):
                 parts += (name, kind, items, tuple(map(type, items)) if kind is not dict else
                           tuple(type(v) for pair in items for v in pair))

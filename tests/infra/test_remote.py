@@ -742,7 +742,7 @@ def test_an_unchanged_state_stands_for_an_unchanged_snapshot(monkeypatch):
     """The worker skips taking a snapshot again when the object's state (its ``__dict__`` as builtin
     values, handle ids, class layout) is the same: values ``==`` takes as equal but a snapshot tells
     apart (``1``/``True``/``1.0``, ``0.0``/``-0.0``, ``[1]``/``[True]``), another object in an
-    attribute or in a deque, a handle given to an attribute's object, all count as changes."""
+    attribute or in a deque, a handle given to an attribute's object or deque, all count as changes."""
     import collections
 
     worker_module = _worker_module()
@@ -768,5 +768,9 @@ def test_an_unchanged_state_stands_for_an_unchanged_snapshot(monkeypatch):
     assert worker_module._same_state(worker_module._state(queue, ids), held)
     queue.append(box.part)
     assert not worker_module._same_state(worker_module._state(queue, ids), held)
+    box.queue = collections.deque([1, 2])  # a deque attribute is in a snapshot as its handle, once it has one
+    with_queue = worker_module._state(box, ids)
+    ids[id(box.queue)] = 8
+    assert not worker_module._same_state(worker_module._state(box, ids), with_queue)
     box.items = [[1]]  # a container of containers: no state, the snapshot is compared instead
     assert worker_module._state(box, ids) is None
