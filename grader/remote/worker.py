@@ -573,7 +573,8 @@ def _state(obj, ids: dict) -> tuple | None:
     would be the same one (``_same_state``): its class's Layout, the number of its properties the
     tests read, ``PATCHES``, and each entry of its ``__dict__`` as builtin values only: a scalar
     with its type (a float as its ``hex()``, which tells ``-0.0`` from ``0.0``), a flat builtin
-    container of scalars (not floats) as a tuple of them and one of their types, a learner object
+    container of scalars (not floats, at most SNAPSHOT_ATTRIBUTE_ITEMS) as a tuple of them and one
+    of their types, a learner object
     by ``id`` with the handle id it has here (its entry in a snapshot names that handle), a
     container of learner objects likewise. None (compare snapshots instead) for anything else, or
     when a snapshot could not be taken. Comparing two states runs no code of the learner's."""
@@ -597,15 +598,15 @@ def _state(obj, ids: dict) -> tuple | None:
         elif kind is float:
             parts += (name, kind, value.hex())
         elif kind in _STATE_CONTAINERS:
-            if len(value) > PURE_VALUE_LIMIT:
-                return None
+            if len(value) > SNAPSHOT_ATTRIBUTE_ITEMS:
+                return None  # a long token list or cache index: taking the snapshot again costs less
             items = tuple(value.items()) if kind is dict else tuple(value)
             kinds = frozenset(map(type, value)) | (frozenset(map(type, value.values())) if kind is dict else frozenset())
             if kind is collections.deque:  # in a snapshot as the handle the trusted side holds to it, if any
                 parts += (id(value), ids.get(id(value)))
             if _AS_THEMSELVES.issuperset(kinds):
-                parts += (name, kind, items, tuple(map(type, items)) if kind is not dict else
-                          tuple(type(v) for pair in items for v in pair))
+                parts += (name, kind, items, tuple(map(type, value)) if kind is not dict else
+                          (*map(type, value), *map(type, value.values())))
             elif kind in (list, tuple, collections.deque) and not kinds & _NOT_HANDLES:
                 parts += (name, kind, tuple(map(id, items)), tuple(ids.get(id(item)) for item in items))
             else:
