@@ -60,7 +60,7 @@ def _fill(sock: socket.socket, pending: bytearray, size: int) -> None:
     """
     while len(pending) < size:
         want = max(size - len(pending), READ_AHEAD)
-        chunk = _spin_recv(sock, want) if not pending and SPIN_SECONDS > 0 else None
+        chunk = _spin_recv(sock, want) if not pending and SPIN_SECONDS > 0 and _may_poll() else None
         if chunk is None:
             chunk = sock.recv(want)
         if not chunk:
@@ -71,9 +71,27 @@ def _fill(sock: socket.socket, pending: bytearray, size: int) -> None:
 #: How long a reader polls the socket before it sleeps in ``recv`` (seconds). The other side
 #: usually answers within tens of microseconds (a request of a Hypothesis state machine, the
 #: next request after a reply); a process put to sleep and woken for each message costs more
-#: than that on an idle machine. Between polls the reader yields its CPU, so a busy machine
-#: runs the other side (or anything else) meanwhile. ``AIOS_WIRE_SPIN_US`` (a measurement) changes it.
+#: than that on an idle machine. Between polls the reader yields its CPU, and it does not poll at
+#: all while the machine is busy (``_may_poll``). ``AIOS_WIRE_SPIN_US`` (a measurement) changes it.
 SPIN_SECONDS = float(os.environ.get("AIOS_WIRE_SPIN_US", "200")) / 1e6
+
+
+#: (when to look at the load again, whether to poll): polling only pays while a CPU is free.
+_POLLING = [0.0, True]
+
+
+def _may_poll() -> bool:
+    """Whether the machine has a CPU to spare (1-minute load average below the CPUs this process
+    may use, looked at every half second): on a busy machine, polling takes CPU time from the
+    other side and from everything else, and sleeping in ``recv`` is faster."""
+    now = time.monotonic()
+    if now >= _POLLING[0]:
+        _POLLING[0] = now + 0.5
+        try:
+            _POLLING[1] = os.getloadavg()[0] < len(os.sched_getaffinity(0))
+        except (OSError, AttributeError):
+            _POLLING[1] = True
+    return _POLLING[1]
 
 
 def _spin_recv(sock: socket.socket, size: int) -> bytes | None:

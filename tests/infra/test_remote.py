@@ -720,12 +720,15 @@ def _worker_module():
     return worker_module
 
 
+@pytest.mark.parametrize("polling", [True, False])
 @pytest.mark.parametrize("delay", [0.0, 0.01])
-def test_a_frame_is_read_whether_it_comes_while_the_reader_polls_or_after(delay):
-    """The reader polls the socket for ``protocol.SPIN_SECONDS`` before sleeping in ``recv``: a frame
-    sent at once and one sent after that window both arrive whole."""
+def test_a_frame_is_read_whether_it_comes_while_the_reader_polls_or_after(delay, polling, monkeypatch):
+    """The reader polls the socket for ``protocol.SPIN_SECONDS`` before sleeping in ``recv`` (unless
+    the machine is busy): a frame sent at once and one sent after that window both arrive whole."""
     import socket
     import threading
+
+    monkeypatch.setattr(protocol, "_POLLING", [float("inf"), polling])
 
     ours, theirs = socket.socketpair()
     sender = threading.Timer(delay, protocol.send, (theirs, {"k": "ret", "v": [1, 2]}, [b"raw"]))
