@@ -83,14 +83,15 @@ def engine_summary(llm) -> dict:
 
 
 def dense_gemv_summary() -> dict:
-    """Whether the dense linears' decode GEMV was on (``AIOS_DENSE_GEMV``) and, once shapes were tuned, what
-    each chose ('M N K' -> 'F.linear' or a GEMV setting)."""
-    import os
+    """Whether the dense linears' decode GEMV was on (``dense_gemv.enabled``) and, once shapes were tuned, what
+    each chose ('M N K' -> 'F.linear' or a GEMV setting). Never imported (no decode-sized linear ran on a
+    GPU): off, nothing chosen."""
     import sys
 
     module = sys.modules.get("aios.layers.dense_gemv")  # imported on the first decode-sized linear on a GPU
-    return {"enabled": os.environ.get("AIOS_DENSE_GEMV", "1") != "0",
-            "choices": module.dense_choices() if module is not None else {}}
+    if module is None:
+        return {"enabled": False, "choices": {}}
+    return {"enabled": module.enabled(), "choices": module.dense_choices()}
 
 
 def device_name(llm) -> str:

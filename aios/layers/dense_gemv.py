@@ -283,5 +283,4 @@ def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 
 def dense_choices() -> dict[str, str]:
     """'M N K' -> the kernel chosen for each tuned dense shape ('F.linear' or a GEMV setting's label), for reports."""
-    return {" ".join(entry["key"][1:4]): entry["choice"] for entry in quant_gemv.TUNING_LOG
-            if entry["key"][0].startswith("dense")}
+    return quant_gemv.tuned_choices("dense")

@@ -63,8 +63,7 @@ def gemv_choices(method):
     """'M N K' -> the kernel quant_gemv's first-call tuning chose for each decode matmul shape of ``method``."""
     from aios.layers import quant_gemv
 
-    log = quant_gemv.TUNING_LOG
-    return {" ".join(entry["key"][1:4]): entry["choice"] for entry in log if entry["key"][0] == method}
+    return quant_gemv.tuned_choices(method)
 
 
 @pytest.mark.parametrize("method", ["int8", "int4"])

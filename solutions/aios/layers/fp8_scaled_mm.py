@@ -245,13 +245,18 @@ def row_class(M: int) -> str:
     return f"{low}+"
 
 
+def choice_key(x: torch.Tensor, N: int) -> tuple:
+    """The tuning key of an input x [M, K] to a matrix of N outputs: ("fp8", row class, N, K, dtype, device)."""
+    return ("fp8", row_class(x.shape[0]), N, x.shape[1], x.dtype, str(x.device))
+
+
 def _choose(x: torch.Tensor, weight: torch.Tensor, weight_scale_inv: torch.Tensor, block: int):
     """The kernel for this call: quant_gemv.DOT (Triton) or a ScaledMMConfig, tuned once per class and shape."""
     M, K = x.shape
     N = weight.shape[0]
     if M <= quant_kernels.MIN_DOT_ROWS:
         return quant_gemv.DOT
-    key = ("fp8", row_class(M), N, K, x.dtype, str(x.device))
+    key = choice_key(x, N)
     choice = _CHOICES.get(key)
     if choice is None:
         if unavailable_reason(x, N, K, block) is not None:
@@ -272,8 +277,7 @@ def _choose(x: torch.Tensor, weight: torch.Tensor, weight_scale_inv: torch.Tenso
             quant_gemv.TUNING_LOG[-1]["rows"] = sample.shape[0]
         except Exception as exc:  # e.g. no memory left for the flush buffer: keep the Triton kernel
             choice = quant_gemv.DOT
-            quant_gemv.TUNING_LOG.append({"key": [str(part) for part in key], "us": {}, "choice": choice,
-                                          "error": f"{type(exc).__name__}: {exc}"[:200]})
+            quant_gemv.log_failed_tuning(key, choice, exc)
         _CHOICES[key] = choice
     return choice
 
@@ -289,10 +293,10 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale_inv: torch.Te
             if x.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
                 raise
             # A row count the tuned call refuses: this class goes back to the Triton kernel.
-            _CHOICES[("fp8", row_class(x.shape[0]), weight.shape[0], x.shape[1], x.dtype, str(x.device))] = quant_gemv.DOT
+            _CHOICES[choice_key(x, weight.shape[0])] = quant_gemv.DOT
     return quant_kernels.fp8_block_matmul(x, weight, weight_scale_inv, block)
 
 
 def fp8_choices() -> dict[str, str]:
     """'rows N K' -> the kernel chosen for each tuned FP8 shape ('dot': Triton; 'cublas-...': cuBLAS), for reports."""
-    return {" ".join(entry["key"][1:4]): entry["choice"] for entry in quant_gemv.TUNING_LOG if entry["key"][0] == "fp8"}
+    return quant_gemv.tuned_choices("fp8")

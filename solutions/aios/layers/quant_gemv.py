@@ -589,11 +589,20 @@ def _choose(kind: str, x: torch.Tensor, N: int, run_dot, run_gemv, candidates, d
             choice = _tune(key, run_dot, run_gemv, candidates, **tuning)
         except Exception as exc:  # e.g. no memory left for the flush buffer: keep the untuned choice
             choice = default if M <= UNTUNED_GEMV_MAX_M else DOT
-            label = tuning.get("baseline", DOT) if choice == DOT else choice.label
-            TUNING_LOG.append({"key": [str(part) for part in key], "us": {}, "choice": label,
-                               "error": f"{type(exc).__name__}: {exc}"[:200]})
+            log_failed_tuning(key, tuning.get("baseline", DOT) if choice == DOT else choice.label, exc)
         _CHOICES[key] = choice
     return choice
+
+
+def log_failed_tuning(key: tuple, label: str, exc: Exception) -> None:
+    """Record in TUNING_LOG that tuning ``key`` failed with ``exc`` and ``label`` is used untuned."""
+    TUNING_LOG.append({"key": [str(part) for part in key], "us": {}, "choice": label,
+                       "error": f"{type(exc).__name__}: {exc}"[:200]})
+
+
+def tuned_choices(kind: str) -> dict[str, str]:
+    """'M N K' -> the choice logged for each tuned shape whose kind starts with ``kind`` (for reports)."""
+    return {" ".join(entry["key"][1:4]): entry["choice"] for entry in TUNING_LOG if entry["key"][0].startswith(kind)}
 
 
 def int4_linear(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
