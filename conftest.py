@@ -19,6 +19,8 @@ from the repository root.
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.machinery
 import os
 import shutil
 import sys
@@ -53,8 +55,27 @@ def _purge_aios_modules() -> None:
             del sys.modules[name]
 
 
+class _ChosenTree(importlib.abc.MetaPathFinder):
+    """Finds the top-level ``aios`` package in the chosen tree only, whatever ``sys.path`` says.
+
+    pytest may put the repository root back in front of ``sys.path`` after this conftest ran
+    (setting up the ``grader`` package of a hidden suite imports ``grader/__init__.py`` with
+    the root first), so a test that imports ``aios`` inside a fixture would find the stubs.
+    Submodules follow the package's ``__path__``."""
+
+    def __init__(self, impl_dir: Path):
+        self.where = [str(impl_dir)]
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "aios":
+            return None
+        return importlib.machinery.PathFinder.find_spec(fullname, self.where)
+
+
 def _activate(impl_dir: Path) -> None:
     """Put ``impl_dir`` first for this process and for its subprocesses."""
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _ChosenTree)]
+    sys.meta_path.insert(0, _ChosenTree(impl_dir))
     target = str(impl_dir)
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != target]
     sys.path.insert(0, target)

@@ -84,6 +84,30 @@ def test_already_imported_aios_is_replaced(fake_tree, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:]
 
 
+def test_a_suite_inside_a_package_folder_imports_the_selected_tree(fake_tree):
+    """Hidden suites live under ``grader/`` (a package): setting that package up puts the repository
+    root back in front of ``sys.path`` after conftest.py ran, and ``import aios`` inside a test or
+    a fixture must still find the selected tree, not the learner's stubs at the root."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="switch-probe-", dir=REPO / "grader"))
+    try:
+        shutil.copy(REPO / PROBE, folder / "test_probe_in_package.py")
+        probe = str((folder / "test_probe_in_package.py").relative_to(REPO))
+        for extra, package in [({"AIOS_IMPL": str(fake_tree)}, fake_tree / "aios"),
+                               ({"AIOS_IMPL": "reference"}, REPO / "solutions" / "aios")]:
+            if not (package / "__init__.py").exists():
+                continue
+            result = subprocess.run([sys.executable, "-m", "pytest", probe, "-p", "no:cacheprovider",
+                                     "-k", "comes_from_the_selected_tree", f"--rootdir={REPO}"], cwd=REPO,
+                                    env=plain_env(EXPECT_AIOS=str(package), AIOS_REMOTE="0", **extra),
+                                    capture_output=True, text=True, timeout=120)
+            assert result.returncode == 0, (extra, result.stdout[-3000:])
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def test_bad_path_is_a_usage_error(tmp_path):
     result = run_probe(plain_env(AIOS_IMPL=str(tmp_path / "nowhere"), EXPECT_AIOS="unused"))
     assert result.returncode == 4
