@@ -97,7 +97,9 @@ def _start_worker(impl_dir: Path) -> None:
     if not log:  # a run outside the grader: a log folder of our own, removed at the end (pytest_unconfigure)
         _OWN_LOG_DIR = tempfile.mkdtemp(prefix="aios-worker-log-")
         log = os.path.join(_OWN_LOG_DIR, "worker.log")
-    install(impl_dir, block_hf_models=os.environ.get("AIOS_REMOTE_BLOCK_HF") == "1", log_path=Path(log))
+    preload = [name for name in os.environ.get("AIOS_REMOTE_PRELOAD", "").split(",") if name]
+    install(impl_dir, block_hf_models=os.environ.get("AIOS_REMOTE_BLOCK_HF") == "1", log_path=Path(log),
+            preload=preload)
 
 
 _OWN_LOG_DIR: str | None = None

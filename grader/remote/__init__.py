@@ -27,6 +27,29 @@ DIRECT_LESSONS: frozenset[int] = frozenset()
 LESSONS_WITH_HF_MODELS: frozenset[int] = frozenset({0, 2})
 
 
+#: Library modules a learner worker imports as it starts, right after torch, while the tests start up
+#: (grader/remote/worker.py, ``--preload``): the learner's code would import them at its first
+#: request otherwise, after the tests' own imports instead of beside them. Hugging Face's model code
+#: in the lessons that may use it; the tokenizer from lesson 8 on, where the engine loads one.
+PRELOAD_HF_MODELS = ("transformers.modeling_utils", "transformers.models.auto.modeling_auto",
+                     "transformers.models.qwen3.modeling_qwen3")
+PRELOAD_TOKENIZER = ("transformers.models.auto.tokenization_auto", "transformers.tokenization_utils_tokenizers",
+                     "transformers.tokenization_utils_fast", "transformers.models.qwen2.tokenization_qwen2",
+                     "transformers.models.qwen2.tokenization_qwen2_fast")
+FIRST_LESSON_WITH_TOKENIZER = 8
+
+
+def preload_for(lessons: set[int]) -> list[str]:
+    """The modules a worker for suites of ``lessons`` imports as it starts (see PRELOAD_HF_MODELS).
+    A name this version of a library lacks is skipped there."""
+    modules: list[str] = []
+    if lessons & LESSONS_WITH_HF_MODELS:
+        modules += PRELOAD_HF_MODELS
+    if any(lesson >= FIRST_LESSON_WITH_TOKENIZER for lesson in lessons) or lessons & LESSONS_WITH_HF_MODELS:
+        modules += PRELOAD_TOKENIZER
+    return modules
+
+
 def lessons_in(paths: list[str]) -> set[int]:
     """The lesson numbers of suite paths (``tests/lesson03``, ``grader/hidden/lesson03/x.py``)."""
     found = set()
@@ -52,4 +75,4 @@ def child_env(paths: list[str], folder: Path) -> dict[str, str]:
     lessons = lessons_in(paths)
     block = bool(lessons) and not lessons & LESSONS_WITH_HF_MODELS
     return {"AIOS_REMOTE": "1", "AIOS_REMOTE_LOG": str(Path(folder) / "worker.log"),
-            "AIOS_REMOTE_BLOCK_HF": "1" if block else "0"}
+            "AIOS_REMOTE_BLOCK_HF": "1" if block else "0", "AIOS_REMOTE_PRELOAD": ",".join(preload_for(lessons))}

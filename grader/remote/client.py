@@ -128,11 +128,13 @@ def _trusted_module(name: str) -> bool:
 class Worker:
     """One learner worker process and the connection to it."""
 
-    def __init__(self, tree: Path, block_hf_models: bool, log_path: Path):
+    def __init__(self, tree: Path, block_hf_models: bool, log_path: Path, preload: list[str] = ()):
         self.sock, theirs = socket.socketpair()
         argv = [sys.executable, "-I", str(WORKER_FILE), "--fd", str(theirs.fileno()), "--tree", str(tree)]
         if block_hf_models:
             argv.append("--block-hf-models")
+        if preload:
+            argv += ["--preload", ",".join(preload)]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PYTEST", "AIOS_REMOTE"))}
         self.log_path = log_path
         self.scratch, models = None, []
@@ -1199,8 +1201,9 @@ class RemoteFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 class Session:
     """The worker of this test process: started on first use, restarted after a crash or timeout."""
 
-    def __init__(self, tree: Path, block_hf_models: bool, log_path: Path):
+    def __init__(self, tree: Path, block_hf_models: bool, log_path: Path, preload: list[str] = ()):
         self.tree, self.block_hf_models, self.log_path = Path(tree), block_hf_models, Path(log_path)
+        self.preload = list(preload)
         self.current: Worker | None = None
         self.restarts = 0
 
@@ -1210,7 +1213,7 @@ class Session:
                 self.restarts += 1
                 for name in [n for n in sys.modules if _is_aios(n)]:
                     del sys.modules[name]
-            self.current = Worker(self.tree, self.block_hf_models, self.log_path)
+            self.current = Worker(self.tree, self.block_hf_models, self.log_path, self.preload)
         return self.current
 
     def torch_setting(self, name: str, args: tuple) -> None:
@@ -1226,10 +1229,11 @@ class Session:
 SESSION: Session | None = None
 
 
-def install(tree: Path, *, block_hf_models: bool, log_path: Path) -> Session:
-    """Route every ``import aios...`` of this process to a learner worker on ``tree``."""
+def install(tree: Path, *, block_hf_models: bool, log_path: Path, preload: list[str] = ()) -> Session:
+    """Route every ``import aios...`` of this process to a learner worker on ``tree`` (which imports
+    the library modules named in ``preload`` as it starts: grader.remote.preload_for)."""
     global SESSION
-    SESSION = Session(tree, block_hf_models, log_path)
+    SESSION = Session(tree, block_hf_models, log_path, preload)
     for name in [n for n in sys.modules if _is_aios(n)]:
         del sys.modules[name]
     sys.meta_path.insert(0, RemoteFinder())

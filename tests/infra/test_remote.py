@@ -463,6 +463,26 @@ def test_transformers_model_code_is_offered_in_lessons_0_and_2_only(tmp_path, le
     assert remote.child_env([f"tests/lesson{lesson:02d}"], tmp_path)["AIOS_REMOTE_BLOCK_HF"] == blocked
 
 
+def test_a_worker_imports_what_its_lessons_will_need_as_it_starts(tmp_path):
+    """Library modules named by ``--preload`` are imported before the first request; a missing name or
+    one the HF model blocker refuses is skipped, and the blocker still refuses it to the learner."""
+    from grader import remote
+
+    assert remote.preload_for({6}) == [] and "transformers.modeling_utils" not in remote.preload_for({8})
+    assert set(remote.PRELOAD_TOKENIZER) <= set(remote.preload_for({8})) and remote.PRELOAD_HF_MODELS[0] in remote.preload_for({2})
+    assert remote.child_env(["tests/lesson06"], tmp_path)["AIOS_REMOTE_PRELOAD"] == ""
+    tree = write_files(tmp_path / "tree", {"learnerpkg/__init__.py": "import sys\n\ndef has(name):\n    return name in sys.modules\n"})
+    worker = client.Worker(tree, block_hf_models=True, log_path=tmp_path / "worker.log",
+                           preload=["colorsys", "no_such_module_anywhere", "transformers.modeling_utils"])
+    try:
+        has = worker.request("getattr", worker.request("import", "learnerpkg"), "has")
+        assert worker.request("call", has, ("colorsys",), {}) is True
+        assert worker.request("call", has, ("no_such_module_anywhere",), {}) is False
+        assert worker.request("call", has, ("transformers.modeling_utils",), {}) is False
+    finally:
+        worker.stop()
+
+
 SANDBOX_PROBE = '''
 import os
 
