@@ -160,6 +160,7 @@ class Worker:
         self.hot: dict[int, None] = {}  # handle ids whose snapshots were read since the last request
         self.recent: dict[int, None] = {}  # handle ids whose snapshots were read lately, oldest first
         self.stale_read = None  # the type key of the last object whose stale snapshot a read found
+        self.wide: list[int] = []  # handle ids _wanted added from other classes (see there)
         self.depth = 0  # requests in flight (callbacks nest them)
         self.alive = True
 
@@ -181,6 +182,8 @@ class Worker:
                     wanted.setdefault(child._aios_id, child._aios_snap)
         if wanted:
             message["want"] = list(wanted)
+            if self.wide:
+                message["wide"] = self.wide
         # Only what is not empty: the worker reads a missing entry as empty.
         for key, value in (("rel", self.released), ("mode", _grad_mode()), ("sync", self.shared.changed()),
                            ("relt", self.shared.forget()), ("orig", self._changed_copies())):
@@ -310,8 +313,10 @@ class Worker:
     def _wanted(self) -> dict:
         """The snapshots to ask the worker for after the next request, as {handle id: its snapshot
         now}: those read since the last request, and, after a read found a stale one, every stale
-        one of the same class read lately (``seq.block_table`` over all sequences: one request, not
-        one per sequence). Only ids are kept, so that no handle lives longer for it."""
+        one read lately, those of the same class first (``seq.block_table`` over all sequences: one
+        request, not one per sequence; then the blocks and the manager an invariant reads next).
+        Those of other classes are listed in ``wide`` too: the worker checks them only where that
+        costs no new snapshot. Only ids are kept, so that no handle lives longer for it."""
         wanted = {}
         for hid in self.hot:
             proxy = self.proxies.get(hid)
@@ -321,16 +326,23 @@ class Worker:
                     if isinstance(child, Remote) and child._aios_snap is not None and child._aios_worker is self:
                         wanted.setdefault(child._aios_id, child._aios_snap)
         self.hot.clear()
+        self.wide = []
         if self.stale_read is not None:
             kind, self.stale_read = self.stale_read, None
+            others = []
             for hid in reversed(self.recent):
                 proxy = self.proxies.get(hid)
                 snap = proxy._aios_snap if proxy is not None else None
-                if snap is not None and hid not in wanted and snap[0] != self.epoch \
-                        and proxy._aios_record.get("tkey") == kind:
-                    wanted[hid] = snap
-                    if len(wanted) >= RECENT_SNAPSHOTS:
-                        break
+                if snap is not None and hid not in wanted and snap[0] != self.epoch:
+                    if proxy._aios_record.get("tkey") == kind:
+                        wanted[hid] = snap
+                        if len(wanted) >= RECENT_SNAPSHOTS:
+                            break
+                    else:
+                        others.append((hid, snap))
+            for hid, snap in others[:max(RECENT_SNAPSHOTS - len(wanted), 0)]:
+                wanted[hid] = snap
+                self.wide.append(hid)
         return wanted
 
     def _named(self, args: tuple) -> dict:

@@ -931,7 +931,7 @@ class Worker:
         if changed:
             header["wb"] = protocol.encode(changed, self.handle, buffers)
 
-    def reply(self, value, printed: dict, read_from=None, involved=(), wanted=()) -> None:
+    def reply(self, value, printed: dict, read_from=None, involved=(), wanted=(), wide=()) -> None:
         """Send ``value`` back. ``read_from``: the object a pure attribute read was made on; the reply
         then says it changed nothing ("pure"). Fresh snapshots of that object and of the objects
         the request named (``involved``) come with it, valid after this request; so do those of
@@ -943,15 +943,18 @@ class Worker:
         if read_from is not None and id(read_from) in self.ids and "wb" not in header:
             header["pure"] = True
             involved = (read_from,)
-        self.attach_snapshots(header, involved, wanted)
+        self.attach_snapshots(header, involved, wanted, wide)
         protocol.send(self.sock, header, buffers)
 
-    def attach_snapshots(self, header: dict, involved, wanted) -> None:
+    def attach_snapshots(self, header: dict, involved, wanted, wide=()) -> None:
         """Fresh snapshots of the objects in ``involved`` and ``wanted`` (see ``reply``); those in
         ``wanted`` (at most WANTED_SNAPSHOTS, handle ids whose snapshots the trusted side holds),
-        just their ids when unchanged (see ``refresh``)."""
+        just their ids when unchanged (see ``refresh``). Those also in ``wide`` (asked for because
+        they were read lately, not since the last request) only when their state tells at once
+        whether they changed: no new snapshot is taken for them."""
         snaps, done, kept = [], set(), []
         asked = [hid for hid in wanted[:WANTED_SNAPSHOTS] if type(hid) is int] if type(wanted) is list else []
+        cheap = {hid for hid in wide if type(hid) is int} if type(wide) is list else set()
         checked = set(asked)
         for obj in involved:
             hid = self.ids.get(id(obj))
@@ -962,11 +965,21 @@ class Worker:
         for hid in asked:
             if hid not in done and hid in self.objects:
                 done.add(hid)
+                if hid in cheap:  # kept when its state shows it unchanged; otherwise left stale
+                    if self._state_unchanged(hid):
+                        kept.append(hid)
+                    continue
                 self.refresh(hid, self.objects[hid], snaps, kept)
         if kept:
             header["kept"] = kept
         if snaps:
             header["snaps"] = snaps
+
+    def _state_unchanged(self, hid: int) -> bool:
+        """Whether the object of ``hid`` is in the state its last snapshot sent was taken from (see
+        ``_state``): then checking it costs no new snapshot."""
+        last, obj = self.last_snaps.get(hid), self.objects.get(hid)
+        return last is not None and last[2] is not None and obj is not None and _same_state(_state(obj, self.ids), last[2])
 
     def involved(self, args: tuple) -> list:
         """The learner objects a request names (its target and arguments, a few levels deep): their
@@ -983,7 +996,7 @@ class Worker:
                 found[id(value)] = value
         return list(found.values())
 
-    def reply_error(self, exc: BaseException, printed: dict | None = None, involved=(), wanted=()) -> None:
+    def reply_error(self, exc: BaseException, printed: dict | None = None, involved=(), wanted=(), wide=()) -> None:
         """The exception's class name, builtin bases, plain arguments and learner traceback (and
         the snapshots a reply would bring, see ``reply``)."""
         cls = type(exc)
@@ -997,7 +1010,7 @@ class Worker:
         if cls.__module__ != "builtins":  # its attributes (APIError.status) are read through this handle
             header["obj"] = self.handle(exc)
         if involved or wanted:
-            self.attach_snapshots(header, involved, wanted)
+            self.attach_snapshots(header, involved, wanted, wide)
         protocol.send(self.sock, header, buffers)
 
     # ------------------------------------------------------------- values in
@@ -1072,10 +1085,11 @@ class Worker:
                         contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
                     value = self.run(message["op"], *args)
             except BaseException as exc:  # noqa: BLE001 - every learner failure goes back to the tests
-                self.reply_error(exc, _printed(out, err), involved, message.get("want", ()))
+                self.reply_error(exc, _printed(out, err), involved, message.get("want", ()), message.get("wide", ()))
                 continue
             try:
-                self.reply(value, _printed(out, err), read_from, involved, message.get("want", ()))
+                self.reply(value, _printed(out, err), read_from, involved, message.get("want", ()),
+                           message.get("wide", ()))
             except Exception as exc:  # noqa: BLE001 - an unencodable value is the learner's failure too
                 self.reply_error(exc, _printed(out, err))
 

@@ -91,6 +91,11 @@ LEARNER = {
             COUNTERS[-1].count += by
 
 
+        def resize_the_last_parts(size):
+            for part in COUNTERS[-1].parts:
+                part.size = size
+
+
         class Counter:
             def __init__(self):
                 self.count, self.table, self.queue = 0, [0], __import__("collections").deque([1, 2, 3])
@@ -603,6 +608,29 @@ def test_snapshots_read_before_a_request_are_kept_only_when_it_changed_nothing(w
     assert counter.count == 1 and type(counter.count) is int and len(sent) == 1
     bump(0.0)  # 1 + 0.0 is 1.0: equal to 1, but not the same value
     assert type(counter.count) is float and len(sent) == 2
+
+
+def test_a_stale_read_checks_the_other_classes_read_lately_too(worker, monkeypatch):
+    """The first read of a stale snapshot asks for every stale one read lately, of any class (an
+    invariant reads the sequences, then the blocks): the parts read with the counter then cost no
+    round trip while unchanged, and what learner code changed in them meanwhile is read anew."""
+    module = tricks(worker)
+    counter = worker.request("call", worker.request("getattr", module, "Counter"), (), {})
+    bump = worker.request("getattr", module, "bump_the_last_counter")
+    resize = worker.request("getattr", module, "resize_the_last_parts")
+    parts = counter.parts
+    assert counter.count == 0 and [part.size for part in parts] == [1, 2]
+    bump(0)
+    bump(0)  # nothing was read since the last request: every snapshot is stale after this one
+    sent = []
+    monkeypatch.setattr(protocol, "send", lambda sock, header, buffers=(), _send=protocol.send:
+                        sent.append(header) or _send(sock, header, buffers))
+    assert counter.count == 0 and len(sent) == 1
+    assert [part.size for part in parts] == [1, 2] and len(sent) == 1  # checked with the counter's read
+    bump(0)
+    resize(7)  # changes the parts, which it does not name
+    assert counter.count == 0 and len(sent) == 4
+    assert [part.size for part in parts] == [7, 7] and len(sent) == 5  # changed: not kept, read anew
 
 
 def test_identity_equality_pure_properties_and_enum_members_cost_no_round_trip(worker, monkeypatch):
