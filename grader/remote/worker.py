@@ -1220,6 +1220,16 @@ def spawn(argv: list[str], env: dict | None, cwd: str | None, extra: dict):
     return subprocess.Popen(argv, env=full_env, cwd=cwd, **extra)
 
 
+def _interpret_triton_without_cuda() -> None:
+    """Without a CUDA device, Triton kernels run in its interpreter, as in the tests' process (the root
+    conftest.py): Triton reads ``TRITON_INTERPRET`` once, when it is first imported, and a preloaded
+    library (``transformers.modeling_utils``) may import it before the learner's code could set it."""
+    torch = sys.modules.get("torch")
+    with contextlib.suppress(Exception):
+        if torch is not None and not torch.cuda.is_available():
+            os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
 def preload(modules: list[str]) -> None:
     """Import library modules the learner's code will need (grader.remote.preload_for) before the
     first request, while the tests start up. Whatever fails here (a name another version of the
@@ -1260,6 +1270,7 @@ def main(argv: list[str] | None = None) -> None:
     WORKER = Worker(socket.socket(fileno=args.fd))
     with contextlib.suppress(ImportError):  # the learner's code needs it; meanwhile the tests start up
         import torch  # noqa: F401
+    _interpret_triton_without_cuda()
     preload([name for name in args.preload.split(",") if name])
     with _profiled(os.environ.pop(PROFILE_ENV, "")):
         try:

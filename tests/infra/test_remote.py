@@ -488,6 +488,21 @@ def test_a_worker_imports_what_its_lessons_will_need_as_it_starts(tmp_path):
         worker.stop()
 
 
+def test_a_worker_without_cuda_interprets_triton_before_it_preloads(tmp_path, monkeypatch):
+    """A preloaded library may import Triton (``transformers.modeling_utils`` does), and Triton reads
+    TRITON_INTERPRET once: without CUDA the worker sets it first, as the tests' conftest.py does."""
+    if torch.cuda.is_available():
+        pytest.skip("with CUDA, Triton compiles kernels")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    tree = write_files(tmp_path / "tree", {"learnerpkg/__init__.py": "import os\n\ndef env(name):\n    return os.environ.get(name)\n"})
+    worker = client.Worker(tree, block_hf_models=False, log_path=tmp_path / "worker.log", preload=["colorsys"])
+    try:
+        env = worker.request("getattr", worker.request("import", "learnerpkg"), "env")
+        assert worker.request("call", env, ("TRITON_INTERPRET",), {}) == "1"
+    finally:
+        worker.stop()
+
+
 SANDBOX_PROBE = '''
 import os
 
