@@ -160,7 +160,6 @@ class Worker:
         self.hot: dict[int, None] = {}  # handle ids whose snapshots were read since the last request
         self.recent: dict[int, None] = {}  # handle ids whose snapshots were read lately, oldest first
         self.stale_read = None  # the type key of the last object whose stale snapshot a read found
-        self.wide: list[int] = []  # handle ids _wanted added from other classes (see there)
         self.depth = 0  # requests in flight (callbacks nest them)
         self.alive = True
 
@@ -173,7 +172,8 @@ class Worker:
         self.pinned.clear()  # handles the test dropped are released with this request, as unpinned ones
         message = {"k": "req", "op": op, "a": args}
         wanted = self._named(args)
-        for hid, snap in self._wanted().items():
+        lately, wide = self._wanted()
+        for hid, snap in lately.items():
             wanted.setdefault(hid, snap)
         target = args[0] if args else None
         if isinstance(target, Remote) and target._aios_keep:  # scheduler.schedule(): its queues may change
@@ -182,8 +182,8 @@ class Worker:
                     wanted.setdefault(child._aios_id, child._aios_snap)
         if wanted:
             message["want"] = list(wanted)
-            if self.wide:
-                message["wide"] = self.wide
+            if wide:
+                message["wide"] = wide
         # Only what is not empty: the worker reads a missing entry as empty.
         for key, value in (("rel", self.released), ("mode", _grad_mode()), ("sync", self.shared.changed()),
                            ("relt", self.shared.forget()), ("orig", self._changed_copies())):
@@ -310,13 +310,13 @@ class Worker:
         if len(recent) > RECENT_SNAPSHOTS:
             del recent[next(iter(recent))]
 
-    def _wanted(self) -> dict:
-        """The snapshots to ask the worker for after the next request, as {handle id: its snapshot
-        now}: those read since the last request, and, after a read found a stale one, every stale
-        one read lately, those of the same class first (``seq.block_table`` over all sequences: one
-        request, not one per sequence; then the blocks and the manager an invariant reads next).
-        Those of other classes are listed in ``wide`` too: the worker checks them only where that
-        costs no new snapshot. Only ids are kept, so that no handle lives longer for it."""
+    def _wanted(self) -> tuple[dict, list[int]]:
+        """The snapshots to ask the worker for after the next request, as ({handle id: its snapshot
+        now}, wide): those read since the last request, and, after a read found a stale one, every
+        stale one read lately, those of the same class first (``seq.block_table`` over all
+        sequences: one request, not one per sequence; then the blocks and the manager an invariant
+        reads next). Those of other classes are also listed in ``wide``: the worker checks them only
+        where that costs no new snapshot. Only ids are kept, so that no handle lives longer for it."""
         wanted = {}
         for hid in self.hot:
             proxy = self.proxies.get(hid)
@@ -326,7 +326,7 @@ class Worker:
                     if isinstance(child, Remote) and child._aios_snap is not None and child._aios_worker is self:
                         wanted.setdefault(child._aios_id, child._aios_snap)
         self.hot.clear()
-        self.wide = []
+        wide: list[int] = []
         if self.stale_read is not None:
             kind, self.stale_read = self.stale_read, None
             others = []
@@ -342,8 +342,8 @@ class Worker:
                         others.append((hid, snap))
             for hid, snap in others[:max(RECENT_SNAPSHOTS - len(wanted), 0)]:
                 wanted[hid] = snap
-                self.wide.append(hid)
-        return wanted
+                wide.append(hid)
+        return wanted, wide
 
     def _named(self, args: tuple) -> dict:
         """{handle id: its snapshot now} of the handles a request names (its target and arguments, a

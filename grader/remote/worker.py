@@ -832,15 +832,18 @@ class Worker:
         else:
             self.last_snaps[hid] = (snap, None, _state(obj, self.ids) if obj is not None else None)
 
-    def refresh(self, hid: int, obj, snaps: list, kept: list | None) -> None:
+    def refresh(self, hid: int, obj, snaps: list, kept: list | None, state_only: bool = False) -> None:
         """After a request: a fresh snapshot of ``obj`` (handle id ``hid``) appended to ``snaps`` as
         ``[hid, snapshot]``; or, with ``kept`` (the trusted side holds the last one sent and asked
         for it to be checked), ``hid`` appended to ``kept`` when the new one is exactly that one
         (equal, then compared as marshal's bytes, so that ``1``, ``1.0`` and ``True`` differ): the
-        trusted side's copy is then still valid."""
+        trusted side's copy is then still valid. With ``state_only``, only the cheap check of its
+        state is made: ``hid`` is kept when that shows it unchanged, otherwise left stale."""
         last = self.last_snaps.get(hid) if kept is not None else None
         if last is not None and last[2] is not None and _same_state(_state(obj, self.ids), last[2]):
             kept.append(hid)  # nothing it was taken from changed: the same snapshot, not taken again
+            return
+        if state_only:
             return
         try:
             snap = snapshot(obj, self.handled)
@@ -965,21 +968,11 @@ class Worker:
         for hid in asked:
             if hid not in done and hid in self.objects:
                 done.add(hid)
-                if hid in cheap:  # kept when its state shows it unchanged; otherwise left stale
-                    if self._state_unchanged(hid):
-                        kept.append(hid)
-                    continue
-                self.refresh(hid, self.objects[hid], snaps, kept)
+                self.refresh(hid, self.objects[hid], snaps, kept, state_only=hid in cheap)
         if kept:
             header["kept"] = kept
         if snaps:
             header["snaps"] = snaps
-
-    def _state_unchanged(self, hid: int) -> bool:
-        """Whether the object of ``hid`` is in the state its last snapshot sent was taken from (see
-        ``_state``): then checking it costs no new snapshot."""
-        last, obj = self.last_snaps.get(hid), self.objects.get(hid)
-        return last is not None and last[2] is not None and obj is not None and _same_state(_state(obj, self.ids), last[2])
 
     def involved(self, args: tuple) -> list:
         """The learner objects a request names (its target and arguments, a few levels deep): their
@@ -1233,14 +1226,13 @@ def _interpret_triton_without_cuda() -> None:
 def preload(modules: list[str]) -> None:
     """Import library modules the learner's code will need (grader.remote.preload_for) before the
     first request, while the tests start up. Whatever fails here (a name another version of the
-    library lacks, a module the HF model blocker refuses) is left for the learner's own import."""
+    library lacks, a module the HF model blocker refuses) is left for the learner's own import.
+    The learner's own package is never imported ahead: its import runs learner code."""
     for name in modules:
-        if name.split(".")[0] in ("aios",) or not name.replace(".", "").replace("_", "").isalnum():
+        if name == "aios" or name.startswith("aios."):
             continue
-        try:
+        with contextlib.suppress(Exception):  # see the docstring
             importlib.import_module(name)
-        except Exception:  # noqa: BLE001 - see the docstring
-            sys.modules.pop(name, None)
 
 
 def grad_mode(mode: int):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -88,9 +90,6 @@ def test_a_suite_inside_a_package_folder_imports_the_selected_tree(fake_tree):
     """Hidden suites live under ``grader/`` (a package): setting that package up puts the repository
     root back in front of ``sys.path`` after conftest.py ran, and ``import aios`` inside a test or
     a fixture must still find the selected tree, not the learner's stubs at the root."""
-    import shutil
-    import tempfile
-
     folder = Path(tempfile.mkdtemp(prefix="switch-probe-", dir=REPO / "grader"))
     try:
         shutil.copy(REPO / PROBE, folder / "test_probe_in_package.py")
