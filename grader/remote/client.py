@@ -171,7 +171,7 @@ class Worker:
             raise WorkerDied("the learner worker was stopped")
         self.pinned.clear()  # handles the test dropped are released with this request, as unpinned ones
         message = {"k": "req", "op": op, "a": args}
-        wanted = self._named(args)
+        wanted, unused = self._named(args)
         lately, wide = self._wanted()
         for hid, snap in lately.items():
             wanted.setdefault(hid, snap)
@@ -184,6 +184,9 @@ class Worker:
             message["want"] = list(wanted)
             if wide:
                 message["wide"] = wide
+        unused = [hid for hid in unused if hid not in wanted]
+        if unused:
+            message["skip"] = unused
         # Only what is not empty: the worker reads a missing entry as empty.
         for key, value in (("rel", self.released), ("mode", _grad_mode()), ("sync", self.shared.changed()),
                            ("relt", self.shared.forget()), ("orig", self._changed_copies())):
@@ -212,6 +215,7 @@ class Worker:
             proxy = self.proxies.get(hid) if type(hid) is int and hid in wanted else None
             if proxy is not None and proxy._aios_snap is wanted[hid]:  # unchanged here since it was asked for
                 object.__setattr__(proxy, "_aios_snap", (self.epoch, wanted[hid][1]))
+                object.__setattr__(proxy, "_aios_used", False)
         if "wb" in header:
             for tid, value in self.decode(header["wb"], buffers):
                 self.shared.write_back(tid, value)
@@ -227,6 +231,7 @@ class Worker:
             proxy = self.proxies.get(hid) if type(hid) is int else None
             if proxy is not None and type(snap) is dict:
                 object.__setattr__(proxy, "_aios_snap", (self.epoch, snap))
+                object.__setattr__(proxy, "_aios_used", False)
 
     def snapshot_value(self, proxy: "Remote", name: str):
         """``proxy.name`` from the snapshot of its attributes (``_MISSING`` when there is none or it is stale).
@@ -251,6 +256,7 @@ class Worker:
         if hid not in self.hot:
             self.hot[hid] = None
             self._recently_read(hid)
+        object.__setattr__(proxy, "_aios_used", True)
         data = snap[1][name]
         if type(data) is dict and data.get("$") in ("hl", "ho"):
             value = self._handle_list(data) if data["$"] == "hl" else self._held(data.get("v"))
@@ -281,6 +287,7 @@ class Worker:
         if hid not in self.hot:
             self.hot[hid] = None
             self._recently_read(hid)
+        object.__setattr__(proxy, "_aios_used", True)
         data = snap[1][ITEMS]
         if type(data) is dict and data.get("$") == "hl":
             value = self._handle_list(data)
@@ -291,13 +298,16 @@ class Worker:
         return value if type(value) is list else _MISSING
 
     def read_anew(self, proxy: "Remote", name: str, value=None) -> None:
-        """After a request read ``proxy.name``: when the reply brought a snapshot holding it (a plain
-        attribute), the object counts as read since the last request (see ``_wanted``). A learner
-        object the snapshot names by its handle (``scheduler.running``) is kept alive with ``proxy``,
-        so that the next read finds it there."""
+        """After a request read ``proxy.name``: the tests look at the object, so its snapshot is kept
+        current (``_aios_used``, see ``_named``). When the reply brought a snapshot holding the name
+        (a plain attribute), the object counts as read since the last request, and lately (see
+        ``_wanted``). A learner object the snapshot names by its handle (``scheduler.running``) is
+        kept alive with ``proxy``, so that the next read finds it there."""
+        object.__setattr__(proxy, "_aios_used", True)
         snap = proxy._aios_snap
         if snap is not None and snap[0] == self.epoch and name in snap[1] and proxy._aios_worker is self:
             self.hot[proxy._aios_id] = None
+            self._recently_read(proxy._aios_id)
             data = snap[1][name]
             if isinstance(value, Remote) and type(data) is dict and data.get("$") == "ho" \
                     and data.get("v") == value._aios_id:
@@ -345,22 +355,28 @@ class Worker:
                 wide.append(hid)
         return wanted, wide
 
-    def _named(self, args: tuple) -> dict:
-        """{handle id: its snapshot now} of the handles a request names (its target and arguments, a
-        few levels deep, as the worker looks for them: ``Worker.involved``): the worker sends their
-        snapshots anew after it, or says which ones are unchanged (then nothing more crosses)."""
-        found, todo = {}, [(value, 0) for value in args]
-        while todo and len(found) < NAMED_SNAPSHOTS:
+    def _named(self, args: tuple) -> tuple[dict, list[int]]:
+        """The handles a request names (its target and arguments, a few levels deep, as the worker
+        looks for them: ``Worker.involved``), as ({handle id: its snapshot now}, [handle ids]). The
+        worker sends the snapshots of the first anew after the request, or says which ones are
+        unchanged (then nothing more crosses). The second are those whose last snapshot the tests
+        have not read (``seq`` in ``can_append(seq)``, ``may_append(seq)`` and so on, token after
+        token): the worker leaves them alone, and a read of one finds it stale (one request)."""
+        found, unused, todo = {}, [], [(value, 0) for value in args]
+        while todo and len(found) + len(unused) < NAMED_SNAPSHOTS:
             value, depth = todo.pop()
             kind = type(value)
             if kind is Remote:
                 if value._aios_snap is not None and value._aios_worker is self:
-                    found[value._aios_id] = value._aios_snap
+                    if value._aios_used:
+                        found[value._aios_id] = value._aios_snap
+                    else:
+                        unused.append(value._aios_id)
             elif kind in (list, tuple) and depth < 2:
                 todo.extend((v, depth + 1) for v in value[:32])
             elif kind is dict and depth < 2:
                 todo.extend((v, depth + 1) for v in list(value.values())[:32])
-        return found
+        return found, unused
 
     def _handle_list(self, data: dict):
         """A snapshot's list (or tuple) of learner objects named by handle id: the handles held here
@@ -877,7 +893,7 @@ class Remote:
     """
 
     __slots__ = ("_aios_worker", "_aios_id", "_aios_seen", "_aios_record", "_aios_path", "_aios_fresh",
-                 "_aios_patched", "_aios_snap", "_aios_members", "_aios_keep", "__weakref__")
+                 "_aios_patched", "_aios_snap", "_aios_used", "_aios_members", "_aios_keep", "__weakref__")
 
     def __init__(self, worker: Worker, hid: int, record: dict):
         object.__setattr__(self, "_aios_worker", worker)
@@ -888,6 +904,7 @@ class Remote:
         object.__setattr__(self, "_aios_fresh", None)
         object.__setattr__(self, "_aios_patched", {})  # attribute name -> times the tests set it
         object.__setattr__(self, "_aios_snap", None)  # (epoch, {name: data}): see Worker.snapshot_value
+        object.__setattr__(self, "_aios_used", True)  # whether its last snapshot was read (see Worker._named)
         object.__setattr__(self, "_aios_members", None)  # an Enum class's {name: member handle}
         object.__setattr__(self, "_aios_keep", {})  # handles its snapshot names, kept alive with it
 

@@ -50,6 +50,10 @@ READ_AHEAD = 1 << 16
 #: The header of every trusted -> worker frame, and its encoding (made once).
 PICKLE_HEADER = {"pickle": 1}
 _PICKLE_HEADER_TEXT = json.dumps(PICKLE_HEADER).encode()
+#: Headers are written compactly, without the check for containers that hold themselves (what is
+#: sent is built fresh for each message, never cyclic: a cycle would only fail later, in ``decode``).
+_ENCODER = json.JSONEncoder(check_circular=False, separators=(",", ":"))
+_DECODER = json.JSONDecoder()
 
 
 def _fill(sock: socket.socket, pending: bytearray, size: int) -> None:
@@ -142,7 +146,7 @@ def _pending(sock: socket.socket) -> bytearray:
 
 def send(sock: socket.socket, header: dict, buffers: list[bytes] = ()) -> None:
     """Write one frame: the JSON header and its raw buffers, with one system call."""
-    text = _PICKLE_HEADER_TEXT if header is PICKLE_HEADER else json.dumps(header).encode()
+    text = _PICKLE_HEADER_TEXT if header is PICKLE_HEADER else _ENCODER.encode(header).encode()
     parts = [HEAD.pack(len(text), len(buffers)), text]
     for buffer in buffers:
         parts += [BUFFER_LEN.pack(len(buffer)), buffer]
@@ -159,8 +163,8 @@ def recv(sock: socket.socket) -> tuple[dict, list[bytes]]:
     del pending[:HEAD.size]
     text = _read_exact(sock, size)
     try:
-        header = json.loads(text)
-    except (ValueError, RecursionError) as exc:
+        header = dict(PICKLE_HEADER) if text == _PICKLE_HEADER_TEXT else _DECODER.decode(text.decode())
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise WireError(f"malformed header: {exc}") from None
     if not isinstance(header, dict):
         raise WireError("a frame's header must be a JSON object")

@@ -21,6 +21,7 @@ import collections
 import contextlib
 import dis
 import enum
+import gc
 import importlib
 import importlib.util
 import inspect
@@ -153,12 +154,26 @@ class Layout(collections.namedtuple("Layout", "cls mro sizes readable names gett
 
 
 _LAYOUTS: dict[int, Layout] = {}  # id(class) -> its Layout
+#: Counts the times learner code may have run (each request, each callback; see ``learner_ran``).
+#: What only learner code can change (a class's names, the threads running) is looked at once per
+#: count: a stale read and its 30 snapshots cost one look at each class, not 30.
+LEARNER_RUNS = [0]
+_LAYOUT_CHECKED: dict[int, int] = {}  # id(class) -> LEARNER_RUNS when its Layout was last found current
+_THREADS_CHECKED = [-1, False]  # [LEARNER_RUNS, whether other threads ran then]
+
+
+def learner_ran() -> None:
+    """Learner code may have run since the last look (see ``LEARNER_RUNS``)."""
+    LEARNER_RUNS[0] += 1
 
 
 def _layout(cls: type) -> Layout:
     """``cls``'s Layout, worked out again when a class of its MRO (or metaclass) gained or lost a name."""
     layout = _LAYOUTS.get(id(cls))
+    if layout is not None and layout.cls is cls and _LAYOUT_CHECKED.get(id(cls)) == LEARNER_RUNS[0]:
+        return layout
     if layout is not None and layout.cls is cls and layout.mro is cls.__mro__ and layout.sizes == _sizes(cls):
+        _LAYOUT_CHECKED[id(cls)] = LEARNER_RUNS[0]
         return layout
     meta = type(cls)
     readable = not (meta is not type and any("__getattribute__" in m.__dict__ for m in meta.__mro__
@@ -174,6 +189,7 @@ def _layout(cls: type) -> Layout:
         if pure is not None:
             getters.append((name, "__len__" if name == LEN else name, klass, descriptor, getter, getter.__code__, pure))
     layout = _LAYOUTS[id(cls)] = Layout(cls, cls.__mro__, _sizes(cls), readable, names, tuple(getters))
+    _LAYOUT_CHECKED[id(cls)] = LEARNER_RUNS[0]
     return layout
 
 
@@ -181,34 +197,22 @@ def _sizes(cls: type) -> tuple:
     return (*map(len, map(vars, cls.__mro__)), *map(len, map(vars, type(cls).__mro__)))
 
 
-def _own_attributes(obj) -> dict | None:
-    """``obj``'s instance ``__dict__`` when reading an attribute found there runs no code of the
-    learner's (no ``__getattribute__`` or ``__dict__`` of its class's own) and no other thread
-    of the learner's could change it between requests; None otherwise."""
-    if not _layout(type(obj)).readable or _other_threads():
-        return None
-    attrs = object.__getattribute__(obj, "__dict__")
-    return attrs if type(attrs) is dict else None
-
-
 def _other_threads() -> bool:
     """Whether a thread other than the one serving requests runs, one that could change learner
     objects between requests. tqdm's monitor (started by the first progress bar, then alive for
     good) only watches its progress bars: it does not count."""
-    if threading.active_count() == 1:
-        return False
+    if _THREADS_CHECKED[0] == LEARNER_RUNS[0]:
+        return _THREADS_CHECKED[1]
     current = threading.current_thread()
-    return any(thread is not current and not _library_thread(thread) for thread in threading.enumerate())
+    found = threading.active_count() > 1 and any(thread is not current and not _library_thread(thread)
+                                                 for thread in threading.enumerate())
+    _THREADS_CHECKED[:] = [LEARNER_RUNS[0], found]
+    return found
 
 
 def _library_thread(thread) -> bool:
     cls = type(thread)
     return cls.__module__ == "tqdm._monitor" and cls.__qualname__ == "TMonitor"
-
-
-def _shadowed(cls: type, name: str) -> bool:
-    """Whether a class in ``cls``'s MRO defines ``name`` (a property would win over the instance's value)."""
-    return name in _layout(cls).names
 
 
 def _plain_left(value, left: int, depth: int = 0) -> int:
@@ -265,20 +269,23 @@ def _encoded_plain(value, budget: int, handled=None):
 
 
 def snapshot(obj, handled=None) -> dict | None:
-    """The encoded plain-data attributes of ``obj`` (a few, small), for the trusted side to read
-    without a round trip until its next request that may change anything. None when reading
-    them could run learner code (see ``_own_attributes``). ``handled``: see ``_encoded_plain``."""
+    """The encoded plain-data attributes of ``obj`` that the tests read (``DEMANDED``; a few, small),
+    for the trusted side to read without a round trip until its next request that may change
+    anything. None when reading them could run learner code (see ``_readable_attributes``).
+    ``handled``: see ``_encoded_plain``."""
     if type(obj) in ITEM_SNAPSHOT_TYPES:
         return _item_snapshot(obj, handled)
-    layout = _layout(type(obj))
-    if not layout.readable or _other_threads():
+    attrs, layout = _readable_attributes(obj)
+    if attrs is None:
         return None
-    attrs = object.__getattribute__(obj, "__dict__")
-    if type(attrs) is not dict:
-        return None
-    found, left, shadowed = {}, SNAPSHOT_ITEMS, layout.names
-    for name, value in attrs.items():
-        if type(name) is not str or name in shadowed:
+    found = {}
+    demanded = DEMANDED.get(type(obj))
+    if not demanded:
+        return found
+    left, shadowed = SNAPSHOT_ITEMS, layout.names
+    for name in demanded:
+        value = attrs.get(name, _ABSENT)
+        if value is _ABSENT or name in shadowed:
             continue
         kind = type(value)
         if kind in _AS_THEMSELVES:  # what most attributes hold: as _encoded_plain would do it
@@ -293,10 +300,27 @@ def snapshot(obj, handled=None) -> dict | None:
         encoded = _encoded_plain(value, min(left, SNAPSHOT_ATTRIBUTE_ITEMS), handled)
         if encoded is not None:
             found[name], left = encoded[0], left - encoded[1]
-    demanded = DEMANDED.get(type(obj))
-    if demanded and layout.getters:
+    if layout.getters:
         _add_pure_values(found, left, obj, attrs, layout, demanded)
     return found
+
+
+def _readable_attributes(obj) -> tuple[dict | None, Layout]:
+    """``(obj``'s instance ``__dict__``, its class's Layout``)``. The ``__dict__`` is None when reading
+    it could run learner code (a ``__getattribute__`` or ``__dict__`` of its class's own, see
+    ``Layout``), when another thread of the learner's could change it between requests, or when a
+    key of it is not a ``str`` (looking a name up could then call that key's ``__eq__``)."""
+    layout = _layout(type(obj))
+    if not layout.readable or _other_threads():
+        return None, layout
+    attrs = object.__getattribute__(obj, "__dict__")
+    if type(attrs) is not dict or not _ONLY_STR.issuperset(map(type, attrs)):
+        return None, layout
+    return attrs, layout
+
+
+_ABSENT = object()  # a demanded attribute an instance does not have
+_ONLY_STR = frozenset({str})
 
 
 # ------------------------------------------------- pure properties (computed from plain attributes)
@@ -328,18 +352,30 @@ _PURE_SCALARS = frozenset({type(None), bool, int, float, str})
 _PURE_CONTAINERS = (list, tuple, set, frozenset, collections.deque)
 _PURE_CODE: dict[int, tuple] = {}  # id(code) -> (code, attribute names read, or None when not pure)
 _PURE_GETTERS: dict[int, tuple] = {}  # id(class) -> (class, [(name, defining class, descriptor, function)])
-#: The properties (and ``LEN``) the tests have read, by class: only those are computed into snapshots.
-DEMANDED: dict[type, set] = {}
+#: The attributes and properties (and ``LEN``) the tests have read, by class, in the order first read:
+#: only those go into snapshots (and their states, see ``_state``). A name read for the first time
+#: costs one request; an object's snapshot then holds it.
+DEMANDED: dict[type, dict[str, None]] = {}
+DEMANDED_NAMES = 64  # at most this many names per class
 
 
-def note_demand(op: str, args: tuple) -> None:
-    """Remember that a test read a property of an object's class (``getattr``) or its length."""
+def note_demand(op: str, args: tuple, plain: bool = False) -> None:
+    """Remember that a test read a plain attribute (``plain``: one in the instance's ``__dict__``) or
+    a property of an object's class (``getattr``), or its length."""
     if op == "getattr" and len(args) == 2 and type(args[1]) is str:
         cls, name = type(args[0]), args[1]
-        if type(inspect.getattr_static(cls, name, None)) is property:
-            DEMANDED.setdefault(cls, set()).add(name)
+        if name in DEMANDED.get(cls, ()):
+            return
+        if plain or type(inspect.getattr_static(cls, name, None)) is property:
+            _demand(cls, name)
     elif op == "op" and args[0] == "len" and len(args[1]) == 1:
-        DEMANDED.setdefault(type(args[1][0]), set()).add(LEN)
+        _demand(type(args[1][0]), LEN)
+
+
+def _demand(cls: type, name: str) -> None:
+    names = DEMANDED.setdefault(cls, {})
+    if name not in names and len(names) < DEMANDED_NAMES:
+        names[name] = None
 
 
 class PureCode(collections.namedtuple("PureCode", "names plain members builtins")):
@@ -546,8 +582,8 @@ def _identity_equality(cls: type) -> bool:
 
 def _pure_read(obj, name) -> bool:
     """Whether ``getattr(obj, name)`` only reads ``obj``'s own ``__dict__`` (changes nothing)."""
-    attrs = _own_attributes(obj)
-    return attrs is not None and type(name) is str and name in attrs and not _shadowed(type(obj), name)
+    attrs, layout = _readable_attributes(obj)
+    return attrs is not None and type(name) is str and name in attrs and name not in layout.names
 
 
 def _builtin_bases(cls: type) -> list[str]:
@@ -570,45 +606,52 @@ PATCHES = [0]
 
 def _state(obj, ids: dict) -> tuple | None:
     """``(layout, what a snapshot of obj is made of)``, to tell cheaply that a snapshot taken again
-    would be the same one (``_same_state``): its class's Layout, the number of its properties the
-    tests read, ``PATCHES``, and each entry of its ``__dict__`` as builtin values only: a scalar
-    with its type (a float as its ``hex()``, which tells ``-0.0`` from ``0.0``), a flat builtin
-    container of scalars (not floats, at most SNAPSHOT_ATTRIBUTE_ITEMS) as a tuple of them and one
-    of their types, a learner object
-    by ``id`` with the handle id it has here (its entry in a snapshot names that handle), a
-    container of learner objects likewise. None (compare snapshots instead) for anything else, or
-    when a snapshot could not be taken. Comparing two states runs no code of the learner's."""
+    would be the same one (``_same_state``): its class's Layout, the number of names the tests
+    read, ``PATCHES``, and each attribute a snapshot reads (``_state_names``) as builtin values
+    only: a scalar with its type (a float as its ``hex()``, which tells ``-0.0`` from ``0.0``), a
+    flat builtin container of scalars (not floats, at most SNAPSHOT_ATTRIBUTE_ITEMS) as a tuple of
+    them and one of their types, a learner object by ``id`` with the handle id it has here (its
+    entry in a snapshot names that handle), a container of learner objects likewise. None
+    (compare snapshots instead) for anything else, or when a snapshot could not be taken.
+    Comparing two states runs no code of the learner's."""
     cls = type(obj)
     if cls in ITEM_SNAPSHOT_TYPES:
         return _items_state(obj, ids)
-    layout = _layout(cls)
-    if not layout.readable or _other_threads():
-        return None
-    attrs = object.__getattribute__(obj, "__dict__")
-    if type(attrs) is not dict:
+    attrs, layout = _readable_attributes(obj)
+    if attrs is None:
         return None
     demanded = DEMANDED.get(cls)
-    parts = [len(demanded) if demanded else 0, PATCHES[0]]
-    for name, value in attrs.items():
+    if not demanded:
+        return layout, (0, PATCHES[0])
+    parts = [len(demanded), PATCHES[0]]
+    for name in _state_names(layout, demanded):
+        value = attrs.get(name, _ABSENT)
         kind = type(value)
-        if type(name) is not str:
-            return None
         if kind in _AS_THEMSELVES:
             parts += (name, kind, value)
         elif kind is float:
             parts += (name, kind, value.hex())
+        elif value is _ABSENT:
+            parts += (name, None, None)
         elif kind in _STATE_CONTAINERS:
             if len(value) > SNAPSHOT_ATTRIBUTE_ITEMS:
                 return None  # a long token list or cache index: taking the snapshot again costs less
-            items = tuple(value.items()) if kind is dict else tuple(value)
-            kinds = frozenset(map(type, value)) | (frozenset(map(type, value.values())) if kind is dict else frozenset())
+            if kind is dict:
+                keys, values = tuple(value), tuple(value.values())
+                kinds = (*map(type, keys), *map(type, values))
+                if not _AS_THEMSELVES.issuperset(kinds):
+                    return None
+                parts += (name, kind, keys, values, kinds)
+                continue
+            items = tuple(value)
+            kinds = tuple(map(type, items))
             if kind is collections.deque:  # in a snapshot as the handle the trusted side holds to it, if any
                 parts += (id(value), ids.get(id(value)))
             if _AS_THEMSELVES.issuperset(kinds):
-                parts += (name, kind, items, tuple(map(type, value)) if kind is not dict else
-                          (*map(type, value), *map(type, value.values())))
-            elif kind in (list, tuple, collections.deque) and not kinds & _NOT_HANDLES:
-                parts += (name, kind, tuple(map(id, items)), tuple(ids.get(id(item)) for item in items))
+                parts += (name, kind, items, kinds)
+            elif kind in (list, tuple, collections.deque) and _NOT_HANDLES.isdisjoint(kinds):
+                held = tuple(map(id, items))
+                parts += (name, kind, held, tuple(map(ids.get, held)))
             else:
                 return None
         elif kind in _NOT_HANDLES:
@@ -616,6 +659,25 @@ def _state(obj, ids: dict) -> tuple | None:
         else:  # a learner object (or a tensor: never in a snapshot)
             parts += (name, id(value), ids.get(id(value)))
     return layout, tuple(parts)
+
+
+_STATE_NAMES: dict[int, tuple] = {}  # id(Layout) -> (Layout, number of names demanded, the names)
+
+
+def _state_names(layout: Layout, demanded: dict) -> tuple:
+    """The attributes a snapshot of an instance reads: the names the tests read, and what the
+    pure getters among them read (see ``_add_pure_values``)."""
+    cached = _STATE_NAMES.get(id(layout))
+    if cached is not None and cached[0] is layout and cached[1] == len(demanded):
+        return cached[2]
+    names = dict.fromkeys(demanded)
+    for name, _real, _klass, _descriptor, _getter, _code, pure in layout.getters:
+        if name in demanded:
+            names.pop(name, None)
+            names.update(dict.fromkeys(pure.names))
+    names.pop(LEN, None)
+    _STATE_NAMES[id(layout)] = (layout, len(demanded), tuple(names))
+    return _STATE_NAMES[id(layout)][2]
 
 
 _STATE_CONTAINERS = frozenset({list, tuple, set, frozenset, dict, collections.deque})
@@ -974,9 +1036,11 @@ class Worker:
         if snaps:
             header["snaps"] = snaps
 
-    def involved(self, args: tuple) -> list:
+    def involved(self, args: tuple, skip=()) -> list:
         """The learner objects a request names (its target and arguments, a few levels deep): their
-        snapshots are sent again after it, since it may have changed them."""
+        snapshots are sent again after it, since it may have changed them; not those of the handle
+        ids in ``skip`` (the trusted side has not read their last ones)."""
+        skip = {hid for hid in skip if type(hid) is int} if type(skip) is list else ()
         found, todo = {}, [(a, 0) for a in args]
         while todo and len(found) < SNAPSHOT_OBJECTS:
             value, depth = todo.pop()
@@ -985,7 +1049,7 @@ class Worker:
                 todo.extend((v, depth + 1) for v in value[:32])
             elif kind is dict and depth < 2:
                 todo.extend((v, depth + 1) for v in list(value.values())[:32])
-            elif kind not in protocol.PLAIN and id(value) in self.ids:
+            elif kind not in protocol.PLAIN and id(value) in self.ids and self.ids[id(value)] not in skip:
                 found[id(value)] = value
         return list(found.values())
 
@@ -1063,23 +1127,29 @@ class Worker:
             if message["op"] == "hold":
                 self.hold(*message["a"])
                 continue
+            learner_ran()  # a released handle's object may have been freed (its ``__del__``)
             out, err = io.StringIO(), io.StringIO()
             args = message["a"]
             try:
                 read_from = args[0] if message["op"] == "getattr" and _pure_read(*args[:2]) else None
             except Exception:  # noqa: BLE001 - an object too odd to tell: its read is not pure
                 read_from = None
-            involved = self.involved(args) if read_from is None else ()
-            if read_from is None and message["op"] in ("getattr", "op"):
+            involved = self.involved(args, message.get("skip", ())) if read_from is None else ()
+            if message["op"] in ("getattr", "op"):
                 with contextlib.suppress(Exception):  # an object too odd to tell: nothing computed ahead
-                    note_demand(message["op"], args)
+                    note_demand(message["op"], args, plain=read_from is not None)
+            streams = sys.stdout, sys.stderr
             try:
-                with grad_mode(message.get("mode", 0)), \
-                        contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                sys.stdout, sys.stderr = out, err  # what learner code prints goes back with the reply
+                with grad_mode(message.get("mode", 0)):
                     value = self.run(message["op"], *args)
             except BaseException as exc:  # noqa: BLE001 - every learner failure goes back to the tests
+                sys.stdout, sys.stderr = streams
+                learner_ran()
                 self.reply_error(exc, _printed(out, err), involved, message.get("want", ()), message.get("wide", ()))
                 continue
+            sys.stdout, sys.stderr = streams
+            learner_ran()
             try:
                 self.reply(value, _printed(out, err), read_from, involved, message.get("want", ()),
                            message.get("wide", ()))
@@ -1189,6 +1259,7 @@ class Worker:
         Only the thread serving requests may: the trusted side answers callbacks only while
         it waits for a reply, and two threads on the socket would mix their messages.
         """
+        learner_ran()
         if threading.get_ident() != self.serving:
             raise RuntimeError("a test's function or object was used from a thread of the learner's code; "
                                "only the thread serving the test's requests can reach the tests")
@@ -1264,6 +1335,7 @@ def main(argv: list[str] | None = None) -> None:
         import torch  # noqa: F401
     _interpret_triton_without_cuda()
     preload([name for name in args.preload.split(",") if name])
+    gc.freeze()  # what the imports made lives as long as the worker: full collections no longer walk it
     with _profiled(os.environ.pop(PROFILE_ENV, "")):
         try:
             WORKER.serve()

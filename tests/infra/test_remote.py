@@ -165,6 +165,18 @@ LEARNER = {
 
             def fret(self):
                 self.mood = Mood.BUSY
+
+
+        class Shifty:
+            """A class whose property turns a plain attribute into a property of the class."""
+
+            def __init__(self):
+                self.level = 1
+
+            @property
+            def shifted(self):
+                type(self).level = property(lambda self: 42)
+                return True
     ''',
 }
 
@@ -549,13 +561,18 @@ def test_a_sandboxed_worker_runs_as_the_learner_user_in_its_own_scratch(monkeypa
 
 
 def test_attribute_reads_between_requests_cost_no_round_trip_and_are_never_stale(worker, monkeypatch):
-    """Plain attributes come with an object's handle (and with the reply to a request that named
-    it): read again before any other request they cost nothing; after a call that changed them,
-    the new values are read. A property runs in the worker every time."""
-    counter = worker.request("call", worker.request("getattr", tricks(worker), "Counter"), (), {})
+    """Plain attributes the tests have read on an object of a class come with the handles of that
+    class's objects (and with the reply to a request that named one): the first read of a name is
+    one request, later reads before any other request cost nothing; after a call that changed
+    them, the new values are read. A property runs in the worker every time."""
+    counter_class = worker.request("getattr", tricks(worker), "Counter")
+    counter = worker.request("call", counter_class, (), {})
     sent = []
     monkeypatch.setattr(protocol, "send", lambda sock, header, buffers=(), _send=protocol.send:
                         sent.append(header) or _send(sock, header, buffers))
+    assert [counter.count, counter.table, counter.count] == [0, [0], 0] and len(sent) == 2  # a name's first read
+    counter = worker.request("call", counter_class, (), {})
+    sent.clear()
     assert [counter.count, counter.table, counter.count] == [0, [0], 0] and not sent
     counter.table.append(99)  # a copy: the learner's list is not changed
     assert counter.table == [0] and not sent
@@ -564,6 +581,43 @@ def test_attribute_reads_between_requests_cost_no_round_trip_and_are_never_stale
     assert (counter.doubled, counter.doubled, counter.reads) == (2, 2, 2)
     counter.count = 5
     assert counter.count == 5
+
+
+def test_a_handle_whose_snapshot_was_not_read_is_left_stale_and_read_anew(worker, monkeypatch):
+    """A request names an object whose last snapshot the tests did not read (``seq`` in
+    ``may_append(seq)`` token after token): the worker is told to skip it, and reading it afterwards
+    costs one request and gives the value learner code left."""
+    counter = worker.request("call", worker.request("getattr", tricks(worker), "Counter"), (), {})
+    assert counter.count == 0
+    counter.bump()  # read since its last snapshot: checked after this call
+    sent = []
+    monkeypatch.setattr(protocol, "send", lambda sock, header, buffers=(), _send=protocol.send:
+                        sent.append(header) or _send(sock, header, buffers))
+    monkeypatch.setattr(client.Worker, "_pickle", lambda self, message, _pickle=client.Worker._pickle:
+                        sent.append(message) or _pickle(self, message))
+    counter.bump()  # its snapshot from the last reply is unread: skipped
+    assert counter._aios_id in sent[0].get("skip", ()) and counter._aios_id not in sent[0].get("want", ())
+    sent.clear()
+    assert counter.count == 2 and len([m for m in sent if "k" in m]) == 1  # stale: one request
+    sent.clear()
+    counter.bump()  # read again: checked after this call, and read without a request
+    assert counter.count == 3 and len([m for m in sent if "k" in m]) == 1
+
+
+def test_a_class_changed_during_a_request_is_seen_by_that_requests_snapshots(worker):
+    """Whether an attribute is shadowed by the class is looked at once per request, after the
+    learner's code ran: a method that makes ``level`` a property of its class is seen at once."""
+    shifty = call(worker, "Shifty")
+    assert shifty.level == 1
+    assert shifty.shifted  # the request looks at the class before the property runs, and after
+    assert shifty.level == 42
+
+
+def test_the_worker_freezes_what_its_start_made(worker):
+    """Full garbage collections in the worker skip the objects of its imports (``gc.freeze``): they
+    ran in the middle of learner calls, tens of milliseconds each."""
+    gc = worker.request("import", "gc")
+    assert worker.request("call", worker.request("getattr", gc, "get_freeze_count"), (), {}) > 10_000
 
 
 def test_iterating_a_builtin_container_is_one_round_trip(worker, monkeypatch):
@@ -597,6 +651,7 @@ def test_a_list_of_learner_objects_is_read_from_the_snapshot_while_its_handles_l
     trip, as the same handles, with their own attributes; a call that changes it is seen."""
     counter = worker.request("call", worker.request("getattr", tricks(worker), "Counter"), (), {})
     first = counter.parts  # one request: the handles, then named by the counter's snapshot
+    assert [part.size for part in first] == [1, 2]  # the first read of ``size``: a request
     sent = []
     monkeypatch.setattr(protocol, "send", lambda sock, header, buffers=(), _send=protocol.send:
                         sent.append(header) or _send(sock, header, buffers))
@@ -613,7 +668,7 @@ def test_snapshots_read_before_a_request_are_kept_only_when_it_changed_nothing(w
     (by learner code reaching it another way), the new values are read."""
     counter = worker.request("call", worker.request("getattr", tricks(worker), "Counter"), (), {})
     bump = worker.request("getattr", tricks(worker), "bump_the_last_counter")
-    assert counter.count == 0
+    assert (counter.count, counter.table) == (0, [0])
     bump(0)  # changes nothing
     sent = []
     monkeypatch.setattr(protocol, "send", lambda sock, header, buffers=(), _send=protocol.send:
@@ -657,7 +712,7 @@ def test_identity_equality_pure_properties_and_enum_members_cost_no_round_trip(w
     parts = worker.request("call", worker.request("getattr", module, "Counter"), (), {}).parts
     mood, sized_class = worker.request("getattr", module, "Mood"), worker.request("getattr", module, "Sized")
     sized = worker.request("call", sized_class, (), {})
-    assert (len(sized), sized.half) == (3, 1)  # read once: from now on computed into Sized's snapshots
+    assert (len(sized), sized.half, sized.mood) == (3, 1, mood.CALM)  # read once: from now on in Sized's snapshots
     sized = worker.request("call", sized_class, (), {})  # the last request: its snapshot is current
     sent = []
     monkeypatch.setattr(protocol, "send", lambda sock, header, buffers=(), _send=protocol.send:
@@ -819,6 +874,7 @@ def test_an_unchanged_state_stands_for_an_unchanged_snapshot(monkeypatch):
             self.n, self.x, self.items, self.part = 1, 0.0, [1, 2], object()
 
     box, ids = Box(), {}
+    monkeypatch.setitem(worker_module.DEMANDED, Box, dict.fromkeys(["n", "x", "items", "part", "queue"]))
     before = worker_module._state(box, ids)
     assert worker_module._same_state(worker_module._state(box, ids), before)
     for name, value in (("n", True), ("n", 1.0), ("x", -0.0), ("items", [True, 2]), ("part", object())):
