@@ -55,6 +55,9 @@ ASSISTANT_FILES = ("AGENTS.md", "CLAUDE.md", "GEMINI.md", ".github/copilot-instr
 BUNDLE_TOP_FILES = ("requirements-dev.txt",)
 #: The trained demo model and its corpus (the demos' default model, aios.fixtures.trained_model()).
 STUDENT_ASSETS = ("assets/aios-tiny-lm", "assets/corpus")
+#: The bundle's own copy of them: lesson 18's suites measure quantization on the trained model and
+#: read its tokenizer and corpus on the tests' side, never the student's copy (a submission can change it).
+BUNDLE_ASSETS = STUDENT_ASSETS
 #: Docs students may read (docs/conventions.md is left out: its example is lesson 1's code).
 STUDENT_DOCS = ("docs/learner-workflow.md", "docs/progression.md", "docs/benchmarks.md", "docs/classroom.md")
 #: tests/infra files that pass on the stubbed aios/ and need no solutions/.
@@ -256,7 +259,7 @@ def student_files(curriculum: Curriculum) -> dict[str, bytes]:
 def bundle_files(curriculum: Curriculum) -> dict[str, bytes]:
     """The autograder bundle as ``{path: bytes}``."""
     root = curriculum.root
-    paths = list(TOP_FILES) + [p for p in BUNDLE_TOP_FILES if (root / p).exists()] + grader_paths(root)
+    paths = list(TOP_FILES) + [p for p in BUNDLE_TOP_FILES + BUNDLE_ASSETS if (root / p).exists()] + grader_paths(root)
     for lesson in curriculum.lessons:
         paths += [p for p in (lesson.visible, lesson.hidden) if (root / p).exists()]
     files = _collect(root, paths)

@@ -174,7 +174,7 @@ def _own(path: Path, uid: int, gid: int) -> None:
             os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
 
 
-def _open_to_all(path: Path) -> None:
+def open_to_all(path: Path) -> None:
     """Make ``path`` readable (a+rX) for the learner user, and its parents traversable."""
     for dirpath, dirnames, filenames in os.walk(path):
         os.chmod(dirpath, stat.S_IMODE(os.stat(dirpath).st_mode) | 0o555)
@@ -226,7 +226,7 @@ def spawn(argv: list[str], *, cwd: str | os.PathLike, env: dict[str, str], writa
         for folder in writable:
             _own(Path(folder), iso.uid, iso.gid)
         for folder in readable:
-            _open_to_all(Path(folder))
+            open_to_all(Path(folder))
     if not iso.namespaces:
         def preexec():
             _set_limits(limits)

@@ -736,6 +736,33 @@ def sandboxed() -> bool:
     return os.environ.get("AIOS_WORKER_SANDBOX") == "1"
 
 
+_READABLE_COPIES: dict[Path, Path] = {}
+
+
+def learner_readable(path: Path) -> Path:
+    """``path`` (a file or folder of the tests' own: an asset or a script in the bundle) where the
+    sandboxed worker's user can read it: a copy, the grader's own and readable by all, so that the
+    learner's code cannot change what the tests read there either. Without the sandbox (the bundle
+    is readable as it is), ``path`` itself."""
+    path = Path(path).resolve()
+    if not sandboxed():
+        return path
+    if path not in _READABLE_COPIES:
+        from grader import sandbox
+
+        folder = sandbox.private_dir("aios-assets-")
+        folder.chmod(0o755)
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        copy = folder / path.name
+        if path.is_dir():
+            shutil.copytree(path, copy)
+        else:
+            shutil.copy2(path, copy)
+        sandbox.open_to_all(folder)
+        _READABLE_COPIES[path] = copy
+    return _READABLE_COPIES[path]
+
+
 def _scratch() -> tuple[Path, dict[str, str], list[Path]]:
     """A private folder for a sandboxed worker (its home, working directory and caches), the
     environment that points there, and the cached model folders it must be able to read.

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import torch
 
+from grader.remote.client import learner_readable
+
 ROOT = Path(__file__).resolve().parents[2]
-TRAINED = ROOT / "assets" / "aios-tiny-lm"
+TRAINED = learner_readable(ROOT / "assets" / "aios-tiny-lm")  # a copy the learner's code can read when sandboxed
 CORPUS = ROOT / "assets" / "corpus" / "fortunes.txt"
 HELD_OUT_EVERY = 25  # every 25th fortune was never trained on (aios/fixtures/trained.py)
 

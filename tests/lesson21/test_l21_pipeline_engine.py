@@ -21,6 +21,7 @@ from aios.engine.pp_runner import PipelineError
 from aios.engine.tp_runner import step_logits
 from aios.llm import LLM
 from aios.sampling_params import SamplingParams
+from grader.remote.client import learner_readable
 
 pytestmark = pytest.mark.timeout(150, method="thread")
 
@@ -172,7 +173,7 @@ def test_rank_that_never_joins_fails_the_rendezvous(tiny_model_dir, learner_impo
 def test_two_torchrun_nodes_over_loopback(tiny_model_dir, tiny_reference, tmp_path, learner_import):
     """Two `torchrun --nnodes 2` launches (c10d rendezvous on loopback) generate TP=1's tokens; killing rank 1
     then makes rank 0 fail with PipelineError and both launches end within 30 s."""
-    script = Path(__file__).with_name("l21_torchrun_task.py")
+    script = learner_readable(Path(__file__).with_name("l21_torchrun_task.py"))  # the bundle is not, when sandboxed
     port = free_port()
     popen, os = learner_import("subprocess").Popen, learner_import("os")
     launches = [  # each rank's output goes to tmp_path/logs (torchrun --redirects 3 --log-dir)

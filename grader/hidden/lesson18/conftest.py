@@ -6,8 +6,10 @@ import pytest
 import torch
 from h18_helpers import awq_tensors, run_documents
 
+from grader.remote.client import learner_readable
+
 ROOT = Path(__file__).resolve().parents[3]
-TRAINED = ROOT / "assets" / "aios-tiny-lm"
+TRAINED = learner_readable(ROOT / "assets" / "aios-tiny-lm")  # a copy the learner's code can read when sandboxed
 
 
 @pytest.fixture(scope="session")
