@@ -620,6 +620,29 @@ def test_the_worker_freezes_what_its_start_made(worker):
     assert worker.request("call", worker.request("getattr", gc, "get_freeze_count"), (), {}) > 10_000
 
 
+def test_a_tests_file_is_lent_to_a_sandboxed_worker_as_a_readable_copy(tmp_path, monkeypatch):
+    """``learner_readable``: without the sandbox the path itself; with it, a copy (made once) that
+    every user may read and only the grader's user may change."""
+    import stat
+
+    asset = tmp_path / "model"
+    (asset / "sub").mkdir(parents=True)
+    (asset / "sub" / "weights.bin").write_bytes(b"\x00\x01")
+    (asset / "sub" / "weights.bin").chmod(0o600)
+    monkeypatch.setattr(client, "_READABLE_COPIES", {})
+    monkeypatch.setattr(client, "sandboxed", lambda: False)
+    assert client.learner_readable(asset) == asset.resolve()
+    monkeypatch.setattr(client, "sandboxed", lambda: True)
+    copy = client.learner_readable(asset)
+    assert copy != asset.resolve() and client.learner_readable(asset) == copy
+    weights = copy / "sub" / "weights.bin"
+    assert weights.read_bytes() == b"\x00\x01" and weights.stat().st_uid == os.getuid()
+    for path in (copy, copy / "sub", weights):
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode & 0o004 and not mode & 0o022, (path, oct(mode))
+    assert all(stat.S_IMODE(p.stat().st_mode) & 0o001 for p in (copy, copy / "sub", copy.parent))
+
+
 def test_iterating_a_builtin_container_is_one_round_trip(worker, monkeypatch):
     """A deque held by a learner object is iterated in one request, not one per item."""
     counter = worker.request("call", worker.request("getattr", tricks(worker), "Counter"), (), {})
