@@ -53,11 +53,10 @@ ASSISTANT_FILES = ("AGENTS.md", "CLAUDE.md", "GEMINI.md", ".github/copilot-instr
 #: More top-level files for the bundle: the pinned environment the classroom workflow installs
 #: (never the student's own requirements-dev.txt, which a submission can change).
 BUNDLE_TOP_FILES = ("requirements-dev.txt",)
-#: The trained demo model and its corpus (the demos' default model, aios.fixtures.trained_model()).
-STUDENT_ASSETS = ("assets/aios-tiny-lm", "assets/corpus")
-#: The bundle's own copy of them: lesson 18's suites measure quantization on the trained model and
-#: read its tokenizer and corpus on the tests' side, never the student's copy (a submission can change it).
-BUNDLE_ASSETS = STUDENT_ASSETS
+#: The trained demo model and its corpus (the demos' default model, aios.fixtures.trained_model()), in
+#: both trees: the bundle has its own copy, since lesson 18's suites measure quantization on the trained
+#: model and read its tokenizer and corpus on the tests' side, never the student's (a submission can change it).
+ASSETS = ("assets/aios-tiny-lm", "assets/corpus")
 #: Docs students may read (docs/conventions.md is left out: its example is lesson 1's code).
 STUDENT_DOCS = ("docs/learner-workflow.md", "docs/progression.md", "docs/benchmarks.md", "docs/classroom.md")
 #: tests/infra files that pass on the stubbed aios/ and need no solutions/.
@@ -243,7 +242,7 @@ def student_files(curriculum: Curriculum) -> dict[str, bytes]:
     if not (root / "solutions" / "aios").is_dir():
         raise ReleaseError(f"{root} has no solutions/aios: release runs in the instructor's repository")
     paths = list(TOP_FILES) + list(STUDENT_TOP_FILES) + grader_paths(root)
-    paths += [p for p in STUDENT_DOCS + STUDENT_INFRA_TESTS + STUDENT_ASSETS + ASSISTANT_FILES if (root / p).exists()]
+    paths += [p for p in STUDENT_DOCS + STUDENT_INFRA_TESTS + ASSETS + ASSISTANT_FILES if (root / p).exists()]
     for lesson in curriculum.lessons:
         paths += [p for p in (lesson.folder, lesson.visible) if (root / p).exists()]
     files = _collect(root, paths)
@@ -259,7 +258,7 @@ def student_files(curriculum: Curriculum) -> dict[str, bytes]:
 def bundle_files(curriculum: Curriculum) -> dict[str, bytes]:
     """The autograder bundle as ``{path: bytes}``."""
     root = curriculum.root
-    paths = list(TOP_FILES) + [p for p in BUNDLE_TOP_FILES + BUNDLE_ASSETS if (root / p).exists()] + grader_paths(root)
+    paths = list(TOP_FILES) + [p for p in BUNDLE_TOP_FILES + ASSETS if (root / p).exists()] + grader_paths(root)
     for lesson in curriculum.lessons:
         paths += [p for p in (lesson.visible, lesson.hidden) if (root / p).exists()]
     files = _collect(root, paths)

@@ -253,10 +253,7 @@ class Worker:
             self.stale_read = proxy._aios_record.get("tkey")
             self._recently_read(hid)
             return _MISSING
-        if hid not in self.hot:
-            self.hot[hid] = None
-            self._recently_read(hid)
-        object.__setattr__(proxy, "_aios_used", True)
+        self._mark_read(proxy)
         data = snap[1][name]
         if type(data) is dict and data.get("$") in ("hl", "ho"):
             value = self._handle_list(data) if data["$"] == "hl" else self._held(data.get("v"))
@@ -284,10 +281,7 @@ class Worker:
             self._recently_read(proxy._aios_id)
             return _MISSING
         hid = proxy._aios_id
-        if hid not in self.hot:
-            self.hot[hid] = None
-            self._recently_read(hid)
-        object.__setattr__(proxy, "_aios_used", True)
+        self._mark_read(proxy)
         data = snap[1][ITEMS]
         if type(data) is dict and data.get("$") == "hl":
             value = self._handle_list(data)
@@ -303,15 +297,23 @@ class Worker:
         (a plain attribute), the object counts as read since the last request, and lately (see
         ``_wanted``). A learner object the snapshot names by its handle (``scheduler.running``) is
         kept alive with ``proxy``, so that the next read finds it there."""
-        object.__setattr__(proxy, "_aios_used", True)
         snap = proxy._aios_snap
-        if snap is not None and snap[0] == self.epoch and name in snap[1] and proxy._aios_worker is self:
-            self.hot[proxy._aios_id] = None
-            self._recently_read(proxy._aios_id)
-            data = snap[1][name]
-            if isinstance(value, Remote) and type(data) is dict and data.get("$") == "ho" \
-                    and data.get("v") == value._aios_id:
-                proxy._aios_keep[name] = value
+        if snap is None or snap[0] != self.epoch or name not in snap[1] or proxy._aios_worker is not self:
+            object.__setattr__(proxy, "_aios_used", True)
+            return
+        self._mark_read(proxy)
+        data = snap[1][name]
+        if isinstance(value, Remote) and type(data) is dict and data.get("$") == "ho" and data.get("v") == value._aios_id:
+            proxy._aios_keep[name] = value
+
+    def _mark_read(self, proxy: "Remote") -> None:
+        """The tests read ``proxy``'s current snapshot: checked again after the next request (``hot``),
+        remembered as read lately, and kept current while a request names it (``_aios_used``)."""
+        hid = proxy._aios_id
+        if hid not in self.hot:
+            self.hot[hid] = None
+            self._recently_read(hid)
+        object.__setattr__(proxy, "_aios_used", True)
 
     def _recently_read(self, hid: int) -> None:
         recent = self.recent
@@ -751,7 +753,6 @@ def learner_readable(path: Path) -> Path:
         from grader import sandbox
 
         folder = sandbox.private_dir("aios-assets-")
-        folder.chmod(0o755)
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
         copy = folder / path.name
         if path.is_dir():

@@ -1138,18 +1138,20 @@ class Worker:
             if message["op"] in ("getattr", "op"):
                 with contextlib.suppress(Exception):  # an object too odd to tell: nothing computed ahead
                     note_demand(message["op"], args, plain=read_from is not None)
-            streams = sys.stdout, sys.stderr
+            streams, failure = (sys.stdout, sys.stderr), None
             try:
                 sys.stdout, sys.stderr = out, err  # what learner code prints goes back with the reply
                 with grad_mode(message.get("mode", 0)):
                     value = self.run(message["op"], *args)
             except BaseException as exc:  # noqa: BLE001 - every learner failure goes back to the tests
+                failure = exc
+            finally:
                 sys.stdout, sys.stderr = streams
                 learner_ran()
-                self.reply_error(exc, _printed(out, err), involved, message.get("want", ()), message.get("wide", ()))
+            if failure is not None:
+                self.reply_error(failure, _printed(out, err), involved, message.get("want", ()), message.get("wide", ()))
+                del failure  # its traceback holds the learner's frames: not kept until the next request
                 continue
-            sys.stdout, sys.stderr = streams
-            learner_ran()
             try:
                 self.reply(value, _printed(out, err), read_from, involved, message.get("want", ()),
                            message.get("wide", ()))

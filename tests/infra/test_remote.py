@@ -606,7 +606,7 @@ def test_a_handle_whose_snapshot_was_not_read_is_left_stale_and_read_anew(worker
 
 def test_a_class_changed_during_a_request_is_seen_by_that_requests_snapshots(worker):
     """Whether an attribute is shadowed by the class is looked at once per request, after the
-    learner's code ran: a method that makes ``level`` a property of its class is seen at once."""
+    learner's code ran: a property whose getter makes ``level`` a property of its class is seen at once."""
     shifty = call(worker, "Shifty")
     assert shifty.level == 1
     assert shifty.shifted  # the request looks at the class before the property runs, and after
